@@ -1,0 +1,213 @@
+"""The `autosink` command. Every subcommand has --help.
+
+Heavy libraries are imported inside the handlers so that `autosink --help`
+and `autosink lake check` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_REMOTE = "~/.cache/autosink/dvc-remote"
+REMOTE_ENV = "AUTOSINK_DVC_REMOTE"
+
+
+def _params(args: argparse.Namespace) -> dict:
+    from autosink.config import load_params
+
+    return load_params(args.params)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from autosink.stages import simulate
+
+    simulate.run(_params(args), progress=not args.quiet)
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from autosink.stages import extract
+
+    extract.run(_params(args), progress=not args.quiet)
+    return 0
+
+
+def cmd_label_build(args: argparse.Namespace) -> int:
+    from autosink.stages import label
+
+    label.run(_params(args), progress=not args.quiet)
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from autosink.stages import prepare
+
+    prepare.run(_params(args), progress=not args.quiet)
+    return 0
+
+
+def cmd_lake_check(args: argparse.Namespace) -> int:
+    from autosink.episode import check_episode, find_episodes, format_verdict
+
+    missing = [p for p in args.paths if not Path(p).exists()]
+    for p in missing:
+        print(f"BAD  {p}  no such file or folder")
+    paths = find_episodes([p for p in args.paths if Path(p).exists()])
+    if not paths and not missing:
+        print("no episodes found in " + " ".join(args.paths), file=sys.stderr)
+        return 2
+    size = None if args.any_size else (args.width, args.height)
+    bad = len(missing)
+    for path in paths:
+        problems = check_episode(path, check_frames=not args.no_frames, expected_size=size)
+        bad += bool(problems)
+        print(format_verdict(path, problems))
+        if args.verbose:
+            for problem in problems[1:]:
+                print(f"       {problem}")
+    print(f"{len(paths) + len(missing) - bad} ok, {bad} bad", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def cmd_params_compose(args: argparse.Namespace) -> int:
+    from autosink.config import project_root, write_params
+
+    out = write_params(project_root(), args.overrides)
+    print(f"wrote {out} from conf/" + (f" with {' '.join(args.overrides)}" if args.overrides else ""))
+    return 0
+
+
+def cmd_params_check(args: argparse.Namespace) -> int:
+    from autosink.config import check_params, project_root
+
+    diffs = check_params(project_root())
+    if diffs:
+        print("params.yaml is stale: it differs from what conf/ composes:", file=sys.stderr)
+        for line in diffs:
+            print(f"  {line}", file=sys.stderr)
+        print("run `make params` (or `autosink params compose`) and commit params.yaml", file=sys.stderr)
+        return 1
+    print("params.yaml matches conf/")
+    return 0
+
+
+def cmd_remote_init(args: argparse.Namespace) -> int:
+    """Point the default `local` remote at $AUTOSINK_DVC_REMOTE (else the default) and create it."""
+    import subprocess
+
+    from autosink.config import project_root
+
+    root = project_root()
+    url = os.environ.get(REMOTE_ENV, "").strip()
+    if url:  # a per-machine choice: .dvc/config.local, never committed
+        subprocess.run(["dvc", "remote", "modify", "--local", "local", "url", url], cwd=root, check=True)
+    else:
+        subprocess.run(["dvc", "remote", "modify", "--local", "--unset", "local", "url"], cwd=root,
+                       check=False, capture_output=True)
+    url = subprocess.run(["dvc", "config", "remote.local.url"], cwd=root, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    path = Path(os.path.expanduser(url))
+    if not path.is_absolute():
+        path = (root / ".dvc" / path).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    print(f"DVC remote 'local' -> {path}")
+    return 0
+
+
+def cmd_bench_incremental(args: argparse.Namespace) -> int:
+    from autosink.bench import main_incremental
+
+    return main_incremental(args.sizes, args.keep, args.json)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autosink",
+        description="autosink: the camera-controlled faucet's ML loop (data lake -> labels -> model -> edge).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def stage(name: str, func, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(func=func)
+        return p
+
+    stage("simulate", cmd_simulate,
+          "DVC stage: render the sample data lake, its hidden ground truth and the case-validation sets")
+    stage("extract", cmd_extract,
+          "DVC stage: validate and extract lake episodes into data/extracted (bad ones quarantined)")
+
+    stage("prepare", cmd_prepare,
+          "DVC stage: split the feature store into train/val/test by session (no leakage)")
+    label = sub.add_parser("label", help="labels: build the feature store",
+                           description="Sparse-to-dense labels and the feature store.")
+    label_sub = label.add_subparsers(dest="label_command", required=True, metavar="COMMAND")
+    build = label_sub.add_parser(
+        "build", help="DVC stage: dense labels (human labels win) -> data/feature-store",
+        description="DVC stage `label`: propagate the sparse feedback to every frame, apply human labels "
+                    "from data/labels/, and update the feature store incrementally.")
+    build.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+    build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.set_defaults(func=cmd_label_build)
+
+    lake = sub.add_parser("lake", help="inspect data-lake episodes", description="Inspect data-lake episodes.")
+    lake_sub = lake.add_subparsers(dest="lake_command", required=True, metavar="COMMAND")
+    check = lake_sub.add_parser(
+        "check", help="validate episode zips or folders; one verdict line per episode",
+        description="Validate episodes (zips, unzipped episode folders, or folders of them). "
+                    "Prints one verdict line per episode; exits 1 if any is bad.")
+    check.add_argument("paths", nargs="+", metavar="PATH", help="episode zip, episode folder, or a folder of them")
+    check.add_argument("--no-frames", action="store_true", help="skip decoding the frames (faster)")
+    check.add_argument("--width", type=int, default=640, help="expected frame width (default 640)")
+    check.add_argument("--height", type=int, default=480, help="expected frame height (default 480)")
+    check.add_argument("--any-size", action="store_true", help="accept frames of any size")
+    check.add_argument("-v", "--verbose", action="store_true", help="print every problem, not only the first")
+    check.set_defaults(func=cmd_lake_check)
+
+    params = sub.add_parser("params", help="compose or check params.yaml",
+                            description="params.yaml is composed from the Hydra configs in conf/.")
+    params_sub = params.add_subparsers(dest="params_command", required=True, metavar="COMMAND")
+    comp = params_sub.add_parser("compose", help="rewrite params.yaml from conf/ (as `dvc exp run` does)",
+                                 description="Rewrite params.yaml from conf/, as `dvc exp run` does.")
+    comp.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. sim.seed=3 data=real")
+    comp.set_defaults(func=cmd_params_compose)
+    chk = params_sub.add_parser("check", help="exit 1 if params.yaml differs from what conf/ composes",
+                                description="Exit 1 (listing the differences) if params.yaml is stale.")
+    chk.set_defaults(func=cmd_params_check)
+
+    remote = sub.add_parser("remote", help="DVC remote helpers", description="DVC remote helpers.")
+    remote_sub = remote.add_subparsers(dest="remote_command", required=True, metavar="COMMAND")
+    init = remote_sub.add_parser(
+        "init", help=f"create the local DVC remote folder (${REMOTE_ENV} overrides its path)",
+        description=f"Create the default local DVC remote (default {DEFAULT_REMOTE}). Set {REMOTE_ENV} "
+                    "to put it elsewhere; the choice is written to .dvc/config.local, never to git.")
+    init.set_defaults(func=cmd_remote_init)
+    bench = sub.add_parser("bench", help="benchmarks (print measured numbers)", description="Benchmarks.")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="COMMAND")
+    inc = bench_sub.add_parser(
+        "incremental", help="time `dvc repro` after adding one episode to lakes of several sizes",
+        description="Build scratch copies of this project with lakes of several sizes, run the pipeline, add "
+                    "one episode, and time the second `dvc repro` (it should track the new data, not the lake).")
+    inc.add_argument("--sizes", type=int, nargs="+", default=[10, 40, 160], help="lake sizes in episodes")
+    inc.add_argument("--keep", type=Path, default=None, help="keep the scratch projects in this folder")
+    inc.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    inc.set_defaults(func=cmd_bench_incremental)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"autosink {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

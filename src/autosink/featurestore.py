@@ -1,0 +1,165 @@
+"""The feature store: every labelled frame, image-folder layout, one manifest, one version id.
+
+Layout of ``data/feature-store/``::
+
+    0/<episode>_<frame>.png   frames labelled "water off"  (hard links to data/extracted, not copies)
+    1/<episode>_<frame>.png   frames labelled "water on"
+    labels/<episode>.csv      the dense label table of one episode (the unit of incremental work)
+    labels/<episode>.key      what that table was computed from (source sha, human labels, rules)
+    manifest.csv              one row per frame of every episode (ignored frames included, path empty)
+    version.json              version id (content hash of the manifest) and counts
+
+The store is cumulative (every labelled episode, not only the newest) and
+incremental (the stage's output is ``persist: true``): an episode is relabelled
+only when its extracted frames, its human labels or the rules changed; frames
+are linked, so the store costs no extra disk. DVC versions each snapshot (and
+``dvc push`` sends it to the remote); DVC's cache is content-addressed, so the
+frames are stored once however many snapshots hold them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from autosink.labels import IGNORE, LabelRules, frames_per_second, propagate, read_human_labels
+
+MANIFEST_COLUMNS = [
+    "episode", "frame_index", "image", "path", "timestamp", "user_id", "dishwashing_id",
+    "label", "source", "confidence", "review", "rule", "model_output", "magnetic_status",
+]
+
+
+def _file_sha(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def label_episode(frames: pd.DataFrame, human: dict[int, int], rules: LabelRules, default_fps: float) -> pd.DataFrame:
+    """Dense labels for one episode's rows of data/extracted/frames.csv (human labels win)."""
+    frames = frames.sort_values("frame_index")
+    stamps = pd.to_datetime(frames["timestamp"]).tolist()
+    dense = propagate(frames["model_output"].to_numpy(), frames["magnetic_status"].to_numpy(),
+                      frames_per_second(stamps, default_fps), rules)
+    out = frames[["episode", "frame_index", "image", "timestamp", "user_id", "dishwashing_id",
+                  "model_output", "magnetic_status"]].copy()
+    out["label"] = dense.label
+    out["source"] = "auto"
+    out["confidence"] = dense.confidence.round(3)
+    out["review"] = dense.review
+    out["rule"] = dense.rule
+    for idx, value in human.items():
+        hit = out["frame_index"] == idx
+        if not hit.any():
+            raise ValueError(f"human label for frame {idx} of episode {out['episode'].iloc[0]}: no such frame")
+        out.loc[hit, ["label", "source", "confidence", "review", "rule"]] = [value, "human", 1.0, False, "human"]
+    return out
+
+
+def _frame_name(episode: str, frame_index: int) -> str:
+    return f"{episode}_{frame_index:04d}.png"
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Hard link (same bytes, no extra disk); copy where links are impossible (another filesystem)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def build_feature_store(
+    extracted_dir: Path,
+    labels_dir: Path,
+    store_dir: Path,
+    rules: LabelRules,
+    default_fps: float,
+    progress: bool = True,
+) -> dict:
+    """Bring the store up to date with data/extracted and data/labels; return counts of the work done."""
+    extracted_dir, labels_dir, store_dir = Path(extracted_dir), Path(labels_dir), Path(store_dir)
+    table = extracted_dir / "frames.csv"
+    if not table.exists():
+        raise FileNotFoundError(f"{table}: not found; run the extract stage first (dvc repro extract)")
+    frames = pd.read_csv(table, dtype={"episode": str})
+    tables_dir = store_dir / "labels"
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in store_dir.rglob(".*.tmp"):
+        leftover.unlink()
+    rules_json = json.dumps({**asdict(rules), "default_fps": default_fps}, sort_keys=True)
+
+    episodes = sorted(frames["episode"].unique()) if len(frames) else []
+    known = set(episodes)
+    for stale in tables_dir.iterdir():  # episodes that left the lake (or were quarantined)
+        if stale.name.split(".")[0] not in known:
+            stale.unlink()
+
+    relabelled = reused = 0
+    changed: set[str] = set()
+    for episode, rows in tqdm(frames.groupby("episode", sort=True), desc="label", unit="episode",
+                              disable=not progress):
+        source = json.loads((extracted_dir / "episodes" / episode / "source.json").read_text())["sha256"]
+        human_file = labels_dir / f"{episode}.csv"
+        key = json.dumps({"source": source, "human": _file_sha(human_file), "rules": rules_json}, sort_keys=True)
+        key_file, table_file = tables_dir / f"{episode}.key", tables_dir / f"{episode}.csv"
+        if table_file.exists() and key_file.exists() and key_file.read_text() == key:
+            reused += 1
+            continue
+        human = read_human_labels(human_file) if human_file.exists() else {}
+        dense = label_episode(rows, human, rules, default_fps)
+        _atomic_write_text(table_file, dense.to_csv(index=False))
+        _atomic_write_text(key_file, key)
+        changed.add(episode)
+        relabelled += 1
+
+    manifest = pd.concat(
+        [pd.read_csv(tables_dir / f"{e}.csv", dtype={"episode": str}) for e in episodes],
+        ignore_index=True,
+    ) if episodes else pd.DataFrame(columns=[c for c in MANIFEST_COLUMNS if c != "path"])
+    manifest["path"] = [
+        f"{int(label)}/{_frame_name(e, int(i))}" if int(label) != IGNORE else ""
+        for e, i, label in zip(manifest["episode"], manifest["frame_index"], manifest["label"])
+    ]
+    manifest = manifest[MANIFEST_COLUMNS]
+
+    # Sync the image folders with the manifest: touch only what differs.
+    wanted = {p: (e, img) for p, e, img in zip(manifest["path"], manifest["episode"], manifest["image"]) if p}
+    linked = removed = 0
+    for cls in ("0", "1"):
+        (store_dir / cls).mkdir(exist_ok=True)
+        for entry in os.scandir(store_dir / cls):
+            rel = f"{cls}/{entry.name}"
+            episode = entry.name.rsplit("_", 1)[0]
+            if rel not in wanted or episode in changed:
+                os.unlink(entry.path)
+                removed += 1
+    for rel, (episode, image) in wanted.items():
+        dst = store_dir / rel
+        if not dst.exists():
+            _link(extracted_dir / "episodes" / episode / image, dst)
+            linked += 1
+
+    manifest_csv = manifest.to_csv(index=False)
+    _atomic_write_text(store_dir / "manifest.csv", manifest_csv)
+    counts = manifest["label"].astype(int).value_counts().to_dict()
+    version = {
+        "version": "fs-" + hashlib.sha256(manifest_csv.encode()).hexdigest()[:12],
+        "episodes": len(episodes),
+        "frames": len(manifest),
+        "per_class": {str(c): int(counts.get(c, 0)) for c in (0, 1, IGNORE)},
+    }
+    _atomic_write_text(store_dir / "version.json", json.dumps(version, indent=2) + "\n")
+    return {"episodes_relabelled": relabelled, "episodes_reused": reused, "links_added": linked,
+            "links_removed": removed, **version}

@@ -1,0 +1,74 @@
+"""`label` stage: extracted episodes (+ human labels) -> dense labels -> the feature store.
+
+Where the simulator's hidden ground truth exists (the embedded sample lake),
+the stage measures its own automatic labels against it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from autosink.featurestore import build_feature_store
+from autosink.labels import IGNORE, LabelRules
+from autosink.stages import write_metrics
+
+EXTRACTED = Path("data/extracted")
+HUMAN_LABELS = Path("data/labels")
+STORE = Path("data/feature-store")
+METRICS = Path("metrics/labels.json")
+
+
+def agreement_with_truth(manifest: pd.DataFrame, truth_dir: Path) -> dict:
+    """Agreement of automatic labels with ground truth on non-review, non-ignored frames."""
+    rows = []
+    for episode, group in manifest.groupby("episode"):
+        truth_file = truth_dir / f"{episode}.csv"
+        if not truth_file.exists():
+            continue
+        truth = pd.read_csv(truth_file, usecols=["image", "label"]).rename(columns={"label": "truth"})
+        merged = group.merge(truth, on="image", how="left")
+        if merged["truth"].isna().any():
+            raise ValueError(f"{truth_file}: no ground truth for some frames of episode {episode}")
+        rows.append(merged)
+    if not rows:
+        return {"truth_episodes": 0}
+    df = pd.concat(rows)
+    auto = df[(df["source"] == "auto") & ~df["review"].astype(bool)
+              & (df["label"] != IGNORE) & (df["truth"] != IGNORE)]
+    reviewed = df[df["review"].astype(bool) & (df["label"] != IGNORE) & (df["truth"] != IGNORE)]
+    return {
+        "truth_episodes": int(df["episode"].nunique()),
+        "auto_label_agreement": round(float((auto["label"] == auto["truth"]).mean()), 4) if len(auto) else None,
+        "auto_frames_scored": int(len(auto)),
+        "review_label_agreement": round(float((reviewed["label"] == reviewed["truth"]).mean()), 4)
+        if len(reviewed) else None,
+    }
+
+
+def run(params: dict, progress: bool = True) -> dict:
+    cfg = params["label"]
+    work = build_feature_store(EXTRACTED, HUMAN_LABELS, STORE, LabelRules.from_params(cfg),
+                               float(cfg["default_fps"]), progress=progress)
+    manifest = pd.read_csv(STORE / "manifest.csv", dtype={"episode": str})
+    per_class = work["per_class"]
+    metrics = {
+        "version": work["version"],
+        "episodes": work["episodes"],
+        "frames": work["frames"],
+        "frames_labeled": int(per_class["0"] + per_class["1"]),
+        "frames_review": int(manifest["review"].astype(bool).sum()),
+        "frames_ignored": int(per_class["-1"]),
+        "frames_human": int((manifest["source"] == "human").sum()),
+        "per_class": per_class,
+        "episodes_relabelled": work["episodes_relabelled"],
+        "episodes_reused": work["episodes_reused"],
+        **agreement_with_truth(manifest, Path(cfg["truth_dir"])),
+    }
+    write_metrics(METRICS, metrics)
+    print(f"label: {metrics['frames']} frames in {metrics['episodes']} episodes "
+          f"({work['episodes_relabelled']} relabelled, {work['episodes_reused']} reused), "
+          f"{metrics['frames_review']} to review, feature store {work['version']}"
+          + (f", auto-label agreement {metrics['auto_label_agreement']}" if metrics.get("auto_label_agreement") else ""))
+    return metrics

@@ -1,0 +1,24 @@
+"""`simulate` stage: the embedded sample data lake, its hidden ground truth, and the case sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autosink.stages import write_metrics
+
+TRUTH_DIR = Path("data/sim-truth")
+CASES_DIR = Path("data/cases")
+METRICS = Path("metrics/simulate.json")
+
+
+def run(params: dict, progress: bool = True) -> dict:
+    from autosink.sim import simulate_lake
+
+    metrics = simulate_lake(dict(params["sim"]), Path(params["data"]["sim_lake"]), TRUTH_DIR, CASES_DIR,
+                            progress=progress)
+    write_metrics(METRICS, metrics)
+    print(
+        f"simulate: {metrics['episodes']} episodes, {metrics['frames']} frames, "
+        f"trivial baseline accuracy {metrics['trivial_baseline_accuracy']:.3f}"
+    )
+    return metrics

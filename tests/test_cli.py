@@ -1,0 +1,48 @@
+"""The `autosink` console command: --help everywhere, clear errors, lake check verdicts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autosink.cli import build_parser, main
+
+SUBCOMMANDS = [[], ["simulate"], ["extract"], ["label"], ["label", "build"], ["prepare"], ["lake"], ["lake", "check"], ["params"],
+               ["params", "compose"], ["params", "check"], ["remote"], ["remote", "init"],
+               ["bench"], ["bench", "incremental"]]
+
+
+@pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "autosink")
+def test_every_subcommand_has_help(words, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*words, "--help"])
+    assert exc.value.code == 0
+    assert "usage: autosink" in capsys.readouterr().out
+
+
+def test_every_subcommand_is_listed():
+    parser = build_parser()
+    listed = {w[0] for w in SUBCOMMANDS if w}
+    actions = [a for a in parser._actions if a.dest == "command"]
+    assert set(actions[0].choices) == listed
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "autosink.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "lake" in out.stdout
+    exe = subprocess.run([str(Path(sys.executable).parent / "autosink"), "--help"], capture_output=True, text=True)
+    assert exe.returncode == 0 and "simulate" in exe.stdout
+
+
+def test_missing_params_file_is_a_clear_error(tmp_path, capsys):
+    assert main(["extract", "--params", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.yaml" in err and "make params" in err
+
+
+def test_lake_check_on_missing_path(tmp_path, capsys):
+    assert main(["lake", "check", str(tmp_path / "missing.zip")]) == 1
+    assert "BAD" in capsys.readouterr().out

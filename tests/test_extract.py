@@ -1,0 +1,73 @@
+"""Extraction: validated frames, quarantine with reasons, work proportional to change."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import pandas as pd
+
+from autosink.extract import extract_lake
+from tests.lakes import make_episode
+
+
+def _lake(tmp_path, n=3):
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    for k in range(n):
+        make_episode(lake, datetime(2024, 7, 6, 17, 20 + k, 0), [0, 0, 1, 1], [0, 1, 1, 1])
+    return lake
+
+
+def test_extracts_frames_and_table(tmp_path):
+    lake, out = _lake(tmp_path), tmp_path / "out"
+    result = extract_lake(lake, out, expected_size=None, progress=False)
+    assert (result.episodes_ok, result.episodes_quarantined, result.frames) == (3, 0, 12)
+    table = pd.read_csv(out / "frames.csv", dtype={"episode": str})
+    assert len(table) == 12 and table["episode"].nunique() == 3
+    row = table.iloc[1]
+    assert (row["model_output"], row["magnetic_status"], row["image"]) == (0, 1, "2.png")
+    with __import__("zipfile").ZipFile(lake / f"{row['episode']}.zip") as z:
+        assert (out / row["path"]).read_bytes() == z.read("2.png")  # bytes unchanged, no re-encode
+
+
+def test_bad_episode_is_quarantined_and_others_go_through(tmp_path):
+    lake, out = _lake(tmp_path), tmp_path / "out"
+    (lake / "20240101_000000.zip").write_bytes(b"garbage")
+    result = extract_lake(lake, out, expected_size=None, progress=False)
+    assert result.episodes_ok == 3 and result.episodes_quarantined == 1
+    record = json.loads((out / "quarantine/20240101_000000.json").read_text())
+    assert "20240101_000000.zip" in record["reasons"][0] and record["sha256"]
+    assert (lake / "20240101_000000.zip").exists()  # the raw file is never touched
+
+
+def test_wrong_frame_size_is_quarantined(tmp_path):
+    lake, out = _lake(tmp_path, n=1), tmp_path / "out"
+    result = extract_lake(lake, out, expected_size=(640, 480), progress=False)
+    assert result.episodes_quarantined == 1
+    assert "640x480" in next(iter(result.quarantined.values()))[0].replace(" x ", "x")
+
+
+def test_incremental_add_change_remove(tmp_path):
+    lake, out = _lake(tmp_path), tmp_path / "out"
+    extract_lake(lake, out, expected_size=None, progress=False)
+    make_episode(lake, datetime(2024, 7, 7, 9, 0, 0), [1, 1], [1, 0])
+    second = extract_lake(lake, out, expected_size=None, progress=False)
+    assert (second.episodes_extracted, second.episodes_reused, second.episodes_ok) == (1, 3, 4)
+    # change one episode's content: only it is redone
+    first = sorted(lake.glob("*.zip"))[0]
+    make_episode(lake, datetime(2024, 7, 6, 17, 20, 0), [1, 1, 1], [1, 1, 1])
+    third = extract_lake(lake, out, expected_size=None, progress=False)
+    assert (third.episodes_extracted, third.episodes_reused) == (1, 3)
+    assert third.frames == 4 * 3 + 2 - 1
+    first.unlink()
+    fourth = extract_lake(lake, out, expected_size=None, progress=False)
+    assert (fourth.episodes_removed, fourth.episodes_ok, fourth.episodes_extracted) == (1, 3, 0)
+    assert not (out / "episodes" / first.stem).exists()
+
+
+def test_leftover_temp_from_a_crash_is_cleaned(tmp_path):
+    lake, out = _lake(tmp_path, n=1), tmp_path / "out"
+    (out / "episodes/.20240706_172000.tmp").mkdir(parents=True)
+    extract_lake(lake, out, expected_size=None, progress=False)
+    assert not list((out / "episodes").glob(".*"))

@@ -1,0 +1,136 @@
+"""End to end: the real `dvc repro` / `dvc exp run` / `dvc push` / `dvc pull` in a scratch copy of the repo.
+
+The real config is composed, then shrunk (few sessions, few case frames), so the
+whole module runs in a minute or two. The tests share one copy and run in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from autosink.bench import clone_episode, copy_project, run
+from autosink.labels import write_human_labels
+
+pytestmark = pytest.mark.slow
+
+TINY_SIM = {"users": 1, "sessions_per_user": 3, "case_frames": 2}
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def metrics(root: Path, name: str) -> dict:
+    return json.loads((root / "metrics" / f"{name}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def project(repo_root, tmp_path_factory):
+    base = tmp_path_factory.mktemp("e2e")
+    root = base / "autosink"
+    env = copy_project(repo_root, root, TINY_SIM, remote=base / "remote")
+    return root, env, base / "remote"
+
+
+def test_repro_runs_every_stage_then_nothing(project):
+    root, env, _ = project
+    out = run(["dvc", "repro"], root, env)
+    for stage in ("simulate", "extract", "label", "prepare"):
+        assert f"Running stage '{stage}'" in out, out
+    sim, ext, lab, prep = (metrics(root, n) for n in ("simulate", "extract", "labels", "prepare"))
+    assert sim["episodes"] > 0 and ext["episodes_ok"] == sim["episodes"]
+    assert ext["frames"] == sim["frames"] and ext["episodes_quarantined"] == 0
+    assert len(pd.read_csv(root / "data/extracted/frames.csv")) == sim["frames"]
+    assert any((root / "data/cases").iterdir())
+    # labels: every frame, scored against the hidden truth
+    assert lab["frames"] == sim["frames"] and lab["truth_episodes"] == sim["episodes"]
+    assert 0.5 < lab["auto_label_agreement"] <= 1.0
+    assert lab["frames_labeled"] == lab["per_class"]["0"] + lab["per_class"]["1"]
+    manifest = pd.read_csv(root / "data/feature-store/manifest.csv", dtype={"episode": str})
+    assert len(list((root / "data/feature-store/1").iterdir())) == lab["per_class"]["1"]
+    # splits: no session in two splits
+    sessions = [set(pd.read_csv(root / f"data/splits/{s}.csv", dtype=str)["dishwashing_id"])
+                for s in ("train", "val", "test")]
+    assert not (sessions[0] & sessions[1] or sessions[0] & sessions[2] or sessions[1] & sessions[2])
+    assert prep["train"]["frames"] > 0 and len(manifest) == lab["frames"]
+
+    again = run(["dvc", "repro"], root, env)
+    assert "Running stage" not in again, again
+    shown = run(["dvc", "metrics", "show", "--json"], root, env)
+    assert "auto_label_agreement" in shown and "episodes_quarantined" in shown
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "repro"], root, env)
+
+
+def test_human_label_reruns_label_stage_only_for_that_episode(project):
+    root, env, _ = project
+    episode = sorted((root / "data/extracted/episodes").iterdir())[0].name
+    write_human_labels(root / "data/labels" / f"{episode}.csv", {0: 1, 1: 1})
+    out = run(["dvc", "repro"], root, env)
+    assert "Running stage 'label'" in out and "Running stage 'extract'" not in out
+    lab = metrics(root, "labels")
+    assert lab["episodes_relabelled"] == 1 and lab["frames_human"] == 2
+    (root / "data/labels" / f"{episode}.csv").unlink()
+    run(["dvc", "repro"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "back"], root, env)
+
+
+def test_exp_run_reruns_only_what_reads_the_key(project):
+    root, env, _ = project
+    # case_frames changes only the case sets: simulate reruns, the lake comes out
+    # byte-identical, so extract and everything after it are skipped.
+    out = run(["dvc", "exp", "run", "-S", f"sim.case_frames={TINY_SIM['case_frames'] + 1}"], root, env)
+    assert "Running stage 'simulate'" in out, out
+    for stage in ("extract", "label", "prepare"):
+        assert f"Running stage '{stage}'" not in out, out
+    out = run(["dvc", "exp", "run", "-S", "prepare.seed=7"], root, env)
+    assert "Running stage 'prepare'" in out and "Running stage 'label'" not in out, out
+    table = run(["dvc", "exp", "show", "--no-pager", "--csv"], root, env)
+    assert "sim.case_frames" in table and "prepare.seed" in table
+    run(["git", "checkout", "--", "."], root, env)
+    run(["dvc", "checkout", "--force"], root, env)
+
+
+def test_push_delete_cache_pull(project):
+    root, env, remote = project
+    before = tree_digest(root / "data/data-lake")
+    store_before = tree_digest(root / "data/feature-store")
+    run(["dvc", "push"], root, env)
+    assert any(remote.rglob("*")), "nothing reached the local remote"
+    for path in (".dvc/cache", "data/data-lake", "data/extracted", "data/feature-store"):
+        shutil.rmtree(root / path)
+    run(["dvc", "pull"], root, env)
+    assert tree_digest(root / "data/data-lake") == before
+    assert tree_digest(root / "data/feature-store") == store_before
+    assert "up to date" in run(["dvc", "status"], root, env)
+
+
+def test_real_lake_switch_is_incremental_and_quarantines(project):
+    """Move to data=real with a `dvc add`ed lake, then add one good and one broken episode."""
+    root, env, _ = project
+    lake = root / "data/data-lake"
+    run(["autosink", "params", "compose", "data=real"], root, env)
+    run(["dvc", "add", "data/data-lake"], root, env)
+    run(["dvc", "repro"], root, env)
+    n_before = metrics(root, "extract")["episodes_ok"]
+
+    clone_episode(sorted(lake.glob("*.zip"))[0], lake, timedelta(days=400))
+    (lake / "20310101_000000.zip").write_bytes(b"not a zip at all")
+    run(["dvc", "add", "data/data-lake"], root, env)
+    out = run(["dvc", "repro"], root, env)
+    ext, lab = metrics(root, "extract"), metrics(root, "labels")
+    assert (ext["episodes_extracted"], ext["episodes_reused"]) == (1, n_before), ext
+    assert ext["episodes_ok"] == n_before + 1 and ext["episodes_quarantined"] == 1
+    assert (lab["episodes_relabelled"], lab["episodes_reused"]) == (1, n_before), lab
+    record = json.loads((root / "data/extracted/quarantine/20310101_000000.json").read_text())
+    assert "20310101_000000.zip" in record["reasons"][0]
+    assert "quarantined" in out and "20310101_000000" in out
