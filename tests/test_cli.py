@@ -46,3 +46,21 @@ def test_missing_params_file_is_a_clear_error(tmp_path, capsys):
 def test_lake_check_on_missing_path(tmp_path, capsys):
     assert main(["lake", "check", str(tmp_path / "missing.zip")]) == 1
     assert "BAD" in capsys.readouterr().out
+
+
+def test_lake_check_verdicts_and_exit_codes(tmp_path, capsys):
+    from datetime import datetime
+
+    from tests.lakes import make_episode
+
+    good = make_episode(tmp_path, datetime(2024, 7, 6, 17, 25, 40), [0, 1], [1, 1], size=(640, 480))
+    assert main(["lake", "check", str(good)]) == 0
+    assert capsys.readouterr().out.startswith("OK")
+    (tmp_path / "20240707_000000.zip").write_bytes(b"junk")
+    assert main(["lake", "check", str(tmp_path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[0].startswith("OK") and out[1].startswith("BAD")
+    assert "20240707_000000.zip" in out[1]
+    small = make_episode(tmp_path / "s", datetime(2024, 7, 8, 0, 0, 0), [0], [0])
+    assert main(["lake", "check", str(small)]) == 1  # 16x12 frames are not camera frames
+    assert main(["lake", "check", "--any-size", str(small)]) == 0

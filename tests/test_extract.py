@@ -27,8 +27,8 @@ def test_extracts_frames_and_table(tmp_path):
     assert len(table) == 12 and table["episode"].nunique() == 3
     row = table.iloc[1]
     assert (row["model_output"], row["magnetic_status"], row["image"]) == (0, 1, "2.png")
-    with __import__("zipfile").ZipFile(lake / f"{row['episode']}.zip") as z:
-        assert (out / row["path"]).read_bytes() == z.read("2.png")  # bytes unchanged, no re-encode
+    assert row["source"] == (lake / f"{row['episode']}.zip").as_posix()  # a reference, not a copy
+    assert not list(out.rglob("*.png"))
 
 
 def test_bad_episode_is_quarantined_and_others_go_through(tmp_path):
@@ -63,11 +63,12 @@ def test_incremental_add_change_remove(tmp_path):
     first.unlink()
     fourth = extract_lake(lake, out, expected_size=None, progress=False)
     assert (fourth.episodes_removed, fourth.episodes_ok, fourth.episodes_extracted) == (1, 3, 0)
-    assert not (out / "episodes" / first.stem).exists()
+    assert not (out / "episodes" / f"{first.stem}.json").exists()
 
 
 def test_leftover_temp_from_a_crash_is_cleaned(tmp_path):
     lake, out = _lake(tmp_path, n=1), tmp_path / "out"
-    (out / "episodes/.20240706_172000.tmp").mkdir(parents=True)
+    (out / "episodes").mkdir(parents=True)
+    (out / "episodes/.20240706_172000.json.tmp").write_text("half")
     extract_lake(lake, out, expected_size=None, progress=False)
     assert not list((out / "episodes").glob(".*"))

@@ -55,7 +55,10 @@ def test_repro_runs_every_stage_then_nothing(project):
     assert 0.5 < lab["auto_label_agreement"] <= 1.0
     assert lab["frames_labeled"] == lab["per_class"]["0"] + lab["per_class"]["1"]
     manifest = pd.read_csv(root / "data/feature-store/manifest.csv", dtype={"episode": str})
-    assert len(list((root / "data/feature-store/1").iterdir())) == lab["per_class"]["1"]
+    positives = sorted((root / "data/feature-store/1").iterdir())
+    assert len(positives) == lab["per_class"]["1"]
+    # frames are written out of the lake once: into the store, not into data/extracted
+    assert not list((root / "data/extracted").rglob("*.png"))
     # splits: no session in two splits
     sessions = [set(pd.read_csv(root / f"data/splits/{s}.csv", dtype=str)["dishwashing_id"])
                 for s in ("train", "val", "test")]
@@ -72,7 +75,7 @@ def test_repro_runs_every_stage_then_nothing(project):
 
 def test_human_label_reruns_label_stage_only_for_that_episode(project):
     root, env, _ = project
-    episode = sorted((root / "data/extracted/episodes").iterdir())[0].name
+    episode = sorted((root / "data/extracted/episodes").glob("*.json"))[0].stem
     write_human_labels(root / "data/labels" / f"{episode}.csv", {0: 1, 1: 1})
     out = run(["dvc", "repro"], root, env)
     assert "Running stage 'label'" in out and "Running stage 'extract'" not in out

@@ -1,19 +1,25 @@
-"""Extraction: data-lake episodes -> validated frames and a per-frame table.
+"""Extraction: data-lake episodes -> a validated per-frame table that references the lake.
 
-Incremental by construction (the ``extract`` stage's output is ``persist: true``):
-each episode's folder records the sha256 of the file it came from, so an
-unchanged episode is never re-extracted, a changed one is redone, and one that
-left the lake is dropped. A bad episode is quarantined with its reasons (a
-record under ``quarantine/``; the raw file stays untouched in the lake) while
-the others go through.
+Every episode is validated in full (its JSON, every field, every frame decoded at the
+camera resolution) before any of it is used. Frames are *not* copied here: the table
+references each frame by its episode file in the lake and its member name, and the
+feature store (``autosink.featurestore``) is the one place frames are written out. That
+keeps one copy of each frame beside the lake, and keeps DVC's persisted outputs free of
+hard links (DVC copies every linked file of a persisted output before each run, which
+would make every run cost the size of the lake).
+
+Incremental by construction (the ``extract`` stage's output is ``persist: true``): each
+episode's record keeps the sha256 of the file it came from (and its size and mtime, to
+skip rehashing), so an unchanged episode is never re-validated, a changed one is redone,
+and one that left the lake is dropped. A bad episode is quarantined with its reasons (a
+record under ``quarantine/``; the raw file stays untouched in the lake) while the others
+go through.
 
 Layout of ``out_dir``::
 
-    episodes/<stem>/<i>.png      frame bytes exactly as in the zip (no re-encode)
-    episodes/<stem>/<stem>.json  the episode's JSON as the Pi wrote it
-    episodes/<stem>/source.json  sha256 + lake path of the source episode
-    quarantine/<name>.json       sha256 + every problem found
-    frames.csv                   one row per extracted frame, all episodes (paths relative to out_dir)
+    episodes/<stem>.json     source path, sha256, and the episode's frame rows
+    quarantine/<name>.json   source path, sha256, and every problem found
+    frames.csv               one row per frame of every good episode
 """
 
 from __future__ import annotations
@@ -21,17 +27,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
-from autosink.episode import EpisodeError, check_episode, extract_episode, find_episodes, read_episode
+from autosink.episode import check_episode, find_episodes, read_episode
 
 FRAME_COLUMNS = [
-    "episode", "frame_index", "image", "path", "timestamp", "user_id", "dishwashing_id",
+    "episode", "frame_index", "image", "source", "timestamp", "user_id", "dishwashing_id",
     "dishwashing_start", "version", "model_output", "magnetic_status",
 ]
 
@@ -40,7 +45,7 @@ FRAME_COLUMNS = [
 class ExtractResult:
     episodes_ok: int
     episodes_quarantined: int
-    episodes_extracted: int  # (re)extracted in this run
+    episodes_extracted: int  # (re)validated in this run
     episodes_reused: int  # unchanged since the last run, skipped
     episodes_removed: int  # no longer in the lake
     frames: int
@@ -75,20 +80,46 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, obj: dict) -> None:
+    """Replace, never rewrite in place (a crash leaves the old file or the new one)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
 
-def _frame_rows(key: str, ep_dir: Path, out_dir: Path) -> list[dict]:
-    ep = read_episode(ep_dir, check_frames=False)
-    meta = ep.meta
+class _Fingerprint:
+    """sha256 of a lake file, with a shortcut: same size and mtime as last time -> same hash."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        st = path.stat()
+        self.stat = [st.st_size, st.st_mtime_ns] if path.is_file() else None
+        self._sha: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        if self._sha is None:
+            self._sha = sha256_file(self.path)
+        return self._sha
+
+    def matches(self, record: dict | None) -> bool:
+        if not record:
+            return False
+        if self.stat is not None and record.get("stat") == self.stat:
+            return True
+        return record.get("sha256") == self.sha256
+
+    def record(self) -> dict:
+        return {"source": self.path.as_posix(), "sha256": self.sha256, "stat": self.stat}
+
+
+def _frame_rows(key: str, src: Path) -> list[dict]:
+    meta = read_episode(src, check_frames=False).meta
     return [
         {
             "episode": key,
             "frame_index": i,
             "image": it.image,
-            "path": (ep_dir / it.image).relative_to(out_dir).as_posix(),
+            "source": src.as_posix(),
             "timestamp": it.timestamp.isoformat(timespec="seconds"),
             "user_id": meta.user_id,
             "dishwashing_id": meta.dishwashing_id,
@@ -114,57 +145,50 @@ def extract_lake(
     episodes_dir, quarantine_dir = out_dir / "episodes", out_dir / "quarantine"
     episodes_dir.mkdir(parents=True, exist_ok=True)
     quarantine_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in [*episodes_dir.glob(".*.tmp"), *quarantine_dir.glob(".*.tmp")]:
-        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()  # a crash mid-run
+    for leftover in [*episodes_dir.glob(".*.tmp"), *quarantine_dir.glob(".*.tmp"), *out_dir.glob(".*.tmp")]:
+        leftover.unlink()  # a crash mid-run
 
     sources = {_episode_key(p): p for p in find_episodes([lake_dir])}
     removed = 0
-    for stale in [*episodes_dir.iterdir(), *quarantine_dir.glob("*.json")]:
-        key = stale.stem if stale.suffix == ".json" else stale.name
-        if key not in sources:
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    for stale in [*episodes_dir.glob("*.json"), *quarantine_dir.glob("*.json")]:
+        if stale.stem not in sources:
+            stale.unlink()
             removed += stale.parent == episodes_dir
 
     extracted = reused = 0
     quarantined: dict[str, list[str]] = {}
+    rows: dict[str, list[dict]] = {}
     for key, src in tqdm(sorted(sources.items()), desc="extract", unit="episode", disable=not progress):
-        digest = sha256_file(src)
-        ep_dir, q_file = episodes_dir / key, quarantine_dir / f"{key}.json"
-        done = _read_json(ep_dir / "source.json") or {}
-        if done.get("sha256") == digest:
+        fp = _Fingerprint(src)
+        ep_file, q_file = episodes_dir / f"{key}.json", quarantine_dir / f"{key}.json"
+        done, q = _read_json(ep_file), _read_json(q_file)
+        if fp.matches(done):
+            rows[key] = done["frames"]
             reused += 1
             continue
-        q = _read_json(q_file) or {}
-        if q.get("sha256") == digest:  # same bad file as last time: same verdict, no rework
+        if fp.matches(q):  # same bad file as last time: same verdict, no rework
             quarantined[key] = q["reasons"]
             reused += 1
             continue
-        if ep_dir.exists():
-            shutil.rmtree(ep_dir)
+        ep_file.unlink(missing_ok=True)
         problems = check_episode(src, expected_size=expected_size)
-        if not problems:
-            tmp = episodes_dir / f".{key}.tmp"
-            try:
-                extract_episode(src, tmp, check_frames=False, expected_size=expected_size)
-            except EpisodeError as e:
-                shutil.rmtree(tmp, ignore_errors=True)
-                problems = [e]
         if problems:
             reasons = [str(p) for p in problems]
             quarantined[key] = reasons
-            _write_json(q_file, {"source": src.as_posix(), "sha256": digest, "reasons": reasons})
-            tqdm.write(f"quarantined {src}: {reasons[0]}" + (f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""))
+            _write_json(q_file, {**fp.record(), "reasons": reasons})
+            more = f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""
+            tqdm.write(f"quarantined {src}: {reasons[0]}{more}")
             continue
         q_file.unlink(missing_ok=True)
-        _write_json(tmp / "source.json", {"source": src.as_posix(), "sha256": digest})
-        os.replace(tmp, ep_dir)
+        rows[key] = _frame_rows(key, src)
+        _write_json(ep_file, {**fp.record(), "frames": rows[key]})
         extracted += 1
 
-    rows = [row for key in sorted(sources) if (episodes_dir / key).is_dir()
-            for row in _frame_rows(key, episodes_dir / key, out_dir)]
-    pd.DataFrame(rows, columns=FRAME_COLUMNS).to_csv(out_dir / "frames.csv", index=False)
-    ok = sum((episodes_dir / key).is_dir() for key in sources)
+    table = [row for key in sorted(rows) for row in rows[key]]
+    tmp = out_dir / ".frames.csv.tmp"
+    pd.DataFrame(table, columns=FRAME_COLUMNS).to_csv(tmp, index=False)
+    os.replace(tmp, out_dir / "frames.csv")
     return ExtractResult(
-        episodes_ok=ok, episodes_quarantined=len(quarantined), episodes_extracted=extracted,
-        episodes_reused=reused, episodes_removed=removed, frames=len(rows), quarantined=quarantined,
+        episodes_ok=len(rows), episodes_quarantined=len(quarantined), episodes_extracted=extracted,
+        episodes_reused=reused, episodes_removed=removed, frames=len(table), quarantined=quarantined,
     )

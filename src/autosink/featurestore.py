@@ -2,7 +2,7 @@
 
 Layout of ``data/feature-store/``::
 
-    0/<episode>_<frame>.png   frames labelled "water off"  (hard links to data/extracted, not copies)
+    0/<episode>_<frame>.png   frames labelled "water off" (the PNG bytes from the lake, unchanged)
     1/<episode>_<frame>.png   frames labelled "water on"
     labels/<episode>.csv      the dense label table of one episode (the unit of incremental work)
     labels/<episode>.key      what that table was computed from (source sha, human labels, rules)
@@ -10,11 +10,12 @@ Layout of ``data/feature-store/``::
     version.json              version id (content hash of the manifest) and counts
 
 The store is cumulative (every labelled episode, not only the newest) and
-incremental (the stage's output is ``persist: true``): an episode is relabelled
-only when its extracted frames, its human labels or the rules changed; frames
-are linked, so the store costs no extra disk. DVC versions each snapshot (and
-``dvc push`` sends it to the remote); DVC's cache is content-addressed, so the
-frames are stored once however many snapshots hold them.
+incremental (the stage's output is ``persist: true``): an episode is relabelled,
+and its frames rewritten, only when its lake file, its human labels or the rules
+changed. The store is the one place frames are written out of the lake
+(``data/extracted`` only references them). DVC versions each snapshot (and
+``dvc push`` sends it to the remote); DVC's cache is content-addressed, so a
+frame is stored once however many snapshots hold it.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
+from autosink.episode import read_episode
 from autosink.labels import IGNORE, LabelRules, frames_per_second, propagate, read_human_labels
 
 MANIFEST_COLUMNS = [
@@ -72,12 +73,14 @@ def _frame_name(episode: str, frame_index: int) -> str:
     return f"{episode}_{frame_index:04d}.png"
 
 
-def _link(src: Path, dst: Path) -> None:
-    """Hard link (same bytes, no extra disk); copy where links are impossible (another filesystem)."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+def _write_frames(source: Path, wanted: list[tuple[str, str]], store_dir: Path) -> None:
+    """Write one episode's frames (image name -> store path) from its lake file, bytes unchanged."""
+    episode = read_episode(source, check_frames=False)
+    for image, rel in wanted:
+        dst = store_dir / rel
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        tmp.write_bytes(episode.read_frame_bytes(image))
+        os.replace(tmp, dst)
 
 
 def build_feature_store(
@@ -110,7 +113,7 @@ def build_feature_store(
     changed: set[str] = set()
     for episode, rows in tqdm(frames.groupby("episode", sort=True), desc="label", unit="episode",
                               disable=not progress):
-        source = json.loads((extracted_dir / "episodes" / episode / "source.json").read_text())["sha256"]
+        source = json.loads((extracted_dir / "episodes" / f"{episode}.json").read_text())["sha256"]
         human_file = labels_dir / f"{episode}.csv"
         key = json.dumps({"source": source, "human": _file_sha(human_file), "rules": rules_json}, sort_keys=True)
         key_file, table_file = tables_dir / f"{episode}.key", tables_dir / f"{episode}.csv"
@@ -134,22 +137,25 @@ def build_feature_store(
     ]
     manifest = manifest[MANIFEST_COLUMNS]
 
-    # Sync the image folders with the manifest: touch only what differs.
+    # Sync the image folders with the manifest, touching only what differs: frames of
+    # relabelled episodes are rewritten, frames no longer wanted are removed.
     wanted = {p: (e, img) for p, e, img in zip(manifest["path"], manifest["episode"], manifest["image"]) if p}
-    linked = removed = 0
+    written = removed = 0
     for cls in ("0", "1"):
         (store_dir / cls).mkdir(exist_ok=True)
         for entry in os.scandir(store_dir / cls):
             rel = f"{cls}/{entry.name}"
-            episode = entry.name.rsplit("_", 1)[0]
-            if rel not in wanted or episode in changed:
+            if rel not in wanted or entry.name.rsplit("_", 1)[0] in changed:
                 os.unlink(entry.path)
                 removed += 1
+    missing: dict[str, list[tuple[str, str]]] = {}
     for rel, (episode, image) in wanted.items():
-        dst = store_dir / rel
-        if not dst.exists():
-            _link(extracted_dir / "episodes" / episode / image, dst)
-            linked += 1
+        if not (store_dir / rel).exists():
+            missing.setdefault(episode, []).append((image, rel))
+    sources = frames.drop_duplicates("episode").set_index("episode")["source"]
+    for episode, todo in missing.items():
+        _write_frames(Path(sources[episode]), todo, store_dir)
+        written += len(todo)
 
     manifest_csv = manifest.to_csv(index=False)
     _atomic_write_text(store_dir / "manifest.csv", manifest_csv)
@@ -161,5 +167,5 @@ def build_feature_store(
         "per_class": {str(c): int(counts.get(c, 0)) for c in (0, 1, IGNORE)},
     }
     _atomic_write_text(store_dir / "version.json", json.dumps(version, indent=2) + "\n")
-    return {"episodes_relabelled": relabelled, "episodes_reused": reused, "links_added": linked,
-            "links_removed": removed, **version}
+    return {"episodes_relabelled": relabelled, "episodes_reused": reused, "frames_written": written,
+            "frames_removed": removed, **version}

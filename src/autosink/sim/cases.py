@@ -77,7 +77,8 @@ def _detergent_dish(rng: np.random.Generator, look: Look) -> SceneState:
     rr = d.r * (0.25 if d.kind == "cup" else 0.45)
     a = float(rng.uniform(0, 2 * np.pi))
     sc = sample_scrubber(rng)
-    sc = replace(sc, x=x + rr * np.cos(a), y=y + rr * np.sin(a) * 0.8, angle=float(rng.uniform(-30, 30)),
+    sc = replace(sc, x=x + rr * np.cos(a), y=y + rr * np.sin(a) * 0.8,
+                 angle=float(rng.uniform(-125, -55)) + (180 if sc.kind == "brush" else 0),
                  foam=float(rng.uniform(0.3, 1.0)))
     hands = (hand_holding(d, "L", float(rng.uniform(150, 215)), look.hand_scale),
              hand_on_scrubber(sc, "R", look.hand_scale))

@@ -34,8 +34,8 @@ from autosink.sim.user import CLOSED, FORCED_ON, ClosedLoop, FrameRecord, SimUse
 #: Defaults of the ``sim:`` config group (the embedded sample lake: ~1300 frames).
 DEFAULTS: dict[str, Any] = {
     "seed": 20240706,
-    "users": 5,
-    "sessions_per_user": 3,
+    "users": 8,
+    "sessions_per_user": 2,
     "dishes_per_session": [3, 5],
     "fps": 2.0,
     "pre_s": 3.0,

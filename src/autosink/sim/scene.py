@@ -195,11 +195,12 @@ def hand_on_scrubber(s: Scrubber, side: str = "R", scale: float = 1.0) -> Hand:
     """A hand holding a scrubber: palm over a sponge's back half, or fist around a brush handle."""
     if s.kind == "brush":
         ux, uy = _unit(s.angle)  # handle direction, away from the head
-        return Hand(side, s.x + ux * 62 * scale, s.y + uy * 62 * scale, angle=s.angle + 180.0, grip=0.9)
-    # fingers roughly perpendicular to the sponge's long axis, pointing away from the user
-    a = s.angle - 90.0 if _unit(s.angle - 90.0)[1] <= 0 else s.angle + 90.0
+        return Hand(side, s.x + ux * 84 * scale, s.y + uy * 84 * scale, angle=s.angle + 180.0, grip=0.9)
+    # grabbed lengthwise from behind: fingers along the long axis (pointing away from the
+    # user), the front half of the sponge sticks out beyond the curled fingers
+    a = s.angle if _unit(s.angle)[1] <= 0 else s.angle + 180.0
     ux, uy = _unit(a)
-    return Hand(side, s.x - ux * 24 * scale, s.y - uy * 24 * scale, angle=a, grip=0.85)
+    return Hand(side, s.x - ux * 40 * scale, s.y - uy * 40 * scale, angle=a, grip=0.85)
 
 
 # --------------------------------------------------------------------------- background (cached)
@@ -423,24 +424,24 @@ def _draw_dish(img: np.ndarray, d: Dish) -> None:
 def _draw_scrubber(img: np.ndarray, s: Scrubber) -> None:
     if s.kind == "brush":
         ux, uy = _unit(s.angle)
-        cv2.line(img, _pt(s.x, s.y), _pt(s.x + ux * 95, s.y + uy * 95), _shade(s.color2, 0.7), 13, _AA)
-        cv2.line(img, _pt(s.x, s.y), _pt(s.x + ux * 95, s.y + uy * 95), s.color2, 9, _AA)
-        cv2.circle(img, _pt(s.x, s.y), 27, _shade(s.color, 0.7), -1, _AA)
-        cv2.circle(img, _pt(s.x, s.y), 24, s.color, -1, _AA)
+        cv2.line(img, _pt(s.x, s.y), _pt(s.x + ux * 120, s.y + uy * 120), _shade(s.color2, 0.7), 14, _AA)
+        cv2.line(img, _pt(s.x, s.y), _pt(s.x + ux * 120, s.y + uy * 120), s.color2, 10, _AA)
+        cv2.circle(img, _pt(s.x, s.y), 31, _shade(s.color2, 0.8), -1, _AA)
+        cv2.circle(img, _pt(s.x, s.y), 27, s.color, -1, _AA)
         for k in range(8):
             vx, vy = _unit(k * 45 + s.angle)
-            cv2.circle(img, _pt(s.x + vx * 14, s.y + vy * 14), 3, _shade(s.color, 0.75), -1, _AA)
+            cv2.circle(img, _pt(s.x + vx * 16, s.y + vy * 16), 3, _shade(s.color, 0.7), -1, _AA)
     else:
-        box = cv2.boxPoints(((s.x, s.y), (92, 58), s.angle)).astype(np.int32)
+        box = cv2.boxPoints(((s.x, s.y), (100, 60), s.angle)).astype(np.int32)
         cv2.fillPoly(img, [box], s.color, _AA)
         cv2.polylines(img, [box], True, _shade(s.color, 0.7), 2, _AA)
         # the scouring layer shows along one long edge
         ux, uy = _unit(s.angle + 90)
-        top = cv2.boxPoints(((s.x + ux * 20, s.y + uy * 20), (92, 17), s.angle)).astype(np.int32)
+        top = cv2.boxPoints(((s.x + ux * 21, s.y + uy * 21), (100, 18), s.angle)).astype(np.int32)
         cv2.fillPoly(img, [top], s.color2, _AA)
         cv2.polylines(img, [top], True, _shade(s.color2, 0.7), 1, _AA)
-    if s.foam > 0:
-        _foam(img, s.x, s.y, 34, s.foam, int(s.x * 7 + s.y * 13) & 0xFFFF)
+    if s.foam > 0:  # a few bubbles; the scrubber itself stays recognisable
+        _foam(img, s.x, s.y, 30, 0.3 * s.foam, int(s.x * 7 + s.y * 13) & 0xFFFF)
 
 
 def _draw_hand(img: np.ndarray, h: Hand, look: Look) -> None:

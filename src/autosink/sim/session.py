@@ -229,8 +229,9 @@ def sample_scrubber(rng: np.random.Generator, kind: str | None = None) -> Scrubb
     kind = kind or ("sponge" if rng.random() < 0.7 else "brush")
     c1, c2 = _pick(rng, _SCRUB)
     if kind == "brush":
-        c1, c2 = _pick(rng, [((230, 230, 225), (200, 50, 50)), ((240, 210, 80), (60, 60, 64)),
-                             ((120, 180, 230), (240, 240, 240))])
+        c1, c2 = _pick(rng, [((240, 210, 80), (200, 50, 50)), ((240, 210, 80), (60, 60, 64)),
+                             ((120, 180, 230), (230, 120, 40)), ((230, 90, 90), (240, 240, 240)),
+                             ((120, 200, 120), (60, 60, 64))])
     return Scrubber(kind, 0.0, 0.0, 0.0, _jit(rng, c1, 6), _jit(rng, c2, 6))
 
 
@@ -317,7 +318,7 @@ def make_users(cfg: dict, stream: str = "lake") -> list[UserProfile]:
             p_set_down=float(rng.uniform(0.1, 0.3)),
             p_excursion=float(rng.uniform(0.15, 0.4)),
             p_two_hands=float(rng.uniform(0.2, 0.6)),
-            p_wipe=float(rng.uniform(0.15, 0.45)),
+            p_wipe=float(rng.uniform(0.1, 0.3)),
             p_edge=float(rng.uniform(0.05, 0.2)),
             p_resting_dish=float(rng.uniform(0.05, 0.3)),
             scrubber_kind="sponge" if rng.random() < 0.7 else "brush",
@@ -445,7 +446,8 @@ class _Builder:
             if pre:
                 self.emit(first_step, self.holders(d, False, 80, 180), d, True, self.visible_scrubber())
             else:  # straight to detergent: the right hand already has the scrubber
-                sc = replace(self.scrubber, x=ex + d.r + 50, y=ey + 30, angle=float(rng.uniform(0, 180)))
+                sc = replace(self.scrubber, x=min(ex + d.r + 50, W - 60.0), y=min(ey + 30, H - 50.0),
+                             angle=float(rng.uniform(-125, -55)))
                 self.scrub_home = None
                 self.emit(first_step, [hand_holding(d, "L", 170, self.s), hand_on_scrubber(sc, "R", self.s)], d,
                           True, sc, True)
@@ -469,7 +471,7 @@ class _Builder:
             if self.scrub_home is not None:
                 sx, sy, sa = self.scrub_home
             else:
-                sx, sy, sa = W - 30.0, float(rng.uniform(200, 400)), float(rng.uniform(0, 180))
+                sx, sy, sa = W - 60.0, float(rng.uniform(200, 400)), float(rng.uniform(-125, -55))
             sc = replace(self.scrubber, x=sx, y=sy, angle=sa)
             hands = [hand_on_scrubber(sc, "R", self.s)]
             if not resting:
@@ -487,7 +489,7 @@ class _Builder:
             dish = replace(dish, foam=foam)
             ux, uy = math.cos(math.radians(phi)), math.sin(math.radians(phi))
             sc = replace(self.scrubber, x=dish.x + ux * rr, y=dish.y + uy * rr * 0.8,
-                         angle=float(rng.uniform(-30, 30)) + (90 if self.scrubber.kind == "brush" else 0),
+                         angle=float(rng.uniform(-125, -55)) + (180 if self.scrubber.kind == "brush" else 0),
                          foam=min(1.0, 0.3 + foam))
             hands = [hand_on_scrubber(sc, "R", self.s)]
             if not resting:
@@ -499,8 +501,8 @@ class _Builder:
             self.scrub_home = (float(rng.uniform(bx1 - 70, bx1 - 35)), float(rng.uniform(by0 + 35, by0 + 90)),
                                float(rng.uniform(0, 180)))
             px, py, pa = self.scrub_home
-        else:
-            px, py, pa = W - 10.0, float(rng.uniform(150, 350)), float(rng.uniform(0, 180))
+        else:  # carried off to the right: still in view in this frame, gone in the next
+            px, py, pa = W - 60.0, float(rng.uniform(150, 350)), float(rng.uniform(-125, -55))
         sc = replace(self.scrubber, x=px, y=py, angle=pa, foam=0.5)
         hands = [hand_on_scrubber(sc, "R", self.s)]
         if not resting:
