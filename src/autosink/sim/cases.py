@@ -49,7 +49,7 @@ def _water(rng: np.random.Generator) -> bool:
 def _holders(rng: np.random.Generator, d, look: Look, two: bool | None = None):
     s = look.hand_scale
     hands = [hand_holding(d, "R", float(rng.uniform(60, 120)), s)]
-    if two if two is not None else rng.random() < 0.4:
+    if (two if two is not None else rng.random() < 0.4) and d.kind != "cup":
         hands.insert(0, hand_holding(d, "L", float(rng.uniform(165, 205)), s))
     return tuple(hands)
 

@@ -152,6 +152,11 @@ def _fresh(d: Path) -> Path:
     return d
 
 
+def _num(x: float) -> float | None:
+    """Rounded for the metrics JSON; None (not NaN, which is not JSON) when undefined."""
+    return None if x != x else round(float(x), 4)
+
+
 def _dir_mb(d: Path) -> float:
     return sum(p.stat().st_size for p in Path(d).rglob("*") if p.is_file()) / 1e6
 
@@ -221,8 +226,8 @@ def simulate_lake(cfg: dict, lake_dir: Path, truth_dir: Path, cases_dir: Path, p
         "sessions": len(scripts),
         "case_frames": int(sum(case_counts.values())),
         "cases": len(case_counts),
-        "trivial_baseline_accuracy": round(base["trivial_baseline_accuracy"], 4),
-        "majority_baseline_accuracy": round(base["majority_baseline_accuracy"], 4),
+        "trivial_baseline_accuracy": _num(base["trivial_baseline_accuracy"]),
+        "majority_baseline_accuracy": _num(base["majority_baseline_accuracy"]),
         "baseline_test_frames": base["n_test"],
         "lake_mb": round(_dir_mb(lake_dir), 2),
     }

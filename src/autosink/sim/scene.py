@@ -538,7 +538,8 @@ def _draw_water(img: np.ndarray, state: SceneState) -> None:
         cv2.polylines(over, [pts], False, (252, 253, 255), 2, _AA)
     iy = int(yi - y0)
     # splash: a bright sheet spreading on whatever the stream hits, a ring and droplets
-    cv2.ellipse(over, (cx, iy), (int(rng.uniform(20, 26)), int(rng.uniform(8, 11))), 0, 0, 360, (230, 238, 246), -1, _AA)
+    cv2.ellipse(over, (cx, iy), (int(rng.uniform(20, 26)), int(rng.uniform(8, 11))), 0, 0, 360,
+                (230, 238, 246), -1, _AA)
     cv2.ellipse(over, (cx, iy), (int(rng.uniform(30, 38)), int(rng.uniform(11, 15))), 0, 0, 360,
                 (244, 248, 252), 2, _AA)
     for _ in range(8):

@@ -109,8 +109,8 @@ _DISH = {
 }
 _DISH_R = {"plate": (80, 98), "bowl": (50, 66), "cup": (30, 38), "pan": (62, 78)}
 _DISH_P = {"plate": 0.33, "bowl": 0.27, "cup": 0.25, "pan": 0.15}
-_SCRUB = [((236, 206, 50), (40, 140, 60)), ((240, 120, 150), (90, 90, 200)), ((120, 200, 230), (40, 60, 140)),
-          ((250, 160, 60), (50, 120, 50))]
+# kitchen sponges: mostly the classic yellow with a green scouring layer
+_SCRUB = [((236, 206, 50), (40, 140, 60))] * 5 + [((240, 120, 150), (90, 90, 200)), ((250, 160, 60), (50, 120, 50))]
 
 
 def _pick(rng: np.random.Generator, seq: list):
@@ -226,12 +226,11 @@ def sample_dish(rng: np.random.Generator, kind: str | None = None) -> Dish:
 
 
 def sample_scrubber(rng: np.random.Generator, kind: str | None = None) -> Scrubber:
-    kind = kind or ("sponge" if rng.random() < 0.7 else "brush")
+    kind = kind or ("sponge" if rng.random() < 0.8 else "brush")
     c1, c2 = _pick(rng, _SCRUB)
     if kind == "brush":
         c1, c2 = _pick(rng, [((240, 210, 80), (200, 50, 50)), ((240, 210, 80), (60, 60, 64)),
-                             ((120, 180, 230), (230, 120, 40)), ((230, 90, 90), (240, 240, 240)),
-                             ((120, 200, 120), (60, 60, 64))])
+                             ((230, 90, 90), (240, 240, 240))])
     return Scrubber(kind, 0.0, 0.0, 0.0, _jit(rng, c1, 6), _jit(rng, c2, 6))
 
 
@@ -314,14 +313,14 @@ def make_users(cfg: dict, stream: str = "lake") -> list[UserProfile]:
             p_det_resting=float(rng.uniform(0.1, 0.3)),
             p_rinse_close=float(rng.uniform(0.55, 0.75)),
             p_rinse_far=float(rng.uniform(0.1, 0.22)),
-            p_scrubber_left_visible=float(rng.uniform(0.1, 0.35)),
+            p_scrubber_left_visible=float(rng.uniform(0.05, 0.25)),
             p_set_down=float(rng.uniform(0.1, 0.3)),
             p_excursion=float(rng.uniform(0.15, 0.4)),
             p_two_hands=float(rng.uniform(0.2, 0.6)),
             p_wipe=float(rng.uniform(0.1, 0.3)),
             p_edge=float(rng.uniform(0.05, 0.2)),
             p_resting_dish=float(rng.uniform(0.05, 0.3)),
-            scrubber_kind="sponge" if rng.random() < 0.7 else "brush",
+            scrubber_kind="sponge" if rng.random() < 0.8 else "brush",
             speed=float(rng.uniform(0.8, 1.25)),
         )
         # each user reacts within their own sub-range of the configured delays
@@ -402,7 +401,7 @@ class _Builder:
 
     def holders(self, d: Dish, two: bool, th_r: float, th_l: float) -> list[Hand]:
         hands = [hand_holding(d, "R", th_r + float(self.rng.normal(0, 6)), self.s)]
-        if two:
+        if two and d.kind != "cup":  # a cup is held in one hand
             hands.insert(0, hand_holding(d, "L", th_l + float(self.rng.normal(0, 6)), self.s))
         return hands
 
@@ -436,7 +435,7 @@ class _Builder:
         first_step = "prerinse" if pre else "detergent"
         # enter: the right hand brings the dish in from the bottom right
         if pre:
-            tx, ty = roi_point(rng, 20) if rng.random() < 0.65 else far_point(rng, self.look, dish.r, 15)
+            tx, ty = roi_point(rng, 20) if rng.random() < 0.8 else far_point(rng, self.look, dish.r, 15)
         else:
             tx, ty = (roi_point(rng, 15) if rng.random() < h.p_det_in_roi else far_point(rng, self.look, dish.r, 25))
         for k in range(int(rng.integers(1, 3))):
@@ -485,7 +484,7 @@ class _Builder:
         for k in range(n):
             dish = self.wob(dish, tx, ty, 4, roi_clamp=in_roi(tx, ty), far=not in_roi(tx, ty))
             phi += float(rng.uniform(90, 170))
-            foam = min(1.0, foam + float(rng.uniform(0.1, 0.25)))
+            foam = min(1.0, foam + float(rng.uniform(0.2, 0.4)))
             dish = replace(dish, foam=foam)
             ux, uy = math.cos(math.radians(phi)), math.sin(math.radians(phi))
             sc = replace(self.scrubber, x=dish.x + ux * rr, y=dish.y + uy * rr * 0.8,
@@ -538,7 +537,7 @@ class _Builder:
             e1 = e0 + int(rng.integers(1, 4)) if exc else -1
             ex, ey = far_point(rng, self.look, dish.r, 25)
             th_r = float(rng.uniform(60, 120))
-            wipe = rng.random() < h.p_wipe
+            wipe = rng.random() < h.p_wipe and dish.kind != "cup"
             for k in range(n):
                 if e0 <= k < e1:
                     dish = self.wob(dish, ex, ey, 5, far=True)
