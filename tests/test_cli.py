@@ -10,7 +10,7 @@ import pytest
 
 from autosink.cli import build_parser, main
 
-SUBCOMMANDS = [[], ["simulate"], ["extract"], ["label"], ["label", "build"], ["prepare"], ["lake"], ["lake", "check"], ["params"],
+SUBCOMMANDS = [[], ["simulate"], ["extract"], ["label"], ["label", "build"], ["label", "serve"], ["prepare"], ["validate-data"], ["lake"], ["lake", "check"], ["params"],
                ["params", "compose"], ["params", "check"], ["remote"], ["remote", "init"],
                ["bench"], ["bench", "incremental"]]
 
@@ -64,3 +64,9 @@ def test_lake_check_verdicts_and_exit_codes(tmp_path, capsys):
     small = make_episode(tmp_path / "s", datetime(2024, 7, 8, 0, 0, 0), [0], [0])
     assert main(["lake", "check", str(small)]) == 1  # 16x12 frames are not camera frames
     assert main(["lake", "check", "--any-size", str(small)]) == 0
+
+
+def test_label_serve_refuses_network_bind_without_token(monkeypatch, capsys):
+    monkeypatch.delenv("AUTOSINK_LABEL_TOKEN", raising=False)
+    assert main(["label", "serve", "--host", "0.0.0.0", "--port", "0"]) == 2
+    assert "token" in capsys.readouterr().err

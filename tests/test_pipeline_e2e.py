@@ -21,6 +21,9 @@ from autosink.labels import write_human_labels
 pytestmark = pytest.mark.slow
 
 TINY_SIM = {"users": 1, "sessions_per_user": 3, "case_frames": 2}
+# One kitchen cannot pass the data gate's balance checks: report, don't block (the gate itself
+# is tested in tests/test_validate_data.py).
+TINY_VALIDATE = {"enforce": False, "wandb": {"mode": "disabled"}}
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -36,16 +39,18 @@ def metrics(root: Path, name: str) -> dict:
 def project(repo_root, tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
     root = base / "autosink"
-    env = copy_project(repo_root, root, TINY_SIM, remote=base / "remote")
+    env = copy_project(repo_root, root, {"sim/default.yaml": TINY_SIM, "validate/default.yaml": TINY_VALIDATE},
+                       remote=base / "remote")
     return root, env, base / "remote"
 
 
 def test_repro_runs_every_stage_then_nothing(project):
     root, env, _ = project
     out = run(["dvc", "repro"], root, env)
-    for stage in ("simulate", "extract", "label", "prepare"):
+    for stage in ("simulate", "extract", "label", "prepare", "validate_data"):
         assert f"Running stage '{stage}'" in out, out
-    sim, ext, lab, prep = (metrics(root, n) for n in ("simulate", "extract", "labels", "prepare"))
+    sim, ext, lab, prep, val = (metrics(root, n) for n in ("simulate", "extract", "labels", "prepare",
+                                                           "data_validation"))
     assert sim["episodes"] > 0 and ext["episodes_ok"] == sim["episodes"]
     assert ext["frames"] == sim["frames"] and ext["episodes_quarantined"] == 0
     assert len(pd.read_csv(root / "data/extracted/frames.csv")) == sim["frames"]
@@ -64,6 +69,8 @@ def test_repro_runs_every_stage_then_nothing(project):
                 for s in ("train", "val", "test")]
     assert not (sessions[0] & sessions[1] or sessions[0] & sessions[2] or sessions[1] & sessions[2])
     assert prep["train"]["frames"] > 0 and len(manifest) == lab["frames"]
+    assert val["n_frames"] == lab["frames_labeled"] and "passed" in val
+    assert "window.drawDashboard(" in (root / "reports/data_validation.html").read_text()  # evidently's HTML
 
     again = run(["dvc", "repro"], root, env)
     assert "Running stage" not in again, again
@@ -93,7 +100,7 @@ def test_exp_run_reruns_only_what_reads_the_key(project):
     # byte-identical, so extract and everything after it are skipped.
     out = run(["dvc", "exp", "run", "-S", f"sim.case_frames={TINY_SIM['case_frames'] + 1}"], root, env)
     assert "Running stage 'simulate'" in out, out
-    for stage in ("extract", "label", "prepare"):
+    for stage in ("extract", "label", "prepare", "validate_data"):
         assert f"Running stage '{stage}'" not in out, out
     out = run(["dvc", "exp", "run", "-S", "prepare.seed=7"], root, env)
     assert "Running stage 'prepare'" in out and "Running stage 'label'" not in out, out

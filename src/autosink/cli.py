@@ -21,32 +21,35 @@ def _params(args: argparse.Namespace) -> dict:
     return load_params(args.params)
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from autosink.stages import simulate
+def stage_handler(module: str):
+    """The handler of a DVC stage command: read params.yaml, run ``autosink.stages.<module>``."""
 
-    simulate.run(_params(args), progress=not args.quiet)
+    def handler(args: argparse.Namespace) -> int:
+        from importlib import import_module
+
+        import_module(f"autosink.stages.{module}").run(_params(args), progress=not args.quiet)
+        return 0
+
+    return handler
+
+
+def cmd_validate_data(args: argparse.Namespace) -> int:
+    """`autosink validate-data`: the data gate; exit 1, listing every failed check, when it fails."""
+    from autosink.stages import validate_data
+    from autosink.validation import DataValidationError
+
+    try:
+        validate_data.run(_params(args), progress=not args.quiet)
+    except DataValidationError as e:
+        print(f"autosink validate-data: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
-def cmd_extract(args: argparse.Namespace) -> int:
-    from autosink.stages import extract
+def cmd_label_serve(args: argparse.Namespace) -> int:
+    from autosink.labelapp.server import serve
 
-    extract.run(_params(args), progress=not args.quiet)
-    return 0
-
-
-def cmd_label_build(args: argparse.Namespace) -> int:
-    from autosink.stages import label
-
-    label.run(_params(args), progress=not args.quiet)
-    return 0
-
-
-def cmd_prepare(args: argparse.Namespace) -> int:
-    from autosink.stages import prepare
-
-    prepare.run(_params(args), progress=not args.quiet)
-    return 0
+    return serve(host=args.host, port=args.port, token=args.token)
 
 
 def cmd_lake_check(args: argparse.Namespace) -> int:
@@ -130,30 +133,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def stage(name: str, func, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
+    def stage(name: str, module: str, help_: str, parent=sub, description: str | None = None):
+        p = parent.add_parser(name, help=help_, description=description or help_)
         p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
-        p.set_defaults(func=func)
+        p.set_defaults(func=stage_handler(module))
         return p
 
-    stage("simulate", cmd_simulate,
+    stage("simulate", "simulate",
           "DVC stage: render the sample data lake, its hidden ground truth and the case-validation sets")
-    stage("extract", cmd_extract,
-          "DVC stage: validate and extract lake episodes into data/extracted (bad ones quarantined)")
-
-    stage("prepare", cmd_prepare,
+    stage("extract", "extract",
+          "DVC stage: validate lake episodes and index their frames in data/extracted (bad ones quarantined)")
+    stage("prepare", "prepare",
           "DVC stage: split the feature store into train/val/test by session (no leakage)")
-    label = sub.add_parser("label", help="labels: build the feature store",
+    stage("validate-data", "validate_data",
+          "DVC stage: validate the feature store and splits (image features, drift report, checks); "
+          "exit 1 when the data gate fails").set_defaults(func=cmd_validate_data)
+    label = sub.add_parser("label", help="labels: build the feature store, review them",
                            description="Sparse-to-dense labels and the feature store.")
     label_sub = label.add_subparsers(dest="label_command", required=True, metavar="COMMAND")
-    build = label_sub.add_parser(
-        "build", help="DVC stage: dense labels (human labels win) -> data/feature-store",
-        description="DVC stage `label`: propagate the sparse feedback to every frame, apply human labels "
-                    "from data/labels/, and update the feature store incrementally.")
-    build.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
-    build.add_argument("--quiet", action="store_true", help="no progress bars")
-    build.set_defaults(func=cmd_label_build)
+    stage("build", "label", "DVC stage: dense labels (human labels win) -> data/feature-store", parent=label_sub,
+          description="DVC stage `label`: propagate the sparse feedback to every frame, apply human labels "
+                      "from data/labels/, and update the feature store incrementally.")
+    serve = label_sub.add_parser(
+        "serve", help="web app to review and correct labels (http://127.0.0.1:8765/)",
+        description="Serve the labeling web app: episodes with their review state, a frame timeline, keyboard "
+                    "labelling; saves data/labels/<episode>.csv (then run `dvc repro`). Listens on 127.0.0.1 "
+                    "unless --host says otherwise; any other address needs an access token.")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    serve.add_argument("--token", default=None,
+                       help="access token (16+ characters), required with any --host other than loopback; "
+                            "default $AUTOSINK_LABEL_TOKEN (prefer the variable: flags show in `ps`)")
+    serve.set_defaults(func=cmd_label_serve)
 
     lake = sub.add_parser("lake", help="inspect data-lake episodes", description="Inspect data-lake episodes.")
     lake_sub = lake.add_subparsers(dest="lake_command", required=True, metavar="COMMAND")

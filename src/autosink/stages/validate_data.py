@@ -1,0 +1,30 @@
+"""`validate_data` stage: feature-store snapshot -> features, drift report, checks, gate.
+
+Writes ``data/validation/image_features.csv`` (the per-image feature cache, persisted),
+``reports/data_validation.html`` (evidently), ``reports/data_validation/*.csv`` (DVC plots
+data) and ``metrics/data_validation.json`` whatever the verdict; then, when a check failed and
+``validate.enforce`` is true, raises ``DataValidationError`` listing every failed check (the
+CLI turns it into exit code 1, so `dvc repro` stops before training).
+"""
+
+from __future__ import annotations
+
+from autosink.validation import DataValidationError, Paths, failure_message, validate
+
+PATHS = Paths()
+
+
+def run(params: dict, progress: bool = True) -> dict:
+    summary = validate(params, PATHS, progress=progress)
+    for check in summary["checks"].values():
+        print(f"validate: {'ok  ' if check['passed'] else 'FAIL'} {check['name']}: {check['message']}")
+    drift = summary["drift_share"]
+    print(f"validate: {summary['n_frames']} frames ({summary['features_computed']} computed, "
+          f"{summary['features_reused']} from cache), drift share "
+          f"{'n/a' if drift is None else f'{drift:.2f}'} vs. {summary['drift']['reference']['kind']} reference, "
+          f"{summary['seconds']:.1f} s -> {PATHS.html}, {PATHS.metrics}")
+    if not summary["passed"]:
+        if summary["enforced"]:
+            raise DataValidationError(failure_message(summary))
+        print("validate: gate NOT enforced (validate.enforce=false): continuing despite failed checks")
+    return summary
