@@ -1,6 +1,6 @@
 # Two commands on a fresh machine:  `make repro`  and  `make test`.
 SHELL := /bin/bash
-PYTHON ?= python3
+PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 # The stamp's name carries a hash of the pins: a second `make` with unchanged
@@ -21,6 +21,7 @@ help:  ## list targets
 env: $(STAMP)  ## create .venv with the pinned dependencies (once per set of pins)
 
 $(STAMP):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "autosink needs Python 3.11 (set PYTHON=...); found " + sys.version)'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip==25.3
 	$(BIN)/python -m pip install -q -r requirements.lock

@@ -72,3 +72,30 @@ def test_leftover_temp_from_a_crash_is_cleaned(tmp_path):
     (out / "episodes/.20240706_172000.json.tmp").write_text("half")
     extract_lake(lake, out, expected_size=None, progress=False)
     assert not list((out / "episodes").glob(".*"))
+
+
+def test_same_name_twice_is_quarantined_not_lost(tmp_path):
+    lake, out = _lake(tmp_path, n=1), tmp_path / "out"
+    twin = lake / "pi2"
+    twin.mkdir()
+    make_episode(twin, datetime(2024, 7, 6, 17, 20, 0), [0, 1], [0, 1])
+    result = extract_lake(lake, out, expected_size=None, progress=False)
+    assert result.episodes_ok == 0 and result.episodes_quarantined == 1
+    assert "2 files in the lake have this name" in next(iter(result.quarantined.values()))[0]
+
+
+def test_stricter_settings_recheck_reused_episodes(tmp_path):
+    lake, out = _lake(tmp_path, n=2), tmp_path / "out"
+    assert extract_lake(lake, out, expected_size=None, progress=False).episodes_ok == 2
+    stricter = extract_lake(lake, out, expected_size=(640, 480), progress=False)
+    assert stricter.episodes_quarantined == 2 and stricter.episodes_reused == 0
+
+
+def test_moved_lake_updates_the_references(tmp_path):
+    lake, out = _lake(tmp_path, n=1), tmp_path / "out"
+    extract_lake(lake, out, expected_size=None, progress=False)
+    moved = tmp_path / "lake2"
+    lake.rename(moved)
+    result = extract_lake(moved, out, expected_size=None, progress=False)
+    assert result.episodes_reused == 1
+    assert pd.read_csv(out / "frames.csv")["source"].str.startswith(moved.as_posix()).all()

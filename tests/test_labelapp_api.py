@@ -433,8 +433,9 @@ def test_token_url_sets_an_httponly_cookie_that_then_works(token_client, labels_
     cookie = headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     pair = cookie.split(";")[0]
-    assert pair == f"{c.server.cookie_name}={TOKEN}"
+    assert pair == f"{c.server.cookie_name}={c.server.session}" and TOKEN not in cookie  # never the token itself
     assert c.get("/api/episodes", Cookie=pair)[0] == 200
+    assert c.get("/api/episodes", Cookie=f"{c.server.cookie_name}={TOKEN}")[0] == 401
     assert c.get("/?token=wrong")[0] == 401
     # POST: the token alone is not enough (CSRF), and the CSRF header alone is not either.
     assert c.save(EP, {"5": 1}, "none")[0] == 401

@@ -25,7 +25,7 @@ expect = pytest.importorskip("playwright.sync_api").expect
 
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args):
-    """Debian's Chromium instead of a Playwright download (DESIGN.md section 5)."""
+    """Debian's Chromium instead of a Playwright download (no browser download is possible on these machines)."""
     return {
         **browser_type_launch_args,
         "executable_path": CHROMIUM,

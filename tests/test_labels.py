@@ -95,3 +95,11 @@ def test_rejects_bad_input():
         propagate([0], [0], fps=0)
     with pytest.raises(ValueError, match="min_reaction_s"):
         LabelRules(min_reaction_s=3, max_reaction_s=1)
+
+
+def test_flicker_gives_no_confident_reaction_window():
+    m = seq("0000000000")
+    s = seq("0000100000")
+    out = propagate(m, s, fps=1, rules=RULES)
+    assert not any(r == "reaction" for r in out.rule)
+    assert out.review[1:4].all() and out.rule[3] == "uncertain"

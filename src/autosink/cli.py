@@ -27,7 +27,11 @@ def stage_handler(module: str):
     def handler(args: argparse.Namespace) -> int:
         from importlib import import_module
 
-        import_module(f"autosink.stages.{module}").run(_params(args), progress=not args.quiet)
+        from autosink.config import project_root
+
+        params = _params(args)  # --params relative to where you are, stage paths relative to the repo
+        os.chdir(project_root())
+        import_module(f"autosink.stages.{module}").run(params, progress=not args.quiet)
         return 0
 
     return handler
@@ -35,11 +39,10 @@ def stage_handler(module: str):
 
 def cmd_validate_data(args: argparse.Namespace) -> int:
     """`autosink validate-data`: the data gate; exit 1, listing every failed check, when it fails."""
-    from autosink.stages import validate_data
     from autosink.validation import DataValidationError
 
     try:
-        validate_data.run(_params(args), progress=not args.quiet)
+        stage_handler("validate_data")(args)
     except DataValidationError as e:
         print(f"autosink validate-data: {e}", file=sys.stderr)
         return 1
@@ -107,9 +110,6 @@ def cmd_remote_init(args: argparse.Namespace) -> int:
     url = os.environ.get(REMOTE_ENV, "").strip()
     if url:  # a per-machine choice: .dvc/config.local, never committed
         subprocess.run(["dvc", "remote", "modify", "--local", "local", "url", url], cwd=root, check=True)
-    else:
-        subprocess.run(["dvc", "remote", "modify", "--local", "--unset", "local", "url"], cwd=root,
-                       check=False, capture_output=True)
     url = subprocess.run(["dvc", "config", "remote.local.url"], cwd=root, check=True,
                          capture_output=True, text=True).stdout.strip()
     path = Path(os.path.expanduser(url))

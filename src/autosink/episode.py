@@ -1,6 +1,6 @@
 """Data-lake episodes: the one module that reads, writes, validates and extracts them.
 
-The format is the one deployed Pis already write (DESIGN.md section 2), so it lives in
+The format is the one deployed Pis already write (documented in this module), so it lives in
 exactly one place, shared by the training pipeline and the Pi edge runtime. That is why
 this module imports only the standard library, numpy and cv2.
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,14 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def code_version(*modules) -> str:
+    """A short hash of the source of the modules whose logic a cached result depends on."""
+    h = hashlib.sha256()
+    for module in modules:
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _episode_key(path: Path) -> str:
     return path.name[:-4] if path.suffix == ".zip" else path.name
 
@@ -101,8 +110,9 @@ class _Fingerprint:
             self._sha = sha256_file(self.path)
         return self._sha
 
-    def matches(self, record: dict | None) -> bool:
-        if not record:
+    def matches(self, record: dict | None, checked: dict) -> bool:
+        """Same file, checked the same way (frame size, validator code) as recorded?"""
+        if not record or record.get("checked") != checked:
             return False
         if self.stat is not None and record.get("stat") == self.stat:
             return True
@@ -148,25 +158,44 @@ def extract_lake(
     for leftover in [*episodes_dir.glob(".*.tmp"), *quarantine_dir.glob(".*.tmp"), *out_dir.glob(".*.tmp")]:
         leftover.unlink()  # a crash mid-run
 
-    sources = {_episode_key(p): p for p in find_episodes([lake_dir])}
+    found = find_episodes([lake_dir])
+    sources: dict[str, Path] = {}
+    duplicates: dict[str, list[Path]] = {}
+    for path in found:  # one name, two files (e.g. pi1/X.zip and pi2/X.zip): quarantine both
+        key = _episode_key(path)
+        if key in sources or key in duplicates:
+            duplicates.setdefault(key, [sources.pop(key)] if key in sources else []).append(path)
+        else:
+            sources[key] = path
     removed = 0
     for stale in [*episodes_dir.glob("*.json"), *quarantine_dir.glob("*.json")]:
-        if stale.stem not in sources:
+        if stale.stem not in sources and stale.stem not in duplicates:
             stale.unlink()
             removed += stale.parent == episodes_dir
 
+    import autosink.episode as episode_module
+
+    checked = {"frame_size": list(expected_size) if expected_size else None,
+               "code": code_version(episode_module, sys.modules[__name__])}
     extracted = reused = 0
     quarantined: dict[str, list[str]] = {}
+    for key, paths in duplicates.items():
+        quarantined[key] = [f"{key}: episode: {len(paths)} files in the lake have this name: "
+                            + ", ".join(p.as_posix() for p in paths)]
+        (episodes_dir / f"{key}.json").unlink(missing_ok=True)
+        _write_json(quarantine_dir / f"{key}.json", {"sources": [p.as_posix() for p in paths],
+                                                     "reasons": quarantined[key]})
+        tqdm.write(f"quarantined {quarantined[key][0]}")
     rows: dict[str, list[dict]] = {}
     for key, src in tqdm(sorted(sources.items()), desc="extract", unit="episode", disable=not progress):
         fp = _Fingerprint(src)
         ep_file, q_file = episodes_dir / f"{key}.json", quarantine_dir / f"{key}.json"
         done, q = _read_json(ep_file), _read_json(q_file)
-        if fp.matches(done):
-            rows[key] = done["frames"]
+        if fp.matches(done, checked):
+            rows[key] = [{**row, "source": src.as_posix()} for row in done["frames"]]  # the lake may have moved
             reused += 1
             continue
-        if fp.matches(q):  # same bad file as last time: same verdict, no rework
+        if fp.matches(q, checked):  # same bad file as last time: same verdict, no rework
             quarantined[key] = q["reasons"]
             reused += 1
             continue
@@ -175,13 +204,13 @@ def extract_lake(
         if problems:
             reasons = [str(p) for p in problems]
             quarantined[key] = reasons
-            _write_json(q_file, {**fp.record(), "reasons": reasons})
+            _write_json(q_file, {**fp.record(), "checked": checked, "reasons": reasons})
             more = f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""
             tqdm.write(f"quarantined {src}: {reasons[0]}{more}")
             continue
         q_file.unlink(missing_ok=True)
         rows[key] = _frame_rows(key, src)
-        _write_json(ep_file, {**fp.record(), "frames": rows[key]})
+        _write_json(ep_file, {**fp.record(), "checked": checked, "frames": rows[key]})
         extracted += 1
 
     table = [row for key in sorted(rows) for row in rows[key]]

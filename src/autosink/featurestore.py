@@ -23,13 +23,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
+import autosink.labels as labels_module
 from autosink.episode import read_episode
+from autosink.extract import code_version
 from autosink.labels import IGNORE, LabelRules, frames_per_second, propagate, read_human_labels
 
 MANIFEST_COLUMNS = [
@@ -102,20 +105,27 @@ def build_feature_store(
     for leftover in store_dir.rglob(".*.tmp"):
         leftover.unlink()
     rules_json = json.dumps({**asdict(rules), "default_fps": default_fps}, sort_keys=True)
+    code = code_version(labels_module, sys.modules[__name__])  # changed rules code relabels everything
 
     episodes = sorted(frames["episode"].unique()) if len(frames) else []
     known = set(episodes)
     for stale in tables_dir.iterdir():  # episodes that left the lake (or were quarantined)
         if stale.name.split(".")[0] not in known:
             stale.unlink()
+    orphans = sorted(p.name for p in labels_dir.glob("*.csv") if p.stem not in known) if labels_dir.is_dir() else []
+    for name in orphans:
+        tqdm.write(f"warning: {labels_dir / name}: human labels for an episode that is not in the lake "
+                   "(removed, or quarantined: see data/extracted/quarantine/); they are not used")
 
     relabelled = reused = 0
     changed: set[str] = set()
+    keys: dict[Path, str] = {}
     for episode, rows in tqdm(frames.groupby("episode", sort=True), desc="label", unit="episode",
                               disable=not progress):
         source = json.loads((extracted_dir / "episodes" / f"{episode}.json").read_text())["sha256"]
         human_file = labels_dir / f"{episode}.csv"
-        key = json.dumps({"source": source, "human": _file_sha(human_file), "rules": rules_json}, sort_keys=True)
+        key = json.dumps({"source": source, "human": _file_sha(human_file), "rules": rules_json, "code": code},
+                         sort_keys=True)
         key_file, table_file = tables_dir / f"{episode}.key", tables_dir / f"{episode}.csv"
         if table_file.exists() and key_file.exists() and key_file.read_text() == key:
             reused += 1
@@ -123,7 +133,8 @@ def build_feature_store(
         human = read_human_labels(human_file) if human_file.exists() else {}
         dense = label_episode(rows, human, rules, default_fps)
         _atomic_write_text(table_file, dense.to_csv(index=False))
-        _atomic_write_text(key_file, key)
+        key_file.unlink(missing_ok=True)  # written back once the episode's frames are in place
+        keys[key_file] = key
         changed.add(episode)
         relabelled += 1
 
@@ -157,6 +168,9 @@ def build_feature_store(
         _write_frames(Path(sources[episode]), todo, store_dir)
         written += len(todo)
 
+    for key_file, key in keys.items():  # only now: a crash before this relabels these episodes again
+        _atomic_write_text(key_file, key)
+
     manifest_csv = manifest.to_csv(index=False)
     _atomic_write_text(store_dir / "manifest.csv", manifest_csv)
     counts = manifest["label"].astype(int).value_counts().to_dict()
@@ -167,5 +181,5 @@ def build_feature_store(
         "per_class": {str(c): int(counts.get(c, 0)) for c in (0, 1, IGNORE)},
     }
     _atomic_write_text(store_dir / "version.json", json.dumps(version, indent=2) + "\n")
-    return {"episodes_relabelled": relabelled, "episodes_reused": reused, "frames_written": written,
+    return {"episodes_relabelled": relabelled, "human_label_files_orphaned": len(orphans), "episodes_reused": reused, "frames_written": written,
             "frames_removed": removed, **version}

@@ -26,7 +26,8 @@ delay, but ends one (lets go, reopens) by their own decision, at once. The rules
    state shorter than their delay, so the true switch may be a little earlier
    or later: ``passive_window_s`` on each side is ``uncertain``.
 5. **Flicker**: an override shorter than ``min_override_s`` (toggled and let
-   go at once) says nothing reliable: ``-1`` (ignore), flagged for review.
+   go at once) says nothing reliable: ``-1`` (ignore), flagged for review, and
+   the reaction window before it is ``uncertain`` rather than confident.
 
 Human labels (``data/labels/<episode>.csv``) override all of this.
 """
@@ -113,12 +114,29 @@ def propagate(model_output, magnetic_status, fps: float, rules: LabelRules = Lab
                 if not override[t]:
                     uncertain(t)
 
+    # Flicker: an override too short to mean anything (cut at the episode edge: unknown length, kept).
+    min_len = max(1, math.ceil(rules.min_override_s * fps))
+    flicker = np.zeros(n, dtype=bool)
+    i = 0
+    while i < n:
+        j = i + 1
+        if override[i]:
+            while j < n and override[j] and s[j] == s[i]:
+                j += 1
+            if j - i < min_len and 0 < i and j < n:
+                flicker[i:j] = True
+        i = j
+
     events = user_events(m, s)
     for idx, k in enumerate(events):
         v = s[k]
         if v == m[k]:
             continue  # the user ends an override (lets go, or reopens): their own decision, no delay
         floor = events[idx - 1] if idx else 0  # never reach back past the previous user event
+        if flicker[k]:  # a toggle let go at once: weak evidence; a human decides the frames before it
+            for j in range(max(floor, k - reach), k):
+                uncertain(j, v if j >= k - sure else None)
+            continue
         # The user starts an override once the wrong state has lasted their reaction delay:
         # surely wrong for the last min_reaction_s, maybe wrong from max_reaction_s before.
         sure_from = max(floor, k - sure)
@@ -135,23 +153,11 @@ def propagate(model_output, magnetic_status, fps: float, rules: LabelRules = Lab
         for j in range(start, sure_from):
             uncertain(j, v if j >= split else None)
 
-    # Flicker: overrides too short to mean anything.
-    min_len = max(1, math.ceil(rules.min_override_s * fps))
-    i = 0
-    while i < n:
-        if override[i]:
-            j = i
-            while j < n and override[j] and s[j] == s[i]:
-                j += 1
-            if j - i < min_len and 0 < i and j < n:  # cut at the episode edge: unknown length, keep
-                label[i:j] = IGNORE
-                review[i:j] = True
-                conf[i:j] = rules.conf_review
-                for t in range(i, j):
-                    rule[t] = "flicker"
-            i = j
-        else:
-            i += 1
+    label[flicker] = IGNORE
+    review[flicker] = True
+    conf[flicker] = rules.conf_review
+    for t in np.flatnonzero(flicker):
+        rule[t] = "flicker"
     return DenseLabels(label=label.astype(np.int8), confidence=conf, review=review, rule=rule)
 
 

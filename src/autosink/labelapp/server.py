@@ -15,7 +15,8 @@ Security (see the README section "Labeling app"):
 
 - binds 127.0.0.1 by default; any other address needs an access token and refuses to start
   without one. With a token set, every request must carry it (``Authorization: Bearer`` or the
-  cookie set by ``/?token=``), compared in constant time, else 401.
+  cookie (a per-server session secret, not the token) set by ``/?token=``), compared in constant
+  time, else 401.
 - on a loopback bind, the ``Host`` header must name the loopback address (DNS rebinding).
 - POST needs the per-server CSRF header, ``Content-Type: application/json``, a same-origin
   ``Origin`` (when sent) and no cross-site ``Sec-Fetch-Site``, else 403.
@@ -109,6 +110,9 @@ class LabelServer(ThreadingHTTPServer):
         self.token = token
         self.quiet = quiet
         self.csrf = secrets.token_urlsafe(32)
+        # The cookie carries a per-server session secret, never the token itself (cookies ignore
+        # ports, so any other service on the host would receive it).
+        self.session = secrets.token_urlsafe(32)
         self.static = _static_files()
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host.strip("[]"), port), Handler)
@@ -214,7 +218,7 @@ class Handler(BaseHTTPRequestHandler):
             return True
         for part in (self.headers.get("Cookie") or "").split(";"):
             name, _, value = part.strip().partition("=")
-            if name == self.server.cookie_name and hmac.compare_digest(value.encode(), token.encode()):
+            if name == self.server.cookie_name and hmac.compare_digest(value.encode(), self.server.session.encode()):
                 return True
         return False
 
@@ -239,7 +243,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.server.token and self._route_path == "/" and "token" in self._query and self.command == "GET":
             given = self._query["token"][0]
             if hmac.compare_digest(given.encode(), self.server.token.encode()):
-                cookie = f"{self.server.cookie_name}={self.server.token}; Path=/; HttpOnly; SameSite=Strict"
+                cookie = f"{self.server.cookie_name}={self.server.session}; Path=/; HttpOnly; SameSite=Strict"
                 self._send(303, b"", "text/plain", headers={"Location": "/", "Set-Cookie": cookie})
             else:
                 self._error(401, "wrong access token")

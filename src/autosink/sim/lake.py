@@ -31,7 +31,7 @@ from autosink.sim.scene import render
 from autosink.sim.session import SessionScript, make_sessions
 from autosink.sim.user import CLOSED, FORCED_ON, ClosedLoop, FrameRecord, SimUser, make_model
 
-#: Defaults of the ``sim:`` config group (the embedded sample lake: ~1300 frames).
+#: Defaults of the ``sim:`` config group (the embedded sample lake: ~1200 frames).
 DEFAULTS: dict[str, Any] = {
     "seed": 20240706,
     "users": 8,

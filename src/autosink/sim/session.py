@@ -8,7 +8,7 @@ Per dish: enter -> [pre-rinse] -> detergent (hand with scrubber) -> put the scru
 down, visible) -> [set the dish down] -> rinse (close under the faucet / far / no dish, with
 occasional excursions out of the ROI) -> exit -> idle gap.
 
-Ground truth per frame (label convention v1, DESIGN.md section 2), from the state alone:
+Ground truth per frame (label convention v1, README "The sample data lake"), from the state alone:
 
 * detergent: 0
 * rinse: scrubber visible -> -1; else 1 iff a hand holds the dish and the dish centre is in

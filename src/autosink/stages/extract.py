@@ -1,4 +1,4 @@
-"""`extract` stage: data lake -> data/extracted (frames + frames.csv), bad episodes quarantined."""
+"""`extract` stage: data lake -> data/extracted (a validated per-frame table referencing the lake), bad episodes quarantined."""
 
 from __future__ import annotations
 

@@ -64,7 +64,10 @@ def run(params: dict, progress: bool = True) -> dict:
         "per_class": per_class,
         "episodes_relabelled": work["episodes_relabelled"],
         "episodes_reused": work["episodes_reused"],
-        **agreement_with_truth(manifest, Path(cfg["truth_dir"])),
+        "human_label_files_orphaned": work["human_label_files_orphaned"],
+        # The simulator's hidden truth scores only the sample lake's episodes.
+        **(agreement_with_truth(manifest, Path(cfg["truth_dir"])) if params["data"]["source"] == "sample"
+           else {"truth_episodes": 0}),
     }
     write_metrics(METRICS, metrics)
     print(f"label: {metrics['frames']} frames in {metrics['episodes']} episodes "

@@ -123,6 +123,9 @@ def validate(params: dict, paths: Paths = Paths(), progress: bool = True) -> dic
     version = json.loads(version_file.read_text()).get("version") if version_file.exists() else None
 
     labelled = manifest[manifest["label"].isin([0, 1])].reset_index(drop=True)
+    if labelled.empty:
+        raise ValueError(f"{manifest_file}: no frame labelled 0 or 1: nothing to validate or train on "
+                         "(is the lake empty, or every episode quarantined? see metrics/extract.json)")
     feats, cache_counts = compute_features(labelled["path"].tolist(), paths.store, paths.cache,
                                            FeatureConfig.from_params(cfg), progress=progress)
     meta = labelled[["episode", "frame_index", "timestamp", "user_id", "dishwashing_id", "label"]]
