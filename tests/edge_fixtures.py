@@ -100,7 +100,7 @@ print("FOOTPRINT " + json.dumps({"code": code, "modules": mods}))
 
 FORBIDDEN = ("torch", "torchvision", "pandas", "sklearn", "pytorch_lightning", "lightning", "hydra", "dvc",
              "wandb", "evidently", "pydrive2", "matplotlib")
-ALLOWED_AUTOSINK = {"autosink", "autosink.episode", "autosink.modelcard"}
+ALLOWED_AUTOSINK = {"autosink", "autosink.episode", "autosink.fileio", "autosink.modelcard"}
 
 
 def check_footprint(modules: list[str]) -> None:

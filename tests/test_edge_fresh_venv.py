@@ -1,8 +1,8 @@
 """The edge is deployable alone: a fresh venv with only edge/requirements.txt runs edge/run.py.
 
 Slow (creates a venv and installs onnxruntime, numpy and OpenCV from PyPI: about a minute),
-so marked ``slow``. It runs from a copy holding only ``edge/`` and the three modules the edge
-may import (``autosink/__init__``, ``episode``, ``modelcard``) plus ``autosink/edge/``: if the
+so marked ``slow``. It runs from a copy holding only ``edge/`` and the modules the edge
+may import (``autosink/__init__``, ``episode``, ``fileio``, ``modelcard``) plus ``autosink/edge/``: if the
 edge ever imports anything else from the pipeline, or torch, this fails.
 """
 
@@ -28,7 +28,7 @@ def _minimal_checkout(dst: Path) -> Path:
     shutil.copytree(ROOT / "edge", dst / "edge", ignore=shutil.ignore_patterns("__pycache__"))
     src = dst / "src" / "autosink"
     shutil.copytree(ROOT / "src" / "autosink" / "edge", src / "edge", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("__init__.py", "episode.py", "modelcard.py"):
+    for name in ("__init__.py", "episode.py", "fileio.py", "modelcard.py"):
         shutil.copy(ROOT / "src" / "autosink" / name, src / name)
     return dst
 

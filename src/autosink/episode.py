@@ -2,7 +2,7 @@
 
 The format is the one deployed Pis already write (documented in this module), so it lives in
 exactly one place, shared by the training pipeline and the Pi edge runtime. That is why
-this module imports only the standard library, numpy and cv2.
+this module imports only the standard library, numpy, cv2 and the stdlib-only autosink.fileio.
 
 An episode is ``{YYYYmmdd_HHMMSS}.zip`` holding ``{stem}.json`` and frames ``1.png .. N.png``
 at its root, or an unzipped folder with the same members. Episodes come from the field and
@@ -21,7 +21,6 @@ import re
 import shutil
 import stat
 import struct
-import sys
 import tempfile
 import zipfile
 import zlib
@@ -33,6 +32,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+from autosink.fileio import fsync_dir, json_type
 
 __all__ = [
     "FRAME_WIDTH", "FRAME_HEIGHT", "VERSIONS", "EpisodeError", "Interaction", "EpisodeMeta",
@@ -143,25 +144,6 @@ class _Collector:
 # --------------------------------------------------------------------------- JSON / metadata
 
 
-def _jtype(value: object) -> str:
-    """The JSON name of a value's type, for error messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)  # bool is an int subclass
 
@@ -182,7 +164,7 @@ def _check_choice(item: dict[str, Any], key: str, choices: tuple[int, ...], wher
         return None
     value = item[key]
     if not _is_int(value):
-        c.add(where, f"expected integer, got {_jtype(value)}")
+        c.add(where, f"expected integer, got {json_type(value)}")
     elif value not in choices:
         c.add(where, f"must be one of {', '.join(map(str, choices))}, got {value}")
     else:
@@ -199,7 +181,7 @@ def _check_meta(obj: object, c: _Collector) -> tuple[EpisodeMeta | None, list[tu
     """
     n_errors = len(c.errors)
     if not isinstance(obj, dict):
-        c.add("json", f"top level must be an object, got {_jtype(obj)}")
+        c.add("json", f"top level must be an object, got {json_type(obj)}")
         return None, None
     for key in _CORE_KEYS:
         if key not in obj:
@@ -208,7 +190,7 @@ def _check_meta(obj: object, c: _Collector) -> tuple[EpisodeMeta | None, list[tu
     version = obj.get("version")
     if "version" in obj:
         if not _is_int(version):
-            c.add("version", f"expected integer, got {_jtype(version)}")
+            c.add("version", f"expected integer, got {json_type(version)}")
             version = None
         elif version not in VERSIONS:
             c.add("version", f"unsupported version {version} (known: {', '.join(map(str, VERSIONS))})")
@@ -217,7 +199,7 @@ def _check_meta(obj: object, c: _Collector) -> tuple[EpisodeMeta | None, list[tu
     user_id = obj.get("user_id")
     if "user_id" in obj:
         if not isinstance(user_id, str):
-            c.add("user_id", f"expected string, got {_jtype(user_id)}")
+            c.add("user_id", f"expected string, got {json_type(user_id)}")
         elif not user_id.strip():
             c.add("user_id", "empty")
         elif any(ch in user_id for ch in "/\\\x00"):  # it becomes a grouping key and may name files
@@ -226,7 +208,7 @@ def _check_meta(obj: object, c: _Collector) -> tuple[EpisodeMeta | None, list[tu
     dishwashing_id = obj.get("dishwashing_id")
     if "dishwashing_id" in obj:
         if not isinstance(dishwashing_id, str):
-            c.add("dishwashing_id", f"expected string, got {_jtype(dishwashing_id)}")
+            c.add("dishwashing_id", f"expected string, got {json_type(dishwashing_id)}")
         elif not _ID_RE.fullmatch(dishwashing_id):
             c.add("dishwashing_id", f"{dishwashing_id!r} is not 10 lowercase hex characters")
 
@@ -234,7 +216,7 @@ def _check_meta(obj: object, c: _Collector) -> tuple[EpisodeMeta | None, list[tu
     raw_start = obj.get("dishwashing_start")
     if "dishwashing_start" in obj:
         if not isinstance(raw_start, str):
-            c.add("dishwashing_start", f"expected string, got {_jtype(raw_start)}")
+            c.add("dishwashing_start", f"expected string, got {json_type(raw_start)}")
         elif not _START_RE.fullmatch(raw_start):
             c.add("dishwashing_start", f"{raw_start!r} is not an ISO time with UTC offset (YYYY-mm-ddTHH:MM:SS+HH:MM)")
         else:
@@ -247,14 +229,14 @@ def _check_meta(obj: object, c: _Collector) -> tuple[EpisodeMeta | None, list[tu
     images: list[tuple[int, str]] | None = None
     raw_list = obj.get("interactions")
     if "interactions" in obj and not isinstance(raw_list, list):
-        c.add("interactions", f"expected array, got {_jtype(raw_list)}")
+        c.add("interactions", f"expected array, got {json_type(raw_list)}")
     elif isinstance(raw_list, list):
         images = []
         prev: tuple[int, datetime] | None = None
         for i, item in enumerate(raw_list):
             where = f"interactions[{i}]"
             if not isinstance(item, dict):
-                c.add(where, f"expected object, got {_jtype(item)}")
+                c.add(where, f"expected object, got {json_type(item)}")
                 continue
             item_errors = len(c.errors)
             for key in item:
@@ -273,7 +255,7 @@ def _check_meta(obj: object, c: _Collector) -> tuple[EpisodeMeta | None, list[tu
             if "timestamp" in item:
                 raw_ts = item["timestamp"]
                 if not isinstance(raw_ts, str):
-                    c.add(f"{where}.timestamp", f"expected string, got {_jtype(raw_ts)}")
+                    c.add(f"{where}.timestamp", f"expected string, got {json_type(raw_ts)}")
                 elif not _TS_RE.fullmatch(raw_ts):
                     c.add(f"{where}.timestamp",
                           f"{raw_ts!r} is not a naive ISO time with second precision (YYYY-mm-ddTHH:MM:SS)")
@@ -296,12 +278,12 @@ def _check_meta(obj: object, c: _Collector) -> tuple[EpisodeMeta | None, list[tu
             user_label = _check_choice(item, "user_label", (-1, 0, 1), f"{where}.user_label", c)
             validation = item.get("validation")
             if "validation" in item and not isinstance(validation, bool):
-                c.add(f"{where}.validation", f"expected boolean, got {_jtype(validation)}")
+                c.add(f"{where}.validation", f"expected boolean, got {json_type(validation)}")
 
             image = item.get("image")
             if "image" in item:
                 if not isinstance(image, str):
-                    c.add(f"{where}.image", f"expected string, got {_jtype(image)}")
+                    c.add(f"{where}.image", f"expected string, got {json_type(image)}")
                 elif not _FRAME_RE.fullmatch(image):
                     c.add(f"{where}.image", f"{image!r} is not a frame name like '1.png'")
                 else:
@@ -832,18 +814,6 @@ def _zip_info(name: str, date_time: tuple[int, int, int, int, int, int], compres
     return info
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (a Pi may lose power right after saving). Best effort."""
-    if sys.platform == "win32":
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def write_episode(zip_path: StrPath, meta: EpisodeMeta, frames: Iterable[np.ndarray | bytes], *,
                   expected_size: Size = DEFAULT_SIZE) -> Path:
     """Write an episode zip atomically and reproducibly; return its path.
@@ -901,7 +871,7 @@ def write_episode(zip_path: StrPath, meta: EpisodeMeta, frames: Iterable[np.ndar
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
-    _fsync_dir(zip_path.parent)
+    fsync_dir(zip_path.parent)
     return zip_path
 
 

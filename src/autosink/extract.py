@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from autosink.episode import check_episode, find_episodes, read_episode
+from autosink.fileio import atomic_write, code_version, sha256_file
 
 FRAME_COLUMNS = [
     "episode", "frame_index", "image", "source", "timestamp", "user_id", "dishwashing_id",
@@ -56,25 +56,15 @@ class ExtractResult:
         return {k: v for k, v in self.__dict__.items() if k != "quarantined"}
 
 
-def sha256_file(path: Path) -> str:
+def sha256_source(path: Path) -> str:
+    """sha256 of an episode zip, or of an unzipped episode folder (names and contents)."""
+    if not path.is_dir():
+        return sha256_file(path)
     h = hashlib.sha256()
-    if path.is_dir():  # an unzipped episode folder: hash names and contents
-        for p in sorted(path.iterdir()):
-            h.update(p.name.encode() + b"\0")
-            h.update(sha256_file(p).encode() if p.is_dir() else p.read_bytes())
-        return h.hexdigest()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for p in sorted(path.iterdir()):
+        h.update(p.name.encode() + b"\0")
+        h.update(sha256_source(p).encode() if p.is_dir() else p.read_bytes())
     return h.hexdigest()
-
-
-def code_version(*modules) -> str:
-    """A short hash of the source of the modules whose logic a cached result depends on."""
-    h = hashlib.sha256()
-    for module in modules:
-        h.update(Path(module.__file__).read_bytes())
-    return h.hexdigest()[:16]
 
 
 def _episode_key(path: Path) -> str:
@@ -89,10 +79,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    """Replace, never rewrite in place (a crash leaves the old file or the new one)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 class _Fingerprint:
@@ -107,7 +94,7 @@ class _Fingerprint:
     @property
     def sha256(self) -> str:
         if self._sha is None:
-            self._sha = sha256_file(self.path)
+            self._sha = sha256_source(self.path)
         return self._sha
 
     def matches(self, record: dict | None, checked: dict) -> bool:
@@ -214,9 +201,7 @@ def extract_lake(
         extracted += 1
 
     table = [row for key in sorted(rows) for row in rows[key]]
-    tmp = out_dir / ".frames.csv.tmp"
-    pd.DataFrame(table, columns=FRAME_COLUMNS).to_csv(tmp, index=False)
-    os.replace(tmp, out_dir / "frames.csv")
+    atomic_write(out_dir / "frames.csv", pd.DataFrame(table, columns=FRAME_COLUMNS).to_csv(index=False))
     return ExtractResult(
         episodes_ok=len(rows), episodes_quarantined=len(quarantined), episodes_extracted=extracted,
         episodes_reused=reused, episodes_removed=removed, frames=len(table), quarantined=quarantined,

@@ -32,23 +32,13 @@ from tqdm import tqdm
 
 import autosink.labels as labels_module
 from autosink.episode import read_episode
-from autosink.extract import code_version
+from autosink.fileio import atomic_write, code_version, sha256_file
 from autosink.labels import IGNORE, LabelRules, frames_per_second, propagate, read_human_labels
 
 MANIFEST_COLUMNS = [
     "episode", "frame_index", "image", "path", "timestamp", "user_id", "dishwashing_id",
     "label", "source", "confidence", "review", "rule", "model_output", "magnetic_status",
 ]
-
-
-def _file_sha(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def label_episode(frames: pd.DataFrame, human: dict[int, int], rules: LabelRules, default_fps: float) -> pd.DataFrame:
@@ -80,10 +70,7 @@ def _write_frames(source: Path, wanted: list[tuple[str, str]], store_dir: Path) 
     """Write one episode's frames (image name -> store path) from its lake file, bytes unchanged."""
     episode = read_episode(source, check_frames=False)
     for image, rel in wanted:
-        dst = store_dir / rel
-        tmp = dst.with_name(f".{dst.name}.tmp")
-        tmp.write_bytes(episode.read_frame_bytes(image))
-        os.replace(tmp, dst)
+        atomic_write(store_dir / rel, episode.read_frame_bytes(image))
 
 
 def build_feature_store(
@@ -124,15 +111,15 @@ def build_feature_store(
                               disable=not progress):
         source = json.loads((extracted_dir / "episodes" / f"{episode}.json").read_text())["sha256"]
         human_file = labels_dir / f"{episode}.csv"
-        key = json.dumps({"source": source, "human": _file_sha(human_file), "rules": rules_json, "code": code},
-                         sort_keys=True)
+        human_sha = sha256_file(human_file) if human_file.exists() else None
+        key = json.dumps({"source": source, "human": human_sha, "rules": rules_json, "code": code}, sort_keys=True)
         key_file, table_file = tables_dir / f"{episode}.key", tables_dir / f"{episode}.csv"
         if table_file.exists() and key_file.exists() and key_file.read_text() == key:
             reused += 1
             continue
         human = read_human_labels(human_file) if human_file.exists() else {}
         dense = label_episode(rows, human, rules, default_fps)
-        _atomic_write_text(table_file, dense.to_csv(index=False))
+        atomic_write(table_file, dense.to_csv(index=False))
         key_file.unlink(missing_ok=True)  # written back once the episode's frames are in place
         keys[key_file] = key
         changed.add(episode)
@@ -169,10 +156,10 @@ def build_feature_store(
         written += len(todo)
 
     for key_file, key in keys.items():  # only now: a crash before this relabels these episodes again
-        _atomic_write_text(key_file, key)
+        atomic_write(key_file, key)
 
     manifest_csv = manifest.to_csv(index=False)
-    _atomic_write_text(store_dir / "manifest.csv", manifest_csv)
+    atomic_write(store_dir / "manifest.csv", manifest_csv)
     counts = manifest["label"].astype(int).value_counts().to_dict()
     version = {
         "version": "fs-" + hashlib.sha256(manifest_csv.encode()).hexdigest()[:12],
@@ -180,6 +167,6 @@ def build_feature_store(
         "frames": len(manifest),
         "per_class": {str(c): int(counts.get(c, 0)) for c in (0, 1, IGNORE)},
     }
-    _atomic_write_text(store_dir / "version.json", json.dumps(version, indent=2) + "\n")
+    atomic_write(store_dir / "version.json", json.dumps(version, indent=2) + "\n")
     return {"episodes_relabelled": relabelled, "human_label_files_orphaned": len(orphans), "episodes_reused": reused, "frames_written": written,
             "frames_removed": removed, **version}

@@ -35,9 +35,10 @@ Human labels (``data/labels/<episode>.csv``) override all of this.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+from autosink.fileio import atomic_write
 
 import numpy as np
 
@@ -203,11 +204,8 @@ def read_human_labels(path) -> dict[int, int]:
 def write_human_labels(path, labels: dict[int, int]) -> None:
     """Write one episode's human labels atomically (sorted, so diffs stay small)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     for idx, value in labels.items():
         if value not in (0, 1, IGNORE):
             raise ValueError(f"{path}: frame {idx}: label must be 0, 1 or -1, got {value!r}")
     text = HUMAN_HEADER + "\n" + "".join(f"{int(i)},{int(v)}\n" for i, v in sorted(labels.items()))
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)

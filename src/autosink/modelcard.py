@@ -36,15 +36,15 @@ Errors are :class:`CardError` (a ValueError) naming the file, the field and the 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from autosink.fileio import atomic_write, json_type, sha256_file
 
 __all__ = [
     "FORMAT", "CLASSES", "CardError", "card_path_for", "validate_card", "read_card", "write_card",
@@ -92,30 +92,12 @@ def card_path_for(model_path: StrPath) -> Path:
     return p.with_name(f"{stem}.json")
 
 
-def _jtype(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
 def _show(value: object) -> str:
     """A short JSON-ish rendering of a bad value for an error message."""
     try:
         text = json.dumps(value, default=lambda o: f"<{type(o).__name__}>")
     except (ValueError, RecursionError):
-        text = _jtype(value)
+        text = json_type(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -126,7 +108,7 @@ def validate_card(obj: object, path: StrPath = "<card>") -> dict[str, Any]:
     add = lambda f, p: problems.append((f, p))  # noqa: E731
 
     if not isinstance(obj, dict):
-        raise CardError(str(path), [("card", f"top level must be an object, got {_jtype(obj)}")])
+        raise CardError(str(path), [("card", f"top level must be an object, got {json_type(obj)}")])
     for key in ("format", "classes", "input", "output", "threshold", "backbone", "model_sha256", "version"):
         if key not in obj:
             add(key, "missing")
@@ -142,7 +124,7 @@ def validate_card(obj: object, path: StrPath = "<card>") -> dict[str, Any]:
 
     def text(where: str, value: object) -> None:
         if not isinstance(value, str):
-            add(where, f"expected a string, got {_jtype(value)}")
+            add(where, f"expected a string, got {json_type(value)}")
         elif not value.strip():
             add(where, "empty")
 
@@ -152,7 +134,7 @@ def validate_card(obj: object, path: StrPath = "<card>") -> dict[str, Any]:
 
     inp = obj.get("input")
     if "input" in obj and not isinstance(inp, dict):
-        add("input", f"expected an object, got {_jtype(inp)}")
+        add("input", f"expected an object, got {json_type(inp)}")
     elif isinstance(inp, dict):
         for key in ("name", "dtype", "layout", "color", "height", "width"):
             if key not in inp:
@@ -173,7 +155,7 @@ def validate_card(obj: object, path: StrPath = "<card>") -> dict[str, Any]:
 
     out = obj.get("output")
     if "output" in obj and not isinstance(out, dict):
-        add("output", f"expected an object, got {_jtype(out)}")
+        add("output", f"expected an object, got {json_type(out)}")
     elif isinstance(out, dict):
         for key in ("name", "kind"):
             if key not in out:
@@ -258,15 +240,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: StrPath, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def make_card(*, model_sha256: str, backbone: str, version: str, threshold: float = 0.5,
               height: int = 480, width: int = 640, color: str = "RGB", input_name: str = "frames",
               output_name: str = "p_water", **extra: Any) -> dict[str, Any]:
@@ -294,17 +267,4 @@ def write_card(path: StrPath, card: dict[str, Any]) -> Path:
     p = Path(path)
     validate_card(card, p)
     data = (json.dumps(card, indent=2) + "\n").encode()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return p
+    return atomic_write(p, data, durable=True)

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from autosink.fileio import fsync_dir
+
 __all__ = ["TargetUnavailable", "UploadError", "Remote", "Target", "FolderTarget", "GDriveTarget", "make_target",
            "Uploader", "file_digest"]
 
@@ -79,15 +81,6 @@ class Target(Protocol):
     def stat(self, name: str) -> Remote | None: ...
 
     def put(self, local: Path, name: str) -> Remote: ...
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class FolderTarget:
@@ -138,7 +131,7 @@ class FolderTarget:
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         remote = self.stat(name)
         if remote is None:
             raise UploadError(f"{final}: missing right after the upload")

@@ -8,7 +8,6 @@ the gate failed and ``validate.enforce`` is on.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from autosink.fileio import atomic_write
 from autosink.validation.checks import run_checks
 from autosink.validation.drift import drift_report
 from autosink.validation.features import FEATURES, FeatureConfig, compute_features, write_csv_atomic
@@ -93,10 +93,7 @@ def feature_histograms(frames: pd.DataFrame) -> pd.DataFrame:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def failure_message(summary: dict) -> str:

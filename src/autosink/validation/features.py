@@ -39,6 +39,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from autosink.fileio import atomic_write
+
 FEATURES = [
     "brightness", "contrast", "sharpness", "cast_rg", "cast_bg",
     "roi_brightness", "roi_objectness", "saturated",
@@ -157,10 +159,7 @@ def read_cache(path: Path, cfg: FeatureConfig) -> pd.DataFrame:
 
 def write_csv_atomic(table: pd.DataFrame, path: Path) -> None:
     """Write a CSV via a temp file + os.replace (an output file is never rewritten in place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, table.to_csv(index=False))
 
 
 def compute_features(paths: list[str], store_dir: Path, cache_file: Path, cfg: FeatureConfig,
@@ -191,7 +190,5 @@ def compute_features(paths: list[str], store_dir: Path, cache_file: Path, cfg: F
     table["readable"] = table["readable"].astype(bool)
     key_file(cache_file).unlink(missing_ok=True)  # no key while the table and key disagree
     write_csv_atomic(table, cache_file)
-    tmp = key_file(cache_file).with_name(f".{key_file(cache_file).name}.tmp")
-    tmp.write_text(json.dumps(_cache_key(cfg), indent=2) + "\n")
-    os.replace(tmp, key_file(cache_file))
+    atomic_write(key_file(cache_file), json.dumps(_cache_key(cfg), indent=2) + "\n")
     return table, {"computed": len(todo), "reused": len(paths) - len(todo)}
