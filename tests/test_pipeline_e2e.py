@@ -12,6 +12,8 @@ import shutil
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import pandas as pd
 import pytest
 
@@ -20,10 +22,20 @@ from autosink.labels import write_human_labels
 
 pytestmark = pytest.mark.slow
 
-TINY_SIM = {"users": 1, "sessions_per_user": 3, "case_frames": 2}
+TINY_SIM = {"users": 1, "sessions_per_user": 4, "case_frames": 2}
+TINY_PREPARE = {"fractions": {"train": 0.5, "val": 0.25, "test": 0.25}}  # a session for each split
 # One kitchen cannot pass the data gate's balance checks: report, don't block (the gate itself
 # is tested in tests/test_validate_data.py).
 TINY_VALIDATE = {"enforce": False, "wandb": {"mode": "disabled"}}
+# Training shrunk to seconds: tiny input, one epoch of two batches, wandb offline (a real local run).
+TINY_MODEL = {"input_height": 48, "input_width": 48}
+TINY_TRAIN = {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 2, "batch_size": 8,
+              "accelerator": "cpu", "devices": 1, "early_stopping_patience": 0,
+              "wandb": {"mode": "offline", "project": "autosink", "log_model": True, "dir": "."}}
+TINY_CONF = {"sim/default.yaml": TINY_SIM, "prepare/default.yaml": TINY_PREPARE, "validate/default.yaml": TINY_VALIDATE,
+             "model/mobilenet_v3_small.yaml": TINY_MODEL, "model/resnet18.yaml": TINY_MODEL,
+             "train/default.yaml": TINY_TRAIN}
+STAGES = ("simulate", "extract", "label", "prepare", "validate_data", "train", "evaluate", "validate_model", "export")
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -39,15 +51,14 @@ def metrics(root: Path, name: str) -> dict:
 def project(repo_root, tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
     root = base / "autosink"
-    env = copy_project(repo_root, root, {"sim/default.yaml": TINY_SIM, "validate/default.yaml": TINY_VALIDATE},
-                       remote=base / "remote")
+    env = copy_project(repo_root, root, TINY_CONF, remote=base / "remote")
     return root, env, base / "remote"
 
 
 def test_repro_runs_every_stage_then_nothing(project):
     root, env, _ = project
     out = run(["dvc", "repro"], root, env)
-    for stage in ("simulate", "extract", "label", "prepare", "validate_data"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in out, out
     sim, ext, lab, prep, val = (metrics(root, n) for n in ("simulate", "extract", "labels", "prepare",
                                                            "data_validation"))
@@ -71,6 +82,26 @@ def test_repro_runs_every_stage_then_nothing(project):
     assert prep["train"]["frames"] > 0 and len(manifest) == lab["frames"]
     assert val["n_frames"] == lab["frames_labeled"] and "passed" in val
     assert "window.drawDashboard(" in (root / "reports/data_validation.html").read_text()  # evidently's HTML
+
+    # training, evaluation, case gate and export: real files with real content
+    train, ev, cases = (metrics(root, n) for n in ("train", "eval", "cases"))
+    assert train["epochs"] == 1 and 0 < train["threshold"] < 1
+    assert ev["n"] == prep["test"]["frames"] and {"accuracy", "f1", "auroc"} <= set(ev)
+    assert set(ev["per_episode"]) == set(pd.read_csv(root / "data/splits/test.csv", dtype=str)["episode"])
+    assert len(pd.read_csv(root / "metrics/eval/confusion.csv")) == ev["n"]
+    assert len(pd.read_csv(root / "metrics/train/history.csv")) == 1
+    case_names = sorted(p.name for p in (root / "data/cases").iterdir())
+    assert sorted(cases["cases"]) == case_names and isinstance(cases["passed"], bool)
+    assert list((root / "wandb").glob("offline-run-*")), "no offline wandb run recorded"
+    card = json.loads((root / "models/model.json").read_text())
+    assert card["model_sha256"] == hashlib.sha256((root / "models/model.onnx").read_bytes()).hexdigest()
+    assert card["metrics"]["eval"]["accuracy"] == ev["accuracy"] and card["data_version"] == lab["version"]
+    sess = ort.InferenceSession(str(root / "models/model.onnx"), providers=["CPUExecutionProvider"])
+    p = sess.run(None, {"frames": np.zeros((2, 480, 640, 3), "uint8")})[0]
+    assert p.shape == (2,) and ((p >= 0) & (p <= 1)).all()
+    plots = run(["dvc", "plots", "show", "--json"], root, env)
+    for name in ("training_loss", "confusion", "roc"):
+        assert name in plots
 
     again = run(["dvc", "repro"], root, env)
     assert "Running stage" not in again, again
@@ -104,8 +135,15 @@ def test_exp_run_reruns_only_what_reads_the_key(project):
         assert f"Running stage '{stage}'" not in out, out
     out = run(["dvc", "exp", "run", "-S", "prepare.seed=7"], root, env)
     assert "Running stage 'prepare'" in out and "Running stage 'label'" not in out, out
+    # training experiments: a learning rate, another backbone (a Hydra group) -> train onwards only
+    for override in ("train.lr=0.0005", "model=resnet18"):
+        out = run(["dvc", "exp", "run", "-S", override], root, env)
+        assert "Running stage 'train'" in out and "Running stage 'export'" in out, out
+        assert "Running stage 'prepare'" not in out and "Running stage 'validate_data'" not in out, out
+    assert json.loads((root / "models/model.json").read_text())["backbone"] == "resnet18"
     table = run(["dvc", "exp", "show", "--no-pager", "--csv"], root, env)
     assert "sim.case_frames" in table and "prepare.seed" in table
+    assert "train.lr" in table and "model.backbone" in table and "accuracy" in table
     run(["git", "checkout", "--", "."], root, env)
     run(["dvc", "checkout", "--force"], root, env)
 

@@ -149,3 +149,62 @@ def main_incremental(sizes: list[int], keep: Path | None, json_out: Path | None)
         json_out.write_text(json.dumps(results, indent=2) + "\n")
     print("(repro_after_one_s should stay flat as the lake grows: only the new episode is extracted and labelled)")
     return 0
+
+
+def train_throughput(params: dict, backbones: list[str], batches: int = 6, warmup: int = 2,
+                     threads: int | None = None) -> list[dict]:
+    """Training images/s of each backbone at the configured input size (forward, backward and
+    AdamW step on resized frames, as one training step does) and the per-epoch time this means
+    for the current training split."""
+    import torch
+
+    from autosink.model import WaterNet
+
+    model_cfg, data_cfg, train_cfg = params["model"], params["data"], params["train"]
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    h, w, bs = int(model_cfg["input_height"]), int(model_cfg["input_width"]), int(train_cfg["batch_size"])
+    split = Path("data/splits/train.csv")
+    n_train = sum(1 for _ in split.open()) - 1 if split.exists() else None
+    rows = []
+    for name in backbones:
+        net = WaterNet(name, h, w, int(data_cfg["frame_height"]), int(data_cfg["frame_width"]))
+        net.train()
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+        x, y = torch.rand(bs, 3, h, w), (torch.rand(bs) > 0.5).float()
+        seconds = 0.0
+        for i in range(warmup + batches):
+            t0 = time.perf_counter()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(net.logits_from_resized(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if i >= warmup:
+                seconds += time.perf_counter() - t0
+        ips = batches * bs / seconds
+        rows.append({"backbone": name, "input": [h, w], "batch_size": bs, "threads": torch.get_num_threads(),
+                     "images_per_s": round(ips, 1), "train_frames": n_train,
+                     "epoch_s": round(n_train / ips, 1) if n_train else None,
+                     "parameters_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 2)})
+    return rows
+
+
+def main_train(backbones: list[str], batches: int, json_out: Path | None) -> int:
+    from autosink.config import load_params, project_root
+
+    os.chdir(project_root())
+    params = load_params()
+    print(f"training throughput, {params['model']['input_height']}x{params['model']['input_width']} input, "
+          f"batch {params['train']['batch_size']}, {os.cpu_count()} CPU threads (forward + backward + AdamW)")
+    print(f"  {'backbone':<20} {'params':>8} {'images/s':>9} {'s/epoch':>8}")
+    rows = []
+    for name in backbones:
+        row = train_throughput(params, [name], batches=batches)[0]
+        rows.append(row)
+        epoch = f"{row['epoch_s']:.1f}" if row["epoch_s"] is not None else "n/a"
+        print(f"  {name:<20} {row['parameters_m']:>7.2f}M {row['images_per_s']:>9.1f} {epoch:>8}", flush=True)
+    if rows[0]["train_frames"]:
+        print(f"  (s/epoch for the {rows[0]['train_frames']} frames of data/splits/train.csv)")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0

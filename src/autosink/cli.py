@@ -126,6 +126,37 @@ def cmd_bench_incremental(args: argparse.Namespace) -> int:
     return main_incremental(args.sizes, args.keep, args.json)
 
 
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from autosink.bench import main_train
+    from autosink.model import BACKBONES
+
+    return main_train(args.backbones or list(BACKBONES), args.batches, args.json)
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    import json
+
+    from autosink.config import project_root
+    from autosink.promote import PromotionError, production_status, promote, rollback
+
+    root = project_root()
+    if args.status:
+        print(json.dumps(production_status(root), indent=2))
+        return 0
+    try:
+        if args.rollback:
+            result = rollback(root, push=not args.no_push, wandb_mode=args.wandb)
+        else:
+            result = promote(root, experiment=args.experiment, push=not args.no_push, wandb_mode=args.wandb)
+    except PromotionError as e:
+        print(f"autosink promote: refused: {e}", file=sys.stderr)
+        return 1
+    print(result["message"] if result["status"] == "unchanged" else f"{result['status']}: {result['version']}")
+    if result.get("git_hint"):
+        print(f"record it in git: {result['git_hint']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autosink",
@@ -149,6 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
     stage("validate-data", "validate_data",
           "DVC stage: validate the feature store and splits (image features, drift report, checks); "
           "exit 1 when the data gate fails").set_defaults(func=cmd_validate_data)
+    stage("train", "train",
+          "DVC stage: train the water classifier (Lightning; train.*/model.* parameters) -> models/model.ckpt",
+          description="DVC stage `train`: train on data/splits + data/feature-store per the model and train "
+                      "parameters (params.yaml); resumes from models/checkpoints/last.ckpt when the parameters "
+                      "and data are unchanged. Writes models/model.ckpt and metrics/train.json.")
+    stage("evaluate", "evaluate",
+          "DVC stage: evaluate models/model.ckpt on the held-out test split -> metrics/eval.json, plots")
+    stage("validate-model", "validate_model",
+          "DVC stage: the case gate: score models/model.ckpt (and the production model) on data/cases "
+          "-> metrics/cases.json")
+    stage("export", "export",
+          "DVC stage: export models/model.ckpt to models/model.onnx (preprocessing in the graph, parity "
+          "checked) + its model card models/model.json")
     label = sub.add_parser("label", help="labels: build the feature store, review them",
                            description="Sparse-to-dense labels and the feature store.")
     label_sub = label.add_subparsers(dest="label_command", required=True, metavar="COMMAND")
@@ -167,6 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="access token (16+ characters), required with any --host other than loopback; "
                             "default $AUTOSINK_LABEL_TOKEN (prefer the variable: flags show in `ps`)")
     serve.set_defaults(func=cmd_label_serve)
+
+    prom = sub.add_parser(
+        "promote", help="copy the gated candidate (models/model.onnx) to models/production/, or roll back",
+        description="Promote the candidate that passed the case gate (metrics/cases.json) to models/production/ "
+                    "(tracked by DVC and pushed; wandb artifact alias `production`), keeping the old one in "
+                    "models/previous/. Refuses a candidate that failed the gate, with the reason.")
+    prom.add_argument("--rollback", action="store_true", help="restore the previous production model")
+    prom.add_argument("--status", action="store_true", help="show what production and previous hold")
+    prom.add_argument("--experiment", default=None, help="experiment name to record (default: $DVC_EXP_NAME "
+                                                          "or the git branch)")
+    prom.add_argument("--no-push", action="store_true", help="do not `dvc push` the promoted model")
+    prom.add_argument("--wandb", default=None, choices=["auto", "online", "offline", "disabled"],
+                      help="wandb mode for the artifact alias (default auto: online with WANDB_API_KEY)")
+    prom.set_defaults(func=cmd_promote)
 
     lake = sub.add_parser("lake", help="inspect data-lake episodes", description="Inspect data-lake episodes.")
     lake_sub = lake.add_subparsers(dest="lake_command", required=True, metavar="COMMAND")
@@ -210,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     inc.add_argument("--keep", type=Path, default=None, help="keep the scratch projects in this folder")
     inc.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     inc.set_defaults(func=cmd_bench_incremental)
+    tr = bench_sub.add_parser(
+        "train", help="training images/s and seconds per epoch of each backbone on this machine",
+        description="Measure training throughput (forward + backward + optimizer step, at the configured input "
+                    "size and batch size) for each backbone, and the epoch time it means for the current split.")
+    tr.add_argument("--backbones", nargs="+", default=None, help="default: every backbone of conf/model")
+    tr.add_argument("--batches", type=int, default=6, help="timed batches per backbone (after 2 warm-up ones)")
+    tr.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    tr.set_defaults(func=cmd_bench_train)
     return parser
 
 

@@ -1,6 +1,7 @@
 """Log the validation summary to Weights & Biases: offline by default, never online without a key.
 
-Mode: ``validate.wandb.mode`` (offline | online | disabled), overridden by the ``WANDB_MODE``
+Mode: ``validate.wandb.mode`` (offline | online | auto | disabled; auto = online when
+``WANDB_API_KEY`` is set), overridden by the ``WANDB_MODE``
 environment variable; ``online`` only when ``WANDB_API_KEY`` is set, else offline (said in a log
 line). Offline runs land in ``<dir>/wandb/offline-run-*`` (``dir`` defaults to the repository
 root, where ``wandb/`` is git-ignored); ``wandb sync`` uploads them later. A wandb failure is
@@ -24,6 +25,8 @@ def resolve_mode(configured: str | None, env: dict | None = None) -> tuple[str, 
     mode = (env.get("WANDB_MODE") or configured or "offline").strip().lower()
     if mode == "dryrun":
         mode = "offline"
+    if mode == "auto":  # online exactly when a key is there to use
+        mode = "online" if env.get("WANDB_API_KEY") else "offline"
     if mode not in MODES:
         return "offline", f"unknown wandb mode {mode!r}: using offline"
     if mode == "online" and not env.get("WANDB_API_KEY"):

@@ -1,0 +1,64 @@
+"""Evaluation of a trained model on held-out frames: metrics, per-episode accuracy, curves.
+
+Frames go through the serving path, :meth:`WaterNet.forward` on raw RGB uint8 camera frames
+(the graph the ONNX export holds), at the threshold chosen on validation data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from autosink.frames import read_frame
+from autosink.model import WaterNet
+from autosink.training import binary_metrics
+
+__all__ = ["predict_paths", "evaluate_table", "curve_tables"]
+
+
+def predict_paths(net: WaterNet, paths: list[Path], frame_size: tuple[int, int], batch_size: int = 32,
+                  progress: bool = False, desc: str = "predicting") -> np.ndarray:
+    """``p(water_on)`` for each image file (read as RGB), through the full serving graph."""
+    from tqdm import tqdm
+
+    net.eval()
+    out: list[np.ndarray] = []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", disable=not progress,
+                          leave=False):
+            frames = np.stack([read_frame(p, frame_size) for p in paths[start:start + batch_size]])
+            out.append(net(torch.from_numpy(frames)).numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def evaluate_table(table: pd.DataFrame, p: np.ndarray, threshold: float) -> dict:
+    """Metrics over all frames plus accuracy per episode (the unit a user experiences)."""
+    y = table["label"].to_numpy().astype(int)
+    metrics = binary_metrics(p, y, threshold)
+    metrics["threshold"] = float(threshold)
+    pred = (p >= threshold).astype(int)
+    per_episode = {}
+    for episode, idx in table.groupby("episode").indices.items():
+        per_episode[str(episode)] = {"n": int(len(idx)), "accuracy": float((pred[idx] == y[idx]).mean())}
+    metrics["per_episode"] = per_episode
+    metrics["worst_episode_accuracy"] = min(v["accuracy"] for v in per_episode.values()) if per_episode else float("nan")
+    return metrics
+
+
+def curve_tables(p: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, pd.DataFrame]:
+    """Tables for ``dvc plots``: confusion pairs, ROC and precision-recall curves."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    y = np.asarray(y).astype(int)
+    pred = (p >= threshold).astype(int)
+    tables = {"confusion": pd.DataFrame({"actual": y, "predicted": pred})}
+    if 0 < y.sum() < len(y):
+        fpr, tpr, thr = roc_curve(y, p)
+        tables["roc"] = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.minimum(thr, 1.0)})
+        precision, recall, thr = precision_recall_curve(y, p)
+        tables["precision_recall"] = pd.DataFrame({"recall": recall, "precision": precision,
+                                                   "threshold": np.append(thr, 1.0)})
+    return tables

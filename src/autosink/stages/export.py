@@ -1,0 +1,52 @@
+"""`export` stage: models/model.ckpt -> models/model.onnx + its card models/model.json.
+
+The graph takes raw camera frames (uint8 RGB NHWC at the camera resolution) and holds the crop,
+resize and normalisation the model was trained with; the export checks it against torch on real
+validation frames before it replaces the file. The card records where the model came from
+(feature-store version, git revision, checkpoint) and how it scored (eval and case gate).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from autosink.export import export_onnx, write_model_card
+from autosink.fileio import sha256_file
+from autosink.frames import read_frame, read_split
+from autosink.training import load_trained
+
+CKPT = Path("models/model.ckpt")
+ONNX = Path("models/model.onnx")
+EVAL = Path("metrics/eval.json")
+CASES = Path("metrics/cases.json")
+STORE = Path("data/feature-store")
+VAL = Path("data/splits/val.csv")
+
+
+def run(params: dict, progress: bool = True) -> dict:
+    cfg = params["export"]
+    h, w = int(params["data"]["frame_height"]), int(params["data"]["frame_width"])
+    net, meta = load_trained(CKPT)
+    val = read_split(VAL)
+    frames = np.stack([read_frame(STORE / p, (w, h)) for p in val["path"].head(int(cfg["parity_frames"]))])
+    export_onnx(net, ONNX, height=h, width=w, opset=int(cfg["opset"]), check_frames=frames)
+
+    evaluation = json.loads(EVAL.read_text())
+    cases = json.loads(CASES.read_text())
+    ckpt_sha = sha256_file(CKPT)
+    metrics = {
+        "eval": {k: evaluation[k] for k in ("n", "accuracy", "precision", "recall", "f1", "auroc")},
+        "cases": {name: {"accuracy": c["accuracy"], "n": c["n"]} for name, c in cases["cases"].items()},
+        "gate_passed": bool(cases["passed"]),
+    }
+    card = write_model_card(
+        ONNX, backbone=net.backbone_name, threshold=float(meta["threshold"]),
+        version=f"{net.backbone_name}-{ckpt_sha[:10]}", data_version=meta.get("data_version", ""),
+        height=h, width=w, metrics=metrics, extra={"checkpoint_sha256": ckpt_sha},
+        input_size=(net.preprocess.height, net.preprocess.width), crop=net.preprocess.crop)
+    print(f"export: {ONNX} ({ONNX.stat().st_size / 1e6:.1f} MB, opset {cfg['opset']}, parity checked on "
+          f"{len(frames)} validation frames) + {card}; case gate {'passed' if cases['passed'] else 'FAILED'}")
+    return metrics

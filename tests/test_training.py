@@ -1,0 +1,204 @@
+"""Model, data module, training, resume and evaluation on a tiny store (the real config, shrunk)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from autosink.evaluation import curve_tables, evaluate_table, predict_paths
+from autosink.frames import WaterDataModule, build_augment, check_no_leakage, read_frame, read_split
+from autosink.model import BACKBONES, Preprocess, WaterNet, load_base_weights
+from autosink.training import binary_metrics, choose_threshold, fit, load_trained
+from tests.train_fixtures import H, W, tiny_params, write_store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return write_store(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="module")
+def trained(repo_root, store, tmp_path_factory):
+    """One real (tiny) training run: the checkpoint and fit()'s summary."""
+    out = tmp_path_factory.mktemp("run")
+    params = tiny_params(repo_root)
+    result = fit(params, splits_dir=store[1], store_dir=store[0], ckpt_dir=out / "ckpts",
+                 out_ckpt=out / "model.ckpt", logger=None, progress=False, data_version="fs-test")
+    return out / "model.ckpt", result, params
+
+
+# --------------------------------------------------------------------------- model
+
+
+def test_preprocess_crops_pools_and_resizes_to_the_model_size():
+    pre = Preprocess(height=60, width=80, source_height=480, source_width=640, crop=(80, 0, 560, 480))
+    assert pre.pool == 6  # 480/60 and 480/80 -> the whole factor that keeps >= the model size
+    frames = torch.randint(0, 256, (2, 480, 640, 3), dtype=torch.uint8)
+    x = pre.resize(frames)
+    assert x.shape == (2, 3, 60, 80) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    # the crop is honoured: changing pixels outside it changes nothing
+    frames2 = frames.clone()
+    frames2[:, :, :80] = 0
+    torch.testing.assert_close(pre.resize(frames2), x)
+    with pytest.raises(ValueError, match="inside the 640x480 frame"):
+        Preprocess(60, 80, 480, 640, crop=(0, 0, 700, 480))
+
+
+def test_preprocess_box_filter_avoids_aliasing_a_fine_pattern():
+    """A 1-pixel checkerboard is mid-grey to the eye; plain strided sampling would see all black or white."""
+    board = ((np.indices((480, 640)).sum(0) % 2) * 255).astype(np.uint8)
+    frames = torch.from_numpy(np.repeat(board[None, :, :, None], 3, axis=3))
+    x = Preprocess(120, 160, 480, 640).resize(frames)
+    assert abs(float(x.mean()) - 0.5) < 0.01 and float(x.std()) < 0.01
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_every_backbone_builds_with_one_logit(name):
+    net = WaterNet(name, 32, 32, source_height=H, source_width=W)
+    net.eval()
+    p = net(torch.zeros(2, H, W, 3, dtype=torch.uint8))
+    assert p.shape == (2,) and bool(((p >= 0) & (p <= 1)).all())
+
+
+def test_unknown_backbone_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown backbone 'vgg'"):
+        WaterNet("vgg", 32, 32)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_split_leakage_is_refused(store):
+    tables = {s: read_split(store[1] / f"{s}.csv") for s in ("train", "val", "test")}
+    check_no_leakage(tables)  # the fixture's split is clean
+    leaked = dict(tables, test=pd.concat([tables["test"], tables["train"].head(1)]))
+    with pytest.raises(ValueError, match="split leakage: episode 'ep00'.*train and test"):
+        check_no_leakage(leaked)
+
+
+def test_real_prepare_split_has_no_leakage(repo_root):
+    splits = repo_root / "data" / "splits"
+    if not (splits / "test.csv").exists():
+        pytest.skip("run `dvc repro prepare` first")
+    check_no_leakage({s: read_split(splits / f"{s}.csv") for s in ("train", "val", "test")})
+
+
+def test_bad_split_and_frame_errors_name_the_file(tmp_path):
+    bad = tmp_path / "train.csv"
+    pd.DataFrame({"path": ["a.png"], "label": [2], "episode": ["e"], "dishwashing_id": ["d"]}).to_csv(bad, index=False)
+    with pytest.raises(ValueError, match=r"train.csv: label must be 0 or 1, got 2 \(row 2\)"):
+        read_split(bad)
+    (tmp_path / "x.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="x.png: not a readable image"):
+        read_frame(tmp_path / "x.png")
+
+
+def test_augmentation_only_on_the_training_split(repo_root, store):
+    params = tiny_params(repo_root)
+    dm = WaterDataModule(Preprocess(32, 32, H, W), params["train"], params["data"], store[1], store[0], progress=False)
+    dm.setup("fit")
+    dm.setup("test")
+    assert dm.datasets["train"].augment is not None
+    assert dm.datasets["val"].augment is None and dm.datasets["test"].augment is None
+    a, b = dm.datasets["val"][0][0], dm.datasets["val"][0][0]
+    torch.testing.assert_close(a, b)  # evaluation is deterministic
+    torch.manual_seed(0)
+    draws = [dm.datasets["train"][0][0] for _ in range(4)]
+    assert any(not torch.equal(draws[0], d) for d in draws[1:])  # training frames vary
+    assert build_augment({}) is None and build_augment({"hflip": 0}) is None
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_shrunk_real_config_trains_and_evaluates(trained, store):
+    ckpt, result, params = trained
+    assert result["epochs"] == 1 and result["backbone"] == params["model"]["backbone"]
+    assert 0.0 < result["threshold"] < 1.0 and result["images_per_s"] > 0
+    assert [r["epoch"] for r in result["history"]] == [0]
+    net, meta = load_trained(ckpt)
+    assert meta["data_version"] == "fs-test" and meta["threshold"] == result["threshold"]
+    test = read_split(store[1] / "test.csv")
+    p = predict_paths(net, [store[0] / q for q in test["path"]], (W, H))
+    assert p.shape == (len(test),) and np.isfinite(p).all()
+    metrics = evaluate_table(test, p, meta["threshold"])
+    assert set(metrics["per_episode"]) == set(test["episode"])
+    assert {"accuracy", "f1", "auroc", "precision", "recall", "confusion"} <= set(metrics)
+    tables = curve_tables(p, test["label"].to_numpy(), meta["threshold"])
+    assert len(tables["confusion"]) == len(test) and {"fpr", "tpr"} <= set(tables["roc"].columns)
+
+
+def test_the_serving_path_equals_the_training_path(trained, store):
+    """forward(raw uint8 frame) == logits_from_resized(Preprocess.resize(frame)): one preprocessing."""
+    net, _ = load_trained(trained[0])
+    frame = torch.from_numpy(read_frame(store[0] / read_split(store[1] / "val.csv")["path"][0]))[None]
+    with torch.no_grad():
+        torch.testing.assert_close(net(frame), torch.sigmoid(net.logits_from_resized(net.preprocess.resize(frame))))
+
+
+class _Crash(pl.Callback):
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.current_epoch == 1:  # mid-way through the second epoch
+            raise RuntimeError("simulated power cut")
+
+
+class _FirstEpoch(pl.Callback):
+    def __init__(self):
+        self.first = None
+
+    def on_train_epoch_start(self, trainer, module):
+        if self.first is None:
+            self.first = trainer.current_epoch
+
+
+def test_interrupted_training_resumes_from_last_checkpoint(repo_root, store, tmp_path):
+    params = tiny_params(repo_root)
+    params["train"]["max_epochs"] = 2
+    kw = dict(splits_dir=store[1], store_dir=store[0], ckpt_dir=tmp_path / "ckpts", out_ckpt=tmp_path / "m.ckpt",
+              logger=None, progress=False)
+    with pytest.raises(RuntimeError, match="simulated power cut"):
+        fit(params, extra_callbacks=[_Crash()], **kw)
+    assert (tmp_path / "ckpts" / "last.ckpt").exists() and not (tmp_path / "m.ckpt").exists()
+    first = _FirstEpoch()
+    result = fit(params, extra_callbacks=[first], **kw)
+    assert result["resumed"] and first.first == 1  # epoch 0 was not trained again
+    assert [r["epoch"] for r in result["history"]] == [0, 1]  # the curve survives the restart
+    # different parameters: a fresh start, not a resume
+    params["train"]["lr"] = params["train"]["lr"] / 2
+    first = _FirstEpoch()
+    result = fit(params, extra_callbacks=[first], **kw)
+    assert not result["resumed"] and first.first == 0
+
+
+def test_a_checkpoint_of_one_backbone_is_refused_by_another(trained):
+    ckpt = trained[0]
+    other = WaterNet("resnet18", 32, 32, source_height=H, source_width=W)
+    with pytest.raises(ValueError, match=r"trained with backbone 'mobilenet_v3_small'.*asks for 'resnet18'"):
+        load_base_weights(other, ckpt)
+    same = WaterNet("mobilenet_v3_small", 32, 32, source_height=H, source_width=W)
+    load_base_weights(same, ckpt)  # the matching backbone loads
+
+
+def test_retraining_from_a_base_checkpoint(repo_root, store, trained, tmp_path):
+    params = tiny_params(repo_root, ["model=resnet18"])
+    params["model"]["weights"] = str(trained[0])
+    with pytest.raises(ValueError, match="trained with backbone 'mobilenet_v3_small'"):
+        fit(params, splits_dir=store[1], store_dir=store[0], ckpt_dir=tmp_path / "c", out_ckpt=tmp_path / "m.ckpt",
+            logger=None, progress=False)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_binary_metrics_and_threshold_choice():
+    y = np.array([0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.6, 0.7, 0.8, 0.4])
+    m = binary_metrics(p, y, 0.5)
+    assert m["confusion"] == {"tn": 1, "fp": 1, "fn": 1, "tp": 2}
+    assert m["accuracy"] == pytest.approx(0.6) and m["precision"] == pytest.approx(2 / 3)
+    assert m["auroc"] == pytest.approx(5 / 6)
+    # 4/5 correct at t=0.4 and at t=0.7; the one nearer the untuned 0.5 wins
+    assert choose_threshold(p, y) == pytest.approx(0.4)
