@@ -9,8 +9,6 @@ PIN_HASH := $(shell cat requirements.lock pyproject.toml 2>/dev/null | sha256sum
 STAMP := $(VENV)/.installed-$(PIN_HASH)
 # Stages call `autosink ...`; make the venv's tools visible to dvc's subprocesses.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
-# No wandb account is needed: runs are written locally unless you set WANDB_MODE=online.
-export WANDB_MODE ?= offline
 PYTEST_ARGS ?=
 
 .PHONY: help env repro test test-fast params check-params remote lock clean-env

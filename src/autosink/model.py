@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BACKBONES", "Preprocess", "WaterNet", "build_backbone", "build_model", "load_base_weights"]
+__all__ = ["BACKBONES", "Preprocess", "WaterNet", "build_backbone", "build_preprocess", "build_model",
+           "load_base_weights"]
 
 # ImageNet statistics: torchvision backbones were designed (and pretrained) for these.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -135,17 +136,20 @@ class WaterNet(nn.Module):
         return torch.sigmoid(self.logits(frames))
 
 
+def build_preprocess(model_cfg: dict, data_cfg: dict) -> Preprocess:
+    """The preprocessing from the ``model`` (input size, crop) and ``data`` (camera size) groups."""
+    return Preprocess(int(model_cfg["input_height"]), int(model_cfg["input_width"]),
+                      int(data_cfg["frame_height"]), int(data_cfg["frame_width"]),
+                      crop=tuple(model_cfg["crop"]) if model_cfg.get("crop") else None)
+
+
 def build_model(model_cfg: dict, data_cfg: dict) -> WaterNet:
     """The network from the ``model`` and ``data`` parameter groups (weights applied separately
     when they name a checkpoint: see :func:`load_base_weights`)."""
     weights = str(model_cfg.get("weights", "none"))
-    return WaterNet(
-        backbone=str(model_cfg["backbone"]),
-        height=int(model_cfg["input_height"]), width=int(model_cfg["input_width"]),
-        source_height=int(data_cfg["frame_height"]), source_width=int(data_cfg["frame_width"]),
-        crop=tuple(model_cfg["crop"]) if model_cfg.get("crop") else None,
-        weights=weights if weights in ("none", "imagenet") else "none",
-    )
+    pre = build_preprocess(model_cfg, data_cfg)
+    return WaterNet(str(model_cfg["backbone"]), pre.height, pre.width, pre.source_height, pre.source_width,
+                    crop=pre.crop, weights=weights if weights in ("none", "imagenet") else "none")
 
 
 def checkpoint_backbone(ckpt: dict, path: str | Path) -> str:

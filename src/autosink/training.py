@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from autosink.fileio import atomic_write
-from autosink.model import WaterNet, build_model, load_base_weights
+from autosink.model import WaterNet, build_model, build_preprocess, load_base_weights
 
-__all__ = ["LitWaterNet", "fit", "run_fingerprint", "choose_threshold", "load_trained", "TrainResult"]
+__all__ = ["LitWaterNet", "fit", "run_fingerprint", "choose_threshold", "load_trained"]
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "val_f1", "val_auroc", "lr")
 
@@ -200,14 +200,10 @@ def make_logger(cfg: dict, save_dir: Path):
                        log_model=bool(w.get("log_model", True)), job_type="train")
 
 
-class TrainResult(dict):
-    """What :func:`fit` returns (and the train stage writes as metrics/train.json)."""
-
-
 def fit(params: dict, splits_dir: str | Path = "data/splits", store_dir: str | Path = "data/feature-store",
         ckpt_dir: str | Path = "models/checkpoints", out_ckpt: str | Path = "models/model.ckpt",
         logger: Any = "config", progress: bool = True, extra_callbacks: list | None = None,
-        data_version: str = "") -> TrainResult:
+        data_version: str = "") -> dict:
     """Train per ``params`` (model, data, train groups); write ``out_ckpt``; return the summary.
 
     ``logger="config"`` builds the wandb logger from ``train.wandb``; pass None for none.
@@ -232,8 +228,7 @@ def fit(params: dict, splits_dir: str | Path = "data/splits", store_dir: str | P
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(stamp, json.dumps({"fingerprint": fingerprint}) + "\n")
 
-    lit_probe = build_model(model_cfg, data_cfg)  # only for its preprocessing (sizes)
-    dm = WaterDataModule(lit_probe.preprocess, cfg, data_cfg, splits_dir, store_dir, progress=progress)
+    dm = WaterDataModule(build_preprocess(model_cfg, data_cfg), cfg, data_cfg, splits_dir, store_dir, progress=progress)
     dm.setup("fit")
     module = LitWaterNet(model_cfg, data_cfg, cfg, pos_weight=dm.pos_weight)
 
@@ -261,7 +256,7 @@ def fit(params: dict, splits_dir: str | Path = "data/splits", store_dir: str | P
     seconds = time.perf_counter() - started
 
     if not trainer.is_global_zero:  # under DDP only rank 0 writes the results
-        return TrainResult()
+        return dict()
     best_path = best_cb.best_model_path or str(last)
     best = LitWaterNet.load_from_checkpoint(best_path, map_location="cpu", weights_only=False)
     best.eval()
@@ -281,7 +276,7 @@ def fit(params: dict, splits_dir: str | Path = "data/splits", store_dir: str | P
     torch.save(ckpt, tmp)
     os.replace(tmp, out_ckpt)
 
-    result = TrainResult(
+    result = dict(
         backbone=model_cfg["backbone"], input=[int(model_cfg["input_height"]), int(model_cfg["input_width"])],
         epochs=int(trainer.current_epoch), best_epoch=int(ckpt.get("epoch", -1)), threshold=threshold,
         val={k: v for k, v in val_metrics.items() if k != "confusion"}, train_frames=len(dm.datasets["train"]),

@@ -11,7 +11,7 @@ from autosink.stages import write_metrics
 from autosink.training import HISTORY_COLUMNS, fit
 
 STORE = Path("data/feature-store")
-GATE = Path("metrics/data_validation.json")
+GATE = Path("reports/data_validation/verdict.json")
 METRICS = Path("metrics/train.json")
 HISTORY = Path("metrics/train/history.csv")
 
@@ -20,8 +20,8 @@ def check_data_gate(path: Path = GATE) -> None:
     """Refuse to train on data that failed validate_data (when its gate is enforced)."""
     if not path.exists():
         return
-    summary = json.loads(path.read_text())
-    if summary.get("enforced") and not summary.get("passed", True):
+    verdict = json.loads(path.read_text())
+    if verdict.get("enforced") and not verdict.get("passed", True):
         raise ValueError(f"{path}: the data validation gate failed; fix the data or set validate.enforce=false")
 
 

@@ -9,13 +9,24 @@ CLI turns it into exit code 1, so `dvc repro` stops before training).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from autosink.fileio import atomic_write
 from autosink.validation import DataValidationError, Paths, failure_message, validate
 
 PATHS = Paths()
+#: The verdict alone, what `train` depends on: unlike the metrics (which count cache hits), it
+#: changes only when the data or the checks do, so rerunning the validation does not retrain.
+VERDICT = Path("reports/data_validation/verdict.json")
 
 
 def run(params: dict, progress: bool = True) -> dict:
     summary = validate(params, PATHS, progress=progress)
+    verdict = {"passed": summary["passed"], "enforced": summary["enforced"],
+               "feature_store_version": summary["feature_store_version"],
+               "checks": {c["name"]: c["passed"] for c in summary["checks"].values()}}
+    atomic_write(VERDICT, json.dumps(verdict, indent=2, sort_keys=True) + "\n")
     for check in summary["checks"].values():
         print(f"validate: {'ok  ' if check['passed'] else 'FAIL'} {check['name']}: {check['message']}")
     drift = summary["drift_share"]
