@@ -3,6 +3,7 @@
 
     python edge/run.py                      # everything from edge/config.toml
     python edge/run.py --camera folder:frames/ --valve fake --max-frames 100
+    python edge/run.py fetch                # fetch the production model once ([fetch] in the config)
 
 Run it from the checkout's root (relative paths in the config are relative to the current
 directory). Needs only edge/requirements.txt; see edge/README.md.
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "whenever the user overrides the model and uploads it to the data lake. Defaults come "
                     "from edge/config.toml; options given here win.",
         epilog="SIGTERM/SIGINT close the valve and stop. Exit status: 0 stopped normally, 2 bad configuration "
-               "(model, camera, devices), 1 anything else (the valve is closed in every case).")
+               "(model, camera, devices), 1 anything else (the valve is closed in every case). "
+               "`python edge/run.py fetch --help`: fetch the production model (DVC or W&B).")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                    help="TOML config (default: %(default)s)")
     p.add_argument("--model", help="ONNX model; its card model.json sits beside it "
@@ -73,7 +75,76 @@ def _overrides(args: argparse.Namespace) -> dict:
     return o
 
 
+def build_fetch_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge/run.py fetch",
+        description="Fetch the production model and its card into model.path (default "
+                    "models/production/model.onnx), verify them (sha256 against the card, the card's input and "
+                    "classes, a self-test in onnxruntime) and swap them in atomically; a running edge/run.py "
+                    "hot-reloads them. Anything wrong keeps the installed model. Defaults come from the [fetch] "
+                    "and [model] sections of the config; options given here win.",
+        epilog="Exit status: 0 installed or already the latest, 1 download failed, 2 bad configuration, "
+               "3 refused (the download is not a model this edge may run).")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config (default: %(default)s)")
+    p.add_argument("--source", help="dvc | wandb | folder:<path> (config fetch.source)")
+    p.add_argument("--repo", help="dvc: the autosink git repository, URL or path ('' = origin of this checkout)")
+    p.add_argument("--rev", help="dvc: branch, tag or commit (default: the repository's default branch)")
+    p.add_argument("--path", help="dvc: the promoted folder in the repository (default models/production)")
+    p.add_argument("--remote", help="dvc: remote to download from instead of the committed default (e.g. gdrive)")
+    p.add_argument("--remote-config", action="append", metavar="OPTION=VALUE",
+                   help="dvc: option merged into that remote's config (repeatable), e.g. url=/mnt/nas/dvc-remote")
+    p.add_argument("--dvc-config", help="dvc: a DVC config file merged into the repository's (credentials)")
+    p.add_argument("--artifact", help="wandb: <entity>/<project>/autosink-model:production (needs WANDB_API_KEY)")
+    p.add_argument("--model", help="where the model goes; its card goes beside it (config model.path)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the self-test (default 1)")
+    p.add_argument("--timeout", type=float, help="seconds a download may take (config fetch.timeout_s)")
+    p.add_argument("--force", action="store_true", help="download and reinstall even when it looks unchanged")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
+    return p
+
+
+def fetch_main(argv: list[str]) -> int:
+    args = build_fetch_parser().parse_args(argv)
+    from autosink.edge.fetch import FetchError, fetch_model, make_source
+    from autosink.edge.runtime import ConfigError, load_config, merge_config
+
+    o: dict = {}
+    for key, value in (("source", args.source), ("repo", args.repo), ("rev", args.rev), ("path", args.path),
+                       ("remote", args.remote), ("remote_config", args.remote_config),
+                       ("dvc_config", args.dvc_config), ("artifact", args.artifact), ("timeout_s", args.timeout)):
+        if value is not None:
+            o.setdefault("fetch", {})[key] = value
+    if args.model is not None:
+        o["model"] = {"path": args.model}
+    if args.log_level is not None:
+        o["log"] = {"level": args.log_level}
+    try:
+        cfg = merge_config(load_config(args.config), o, "command line")
+        if not cfg["fetch"]["source"]:
+            raise ConfigError("no source: give --source dvc|wandb|folder:<path> or set fetch.source in the config")
+        source = make_source(cfg["fetch"])
+    except (ConfigError, FetchError) as e:
+        print(f"edge/run.py fetch: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=getattr(logging, str(cfg["log"]["level"]).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    res = fetch_model(source, cfg["model"]["path"], threads=args.threads,
+                      selftest_png=cfg["model"]["selftest_png"] or None, selftest_max_s=cfg["model"]["selftest_max_s"],
+                      force=args.force)
+    if args.json:
+        import json
+
+        print(json.dumps(res.to_dict(), indent=2))
+    else:
+        print(f"fetch {res.status}: {res.message}", file=sys.stdout if res.ok else sys.stderr)
+    return {"installed": 0, "unchanged": 0, "refused": 3}.get(res.status, 1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["fetch"]:
+        return fetch_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.max_frames is not None and args.max_frames < 0:
         print("edge/run.py: --max-frames must be >= 0", file=sys.stderr)

@@ -13,7 +13,10 @@ Per frame:
 4. the valve is set (one log line per change); ``magnetic_status`` = water flows = valve open
    and the faucet handle not closed; the recorder (:mod:`.recorder`) gets the frame with
    ``model_output`` and ``magnetic_status`` and saves an episode around every override.
-5. now and then: a cheap check whether the model file changed (hot reload, :mod:`.inference`).
+5. now and then: a cheap check whether the model file changed (hot reload, :mod:`.inference`),
+   and, every ``fetch.interval_s`` when ``fetch.source`` is set, a check for a newer production
+   model, fetched, verified and swapped in by a background thread (:mod:`.fetch`); the hot
+   reload then picks it up.
 
 The valve is closed by a ``try/finally`` around everything, whatever ends the loop (the replay
 ran out, ``--max-frames``, SIGTERM/SIGINT, or any exception), before anything else is cleaned
@@ -69,6 +72,8 @@ DEFAULT_CONFIG: dict[str, dict[str, Any]] = {
     "upload": {"to": "", "gdrive_credentials": "", "min_backoff_s": 5.0, "max_backoff_s": 600.0, "poll_s": 30.0,
                "spool_max_mb": 2048.0, "drain_s": 5.0},
     "log": {"level": "INFO", "stats_every_s": 3600.0},
+    "fetch": {"source": "", "interval_s": 900.0, "timeout_s": 600.0, "repo": "", "rev": "",
+              "path": "models/production", "remote": "", "remote_config": [], "dvc_config": "", "artifact": ""},
 }
 
 
@@ -92,6 +97,8 @@ def merge_config(base: Mapping[str, Any], override: Mapping[str, Any], where: st
                 ok = isinstance(value, bool)
             elif isinstance(default, (int, float)):
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            elif isinstance(default, list):
+                ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
             else:
                 ok = isinstance(value, type(default))
             if not ok:
@@ -300,7 +307,8 @@ class EdgeRuntime:
                  feedback: Feedback | None = None, recorder: Any = None, uploader: Any = None,
                  clock: Any = None, fps: float = 5.0, max_frames: int | None = None, read_timeout_s: float = 0.5,
                  reopen_after_s: float = 10.0, reload_check_s: float = 5.0, flow_l_min: float = 6.0,
-                 stats_every_s: float = 0.0, drain_s: float = 5.0, install_signals: bool = True) -> None:
+                 stats_every_s: float = 0.0, drain_s: float = 5.0, install_signals: bool = True,
+                 fetcher: Any = None) -> None:
         self.camera = camera
         self.models = model if hasattr(model, "check") and hasattr(model, "model") else _StaticModel(model)
         self.valve = valve
@@ -324,6 +332,7 @@ class EdgeRuntime:
         self.stats_every_s = float(stats_every_s)
         self.drain_s = float(drain_s)
         self.install_signals = install_signals
+        self.fetcher = fetcher  # a PeriodicFetcher (autosink.edge.fetch) or None
         self.stats = RunStats(flow_l_min=float(flow_l_min))
         self._stop = threading.Event()
         self._signals = 0
@@ -466,14 +475,29 @@ class EdgeRuntime:
 
             if now >= next_reload:
                 next_reload = now + self.reload_check_s
+                if self.fetcher is not None:
+                    try:
+                        self.fetcher.poll(now)
+                    except Exception as e:
+                        self._rate_limited_error("model fetch could not start: %s", e)
                 try:
-                    self.models.check()
+                    self._check_models()
                 except Exception as e:
                     self._rate_limited_error("model reload check failed: %s", e)
             if now >= next_stats:
                 next_stats = now + self.stats_every_s
                 self.stats.ended = now
                 log.info(self.stats.line())
+
+    def _check_models(self) -> None:
+        lock = getattr(self.fetcher, "swap_lock", None)
+        if lock is None:
+            self.models.check()
+        elif lock.acquire(blocking=False):  # else a fetched model is being swapped in: look next time
+            try:
+                self.models.check()
+            finally:
+                lock.release()
 
     def _shutdown(self) -> None:
         """Valve first, then everything else; each step on its own so one failure skips nothing."""
@@ -491,7 +515,8 @@ class EdgeRuntime:
             self._open_since = None
         log.info("valve closed (%s)", self.stats.stop_reason or "exit")
         self.stats.ended = now
-        for what, fn in (("camera", lambda: self.camera.close()),
+        for what, fn in (("model fetch", lambda: self.fetcher is not None and self.fetcher.stop()),
+                         ("camera", lambda: self.camera.close()),
                          ("inputs", lambda: getattr(self.feedback, "close", lambda: None)()),
                          ("recorder", lambda: self.recorder is not None and self.recorder.close()),
                          ("uploader", self._stop_uploader)):
@@ -524,25 +549,39 @@ def _default_user_id() -> str:
 
 def build_runtime(cfg: Mapping[str, Any], *, clock: Any = None, feedback: Feedback | None = None,
                   valve: Any = None, camera: Camera | None = None, model: Any = None, max_frames: int | None = None,
-                  background: bool = True, install_signals: bool = True) -> EdgeRuntime:
+                  background: bool = True, install_signals: bool = True, fetch_source: Any = None) -> EdgeRuntime:
     """Wire every part from a merged config (see :data:`DEFAULT_CONFIG`). Parts passed in are used
-    as they are (tests, simulations). The valve is made first and closed again if anything after
-    it fails, so a bad config never leaves it open."""
+    as they are (tests, simulations; ``fetch_source`` replaces the source ``[fetch]`` names). The
+    valve is made first and closed again if anything after it fails, so a bad config never leaves
+    it open."""
     from autosink.edge.camera import open_camera
     from autosink.edge.devices import make_input, make_valve
+    from autosink.edge.fetch import FetchError, PeriodicFetcher, fetch_model, make_source, recover_install
     from autosink.edge.recorder import Recorder
     from autosink.edge.uploader import Uploader, make_target
 
     clock = clock or SystemClock()
     c_cam, c_model, c_valve, c_in = cfg["camera"], cfg["model"], cfg["valve"], cfg["inputs"]
-    c_rec, c_up = cfg["recorder"], cfg["upload"]
+    c_rec, c_up, c_fetch = cfg["recorder"], cfg["upload"], cfg["fetch"]
     controller_cfg = ControllerConfig.from_dict(cfg["controller"])  # validate before touching hardware
+    if fetch_source is None and c_fetch["source"]:
+        try:
+            fetch_source = make_source(c_fetch)
+        except FetchError as e:
+            raise ConfigError(str(e)) from None
     if valve is None:
         valve = make_valve(c_valve["kind"], active_high=c_valve["active_high"])
     made: list[Any] = []  # inputs and recorder, closed again if a later part fails
     try:
         if model is None:
+            recover_install(c_model["path"], wait_s=10.0)  # a fetch cut off between its two renames
             selftest = c_model["selftest_png"] or None
+            if fetch_source is not None and not os.path.exists(c_model["path"]):  # a fresh Pi: fetch it first
+                log.warning("no model at %s: fetching the production model from %s", c_model["path"],
+                            fetch_source.describe())
+                res = fetch_model(fetch_source, c_model["path"], threads=1, selftest_png=selftest,
+                                  selftest_max_s=c_model["selftest_max_s"])
+                (log.info if res.ok else log.error)("model fetch %s: %s", res.status, res.message)
             model = ModelReloader(c_model["path"], threads=int(c_model["threads"]), selftest_png=selftest,
                                   selftest_max_s=c_model["selftest_max_s"], background=background)
             log.info("model %s loaded (card version %s, threshold %.3f)", c_model["path"],
@@ -574,16 +613,22 @@ def build_runtime(cfg: Mapping[str, Any], *, clock: Any = None, feedback: Feedba
         if camera is None:
             camera = open_camera(c_cam["source"], clock=clock.monotonic, width=width, height=height,
                                  fps=c_cam["fps"])
+        fetcher = None
+        if fetch_source is not None and c_fetch["interval_s"] > 0:
+            fetcher = PeriodicFetcher(fetch_source, c_model["path"], interval_s=c_fetch["interval_s"], reloader=model,
+                                      threads=1, selftest_png=c_model["selftest_png"] or None,
+                                      selftest_max_s=c_model["selftest_max_s"], background=background)
         if background:
             uploader.start()
-        log.info("edge runtime: camera %s, valve %r, spool %s, upload %s, user %s", c_cam["source"], valve,
-                 c_rec["spool"], target.describe() if target else "off", recorder.user_id)
+        log.info("edge runtime: camera %s, valve %r, spool %s, upload %s, user %s, model fetch %s", c_cam["source"],
+                 valve, c_rec["spool"], target.describe() if target else "off", recorder.user_id,
+                 f"every {c_fetch['interval_s']:g} s from {fetch_source.describe()}" if fetcher else "off")
         return EdgeRuntime(camera=camera, model=model, valve=valve, controller=controller_cfg, feedback=feedback,
                            recorder=recorder, uploader=uploader, clock=clock, fps=c_cam["fps"], max_frames=max_frames,
                            read_timeout_s=c_cam["read_timeout_s"], reopen_after_s=c_cam["reopen_after_s"],
                            reload_check_s=c_model["reload_check_s"], flow_l_min=c_valve["flow_l_min"],
                            stats_every_s=cfg["log"]["stats_every_s"], drain_s=c_up["drain_s"],
-                           install_signals=install_signals)
+                           install_signals=install_signals, fetcher=fetcher)
     except BaseException:
         with contextlib.suppress(Exception):
             valve.set(False)

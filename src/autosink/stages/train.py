@@ -30,6 +30,8 @@ def run(params: dict, progress: bool = True) -> dict:
     version_file = STORE / "version.json"
     data_version = json.loads(version_file.read_text())["version"] if version_file.exists() else ""
     result = fit(params, store_dir=STORE, progress=progress, data_version=data_version)
+    if not result:  # a DDP worker other than rank 0: rank 0 writes the results
+        return result
     history = result.pop("history")
     HISTORY.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(history, columns=list(HISTORY_COLUMNS)).to_csv(HISTORY, index=False)
