@@ -261,3 +261,16 @@ def test_promote_and_rollback_in_a_dvc_project(repo_root: Path, tmp_path: Path,
     assert e.value.result["dvc"]["pushed"] is False
     assert sha256_file(prod / "model.onnx") == c["onnx"] and sha256_file(prev / "model.onnx") == b["onnx"]
     assert os.path.isfile(root / "models" / "production.dvc")
+
+
+def test_production_keeps_the_image_features_of_its_training_frames(plain: Path) -> None:
+    """validate_data's drift reference: the features of the frames the model was trained on only."""
+    (plain / "data" / "validation").mkdir(parents=True)
+    (plain / "data" / "splits").mkdir(parents=True)
+    (plain / "data" / "validation" / "image_features.csv").write_text(
+        "path,brightness\n0/a.png,10\n1/b.png,20\n0/c.png,30\n")
+    (plain / "data" / "splits" / "train.csv").write_text("path,label\n0/a.png,0\n0/c.png,0\n")
+    make_candidate(plain, "v-a")
+    promote(plain)
+    assert (plain / "models" / "production" / "data_features.csv").read_text().splitlines() == [
+        "path,brightness", "0/a.png,10", "0/c.png,30"]

@@ -161,6 +161,11 @@ def checkpoint_backbone(ckpt: dict, path: str | Path) -> str:
     return str(name)
 
 
+def net_state_dict(ckpt: dict) -> dict:
+    """The WaterNet weights inside a Lightning checkpoint of LitWaterNet (its ``net.`` entries)."""
+    return {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+
+
 def load_base_weights(net: WaterNet, path: str | Path) -> None:
     """Start from a checkpoint's weights (e.g. the production model's); the backbone must match."""
     path = Path(path)
@@ -173,8 +178,7 @@ def load_base_weights(net: WaterNet, path: str | Path) -> None:
         raise ValueError(f"{path}: checkpoint was trained with backbone {trained!r}, "
                          f"but the config asks for {net.backbone_name!r}; use model={trained} "
                          "or start from other weights")
-    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    net.load_state_dict(state)
+    net.load_state_dict(net_state_dict(ckpt))
 
 
 def count_parameters(net: nn.Module) -> int:

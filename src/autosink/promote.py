@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import datetime as dt
+import csv
 import json
 import os
 import re
@@ -46,6 +47,25 @@ MODELS = Path("models")
 #: The image features of the data the candidate was trained on (validate_data's cache); copied to
 #: production as data_features.csv, the reference that validate_data measures new data's drift against.
 DATA_FEATURES = Path("data/validation/image_features.csv")
+TRAIN_SPLIT = Path("data/splits/train.csv")
+
+
+def _write_training_features(root: Path, dest: Path) -> None:
+    """The image features of the candidate's training frames (rows of validate_data's cache whose
+    path is in the training split): the reference validate_data compares the next data with."""
+    if not (root / DATA_FEATURES).is_file() or not (root / TRAIN_SPLIT).is_file():
+        return
+    with open(root / TRAIN_SPLIT, newline="") as f:
+        train = {row["path"] for row in csv.DictReader(f)}
+    with open(root / DATA_FEATURES, newline="") as f, open(dest, "w", newline="") as out:
+        reader = csv.DictReader(f)
+        writer = csv.DictWriter(out, fieldnames=reader.fieldnames or [])
+        writer.writeheader()
+        writer.writerows(row for row in reader if row.get("path") in train)
+        out.flush()
+        os.fsync(out.fileno())
+
+
 CANDIDATE = {"model.onnx": MODELS / "model.onnx", "model.json": MODELS / "model.json",
              "model.ckpt": MODELS / "model.ckpt"}
 CASES = Path("metrics/cases.json")
@@ -256,7 +276,7 @@ def _check_candidate(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     current = sha256_file(root / PRODUCTION / "model.onnx") if (root / PRODUCTION / "model.onnx").is_file() else None
     if champion != current and current != onnx_sha:  # (promoting the production model again is a no-op)
         raise PromotionError(f"the case gate compared the candidate with production model {champion or 'none'}, "
-                             f"but production is now {current or 'empty'} (run `dvc repro -f validate_model`)")
+                             f"but production is now {current or 'empty'} (run `dvc repro -s -f validate_model && dvc repro`)")
     if cases.get("passed") is not True:
         failures = cases.get("failures") or ["(no failures listed)"]
         raise PromotionError(f"the candidate failed the case gate ({CASES}):\n"
@@ -380,8 +400,7 @@ def promote(root: Path, *, experiment: str | None = None, push: bool = True,
         os.chmod(new, 0o755)
         for name, src in CANDIDATE.items():
             _copy_durable(root / src, new / name)
-        if (root / DATA_FEATURES).is_file():  # validate_data's drift reference for the next data
-            _copy_durable(root / DATA_FEATURES, new / "data_features.csv")
+        _write_training_features(root, new / "data_features.csv")
         if sha256_file(new / "model.onnx") != sha or sha256_file(new / "model.ckpt") != cases["checkpoint_sha256"]:
             raise PromotionError("the candidate changed while it was being promoted; try again")
         atomic_write(new / RECORD, json.dumps(record, indent=2) + "\n", durable=True)

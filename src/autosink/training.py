@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from autosink.fileio import atomic_write
-from autosink.model import WaterNet, build_model, build_preprocess, load_base_weights
+from autosink.model import WaterNet, build_model, build_preprocess, load_base_weights, net_state_dict
 
 __all__ = ["LitWaterNet", "fit", "run_fingerprint", "choose_threshold", "load_trained"]
 
@@ -300,9 +300,8 @@ def load_trained(path: str | Path) -> tuple[WaterNet, dict]:
     if "model" not in hp or "data" not in hp:
         raise ValueError(f"{path}: not an autosink training checkpoint")
     net = build_model({**hp["model"], "weights": "none"}, hp["data"])
-    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     try:
-        net.load_state_dict(state)
+        net.load_state_dict(net_state_dict(ckpt))
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not fit backbone {hp['model']['backbone']!r}: {e}") from None
     net.eval()
