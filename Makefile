@@ -10,8 +10,9 @@ STAMP := $(VENV)/.installed-$(PIN_HASH)
 # Stages call `autosink ...`; make the venv's tools visible to dvc's subprocesses.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: help env repro test test-fast params check-params remote lock clean-env
+.PHONY: help env repro test test-fast bench params check-params remote lock clean-env
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -35,6 +36,9 @@ test: env  ## run the whole test suite, end-to-end tests included
 
 test-fast: env  ## unit tests only (skips the end-to-end DVC runs)
 	python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: env  ## print benchmarks, write metrics/bench.json (BENCH_ARGS=--quick skips the minutes-long one)
+	autosink bench all $(BENCH_ARGS)
 
 params: env  ## recompose params.yaml from conf/ (what `dvc exp run` does)
 	autosink params compose

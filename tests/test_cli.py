@@ -13,7 +13,8 @@ from autosink.cli import build_parser, main
 SUBCOMMANDS = [[], ["simulate"], ["extract"], ["label"], ["label", "build"], ["label", "serve"], ["prepare"], ["validate-data"], ["lake"], ["lake", "check"], ["params"],
                ["params", "compose"], ["params", "check"], ["remote"], ["remote", "init"],
                ["bench"], ["bench", "incremental"], ["bench", "train"], ["train"], ["evaluate"],
-               ["validate-model"], ["export"], ["promote"]]
+               ["validate-model"], ["export"], ["promote"], ["water"],
+               ["bench", "edge"], ["bench", "all"]]
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "autosink")

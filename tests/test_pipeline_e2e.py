@@ -34,8 +34,8 @@ TINY_TRAIN = {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 2,
               "wandb": {"mode": "offline", "project": "autosink", "log_model": True, "dir": "."}}
 TINY_CONF = {"sim/default.yaml": TINY_SIM, "prepare/default.yaml": TINY_PREPARE, "validate/default.yaml": TINY_VALIDATE,
              "model/mobilenet_v3_small.yaml": TINY_MODEL, "model/resnet18.yaml": TINY_MODEL,
-             "train/default.yaml": TINY_TRAIN}
-STAGES = ("simulate", "extract", "label", "prepare", "validate_data", "train", "evaluate", "validate_model", "export")
+             "train/default.yaml": TINY_TRAIN, "water/default.yaml": {"sessions": 2}}
+STAGES = ("simulate", "extract", "label", "prepare", "validate_data", "train", "evaluate", "validate_model", "export", "water")
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -99,6 +99,9 @@ def test_repro_runs_every_stage_then_nothing(project):
     sess = ort.InferenceSession(str(root / "models/model.onnx"), providers=["CPUExecutionProvider"])
     p = sess.run(None, {"frames": np.zeros((2, 480, 640, 3), "uint8")})[0]
     assert p.shape == (2,) and ((p >= 0) & (p <= 1)).all()
+    water = metrics(root, "water")["total"]
+    assert water["litres_always_on"] > water["litres_oracle"] > 0 and "savings_pct" in water
+    assert (root / "reports/water_session.png").stat().st_size > 10_000
     plots = run(["dvc", "plots", "show", "--json"], root, env)
     for name in ("training_loss", "confusion", "roc"):
         assert name in plots

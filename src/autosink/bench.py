@@ -1,10 +1,22 @@
-"""Benchmarks that run the real pipeline in a scratch copy of the project.
+"""Benchmarks: the edge model's latency and memory, the pipeline's costs, training speed.
 
 ``autosink bench incremental`` answers: does the cost of ``dvc repro`` after one new
 episode track the new data, or the size of the lake? It builds lakes of several sizes
 (copies of the sample lake's episodes, shifted in time so each is a distinct episode),
-runs the pipeline once, adds one episode, and times the second run. It prints measured
-numbers; nothing here asserts a time.
+runs the pipeline once, adds one episode, and times the second run.
+
+``autosink bench edge`` times ``models/model.onnx`` per frame the way the Pi runs it (the
+edge's own ``load_model(...).predict``, one onnxruntime thread, real 640x480 RGB frames) in a
+fresh process that imports only the edge side (no torch), records that process's peak memory,
+and does the same for a ResNet-50 ``WaterNet`` (random weights: latency does not depend on
+them) exported the same way at the same input, the earlier system's architecture.
+
+``autosink bench all`` (``make bench``) runs both, a no-op ``dvc repro`` in this repository,
+training images/s and (unless ``--quick``) the incremental benchmark, prints a table and
+writes ``metrics/bench.json`` with the date, the machine and the versions.
+
+Everything here prints measured numbers; nothing asserts a time. This module's top level
+imports only the standard library: the edge worker process imports it.
 """
 
 from __future__ import annotations
@@ -17,10 +29,7 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-
-import yaml
-
-from autosink.episode import episode_stem, find_episodes, read_episode, write_episode
+from typing import Any
 
 
 def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> str:
@@ -40,6 +49,8 @@ def copy_project(src_root: Path, dst: Path, conf_overrides: dict[str, dict] | No
     file; a nested mapping replaces the whole value). Returns the environment to run the copy's
     commands with (this interpreter's tools first on PATH, wandb offline, a private DVC remote).
     """
+    import yaml
+
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=src_root,
                            capture_output=True, text=True, check=True).stdout.split()
     for rel in files:
@@ -69,6 +80,8 @@ def copy_project(src_root: Path, dst: Path, conf_overrides: dict[str, dict] | No
 
 def clone_episode(src: Path, lake: Path, shift: timedelta) -> Path:
     """Write a copy of an episode shifted in time: a distinct episode with the same frames."""
+    from autosink.episode import episode_stem, read_episode, write_episode
+
     ep = read_episode(src, check_frames=False)
     meta = ep.meta
     meta.dishwashing_start = meta.dishwashing_start + shift
@@ -85,6 +98,8 @@ def _metrics(root: Path, name: str) -> dict:
 
 def incremental(repo_root: Path, sizes: list[int], work: Path) -> list[dict]:
     """Time `dvc repro` after adding one episode to lakes of each size (real-data mode, `dvc add`ed lake)."""
+    from autosink.episode import find_episodes
+
     # A tiny sample lake (only its cases and a few templates are used), and the data gate off:
     # cloned episodes are near-duplicates by construction.
     tiny = {"sim/default.yaml": {"users": 1, "sessions_per_user": 2, "case_frames": 2},
@@ -207,4 +222,445 @@ def main_train(backbones: list[str], batches: int, json_out: Path | None) -> int
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+# --------------------------------------------------------------------------- edge latency and memory
+
+EDGE_MODEL = Path("models/model.onnx")
+BASELINE = "resnet50"  # the earlier system's architecture
+REQUIRED_KEYS = ("edge_p50_ms", "edge_p99_ms", "resnet50_p50_ms", "speedup_vs_resnet50")
+_MISSING_MODEL = "run `make repro` first (it trains and exports the model)"
+
+
+def _proc_status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmHWM: peak resident set; VmRSS: now) in MB, else None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return round(int(line.split()[1]) / 1024, 1)  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _edge_worker() -> None:
+    """The fresh edge process: spec JSON on stdin -> one line of result JSON on stdout.
+
+    Imports what the Pi's inference imports (numpy, onnxruntime, the edge package; OpenCV to
+    decode the frames, as the camera does) and nothing else, so its peak memory is the edge's.
+    Frames are decoded one at a time, outside the timed call, like camera frames arriving.
+    """
+    spec = json.loads(sys.stdin.read())
+    import cv2  # the edge's camera decodes with OpenCV: part of its footprint
+    import numpy as np
+
+    from autosink.edge.inference import load_model
+
+    rss_imports = _proc_status_mb("VmRSS")
+    model = load_model(spec["model"], threads=int(spec["threads"]))
+    rss_loaded = _proc_status_mb("VmRSS")
+    h, w = model.height, model.width
+
+    def decode(path: str):
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+        if bgr is None or bgr.shape != (h, w, 3):
+            return None
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    paths = [p for p in spec["frames"] if decode(p) is not None]
+    if paths:
+        def frame(i: int):
+            return decode(paths[i % len(paths)])
+    else:  # no real frames of the model's size: a few fixed noise frames (latency does not depend on content)
+        synthetic = np.random.default_rng(0).integers(0, 256, size=(4, h, w, 3), dtype=np.uint8)
+
+        def frame(i: int):
+            return synthetic[i % len(synthetic)]
+
+    warmup, iterations = int(spec["warmup"]), int(spec["iterations"])
+    ms, probs = [], []
+    for i in range(warmup + iterations):
+        x = frame(i)
+        t0 = time.perf_counter()
+        p = model.predict(x)
+        dt = time.perf_counter() - t0
+        if i >= warmup:
+            ms.append(dt * 1000.0)
+            probs.append(p)
+    lat = np.asarray(ms)
+    opts = model.session.get_session_options()
+    peak = _proc_status_mb("VmHWM")
+    if peak is None:
+        import resource
+
+        peak = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # kB on Linux
+    result = {
+        "model": str(model.path), "backbone": model.card.get("backbone"), "version": model.version,
+        "model_mb": round(model.path.stat().st_size / 1e6, 2), "input": [h, w],
+        "model_input": model.card.get("input_size"), "crop": model.card.get("crop"),
+        "threads": int(opts.intra_op_num_threads), "inter_op_threads": int(opts.inter_op_num_threads),
+        "iterations": iterations, "warmup": warmup,
+        "frame_source": "real" if paths else "synthetic", "distinct_frames": len(paths) or 4,
+        "p50_ms": round(float(np.percentile(lat, 50)), 3), "p90_ms": round(float(np.percentile(lat, 90)), 3),
+        "p99_ms": round(float(np.percentile(lat, 99)), 3), "mean_ms": round(float(lat.mean()), 3),
+        "min_ms": round(float(lat.min()), 3), "max_ms": round(float(lat.max()), 3),
+        "fps": round(1000.0 / float(lat.mean()), 1),
+        "p_water_range": [round(min(probs), 4), round(max(probs), 4)],
+        "peak_rss_mb": peak, "rss_after_imports_mb": rss_imports, "rss_after_load_mb": rss_loaded,
+        "torch_imported": "torch" in sys.modules,
+    }
+    print(json.dumps(result), flush=True)
+
+
+def edge_latency(model: Path, frames: list[Path] | None = None, *, iterations: int = 500, warmup: int = 20,
+                 threads: int = 1, timeout: float = 1800) -> dict:
+    """Per-frame latency of ``model`` (an ONNX file with its card beside it) through the edge's own
+    ``load_model(path, threads=...).predict``, in a fresh process that imports only the edge side;
+    that process's peak memory too. ``frames``: RGB images of the card's size (others are
+    skipped; none: synthetic frames). Returns p50/p90/p99/mean/min/max ms, fps, peak_rss_mb..."""
+    from autosink.modelcard import card_path_for
+
+    model = Path(model)
+    for path in (model, card_path_for(model)):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found; {_MISSING_MODEL}")
+    if iterations < 1 or warmup < 0:
+        raise ValueError(f"iterations must be >= 1 and warmup >= 0, got {iterations} and {warmup}")
+    spec = {"model": str(model.resolve()), "frames": [str(Path(p).resolve()) for p in frames or []],
+            "iterations": int(iterations), "warmup": int(warmup), "threads": int(threads)}
+    proc = subprocess.run([sys.executable, "-c", "from autosink.bench import _edge_worker; _edge_worker()"],
+                          input=json.dumps(spec), capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"edge latency worker failed ({proc.returncode}) on {model}:\n{proc.stdout}{proc.stderr}")
+    return json.loads(lines[-1])
+
+
+def bench_frames(root: Path, n: int = 16) -> tuple[list[Path], str]:
+    """Up to ``n`` real camera frames, evenly spread: from the feature store, else the case sets.
+    Returns (paths, where they came from); no frames: ([], "synthetic")."""
+    import csv
+
+    store = root / "data/feature-store"
+    candidates: list[Path] = []
+    source = "synthetic"
+    manifest = store / "manifest.csv"
+    if manifest.is_file():
+        with manifest.open(newline="") as f:
+            candidates = [store / row["path"] for row in csv.DictReader(f) if row.get("path")]
+        source = "data/feature-store"
+    candidates = [p for p in candidates if p.is_file()]
+    if not candidates:
+        candidates, source = sorted((root / "data/cases").glob("*/*.png")), "data/cases"
+    if not candidates:
+        return [], "synthetic"
+    step = max(1, len(candidates) // n)
+    return candidates[::step][:n], source
+
+
+def export_baseline(params: dict, out_dir: Path, backbone: str = BASELINE, seed: int = 0) -> Path:
+    """A ``WaterNet`` with ``backbone`` (random weights) exported exactly as the export stage does
+    the trained one (same camera frame, model input, crop and opset), with a card, into ``out_dir``."""
+    import torch
+
+    from autosink.export import OPSET, export_onnx, write_model_card
+    from autosink.model import build_model
+
+    model_cfg, data_cfg = params["model"], params["data"]
+    torch.manual_seed(seed)
+    net = build_model({**model_cfg, "backbone": backbone, "weights": "none"}, data_cfg)
+    h, w = int(data_cfg["frame_height"]), int(data_cfg["frame_width"])
+    path = Path(out_dir) / f"{backbone}.onnx"
+    export_onnx(net, path, height=h, width=w, opset=int(params.get("export", {}).get("opset", OPSET)))
+    write_model_card(path, backbone=backbone, threshold=0.5, version=f"bench-{backbone}-random-weights",
+                     data_version="none", height=h, width=w, metrics={},
+                     input_size=(net.preprocess.height, net.preprocess.width), crop=net.preprocess.crop)
+    return path
+
+
+def latency_keys(edge: dict, baseline: dict, name: str = BASELINE) -> dict:
+    """The flat bench.json keys of the edge-vs-baseline comparison (speedup: baseline p50 / edge p50)."""
+    keys = {}
+    for prefix, r in (("edge", edge), (name, baseline)):
+        for k in ("p50_ms", "p99_ms", "mean_ms", "fps", "peak_rss_mb"):
+            keys[f"{prefix}_{k}"] = r[k]
+    keys[f"speedup_vs_{name}"] = round(baseline["p50_ms"] / edge["p50_ms"], 2) if edge["p50_ms"] > 0 else None
+    return keys
+
+
+def compare_edge(root: Path, params: dict, model: Path, *, iterations: int, warmup: int,
+                 frames: int = 16) -> dict:
+    """The edge model and a ResNet-50 exported the same way, one after the other on the same frames."""
+    import tempfile
+
+    model = model if model.is_absolute() else root / model
+    from autosink.modelcard import card_path_for
+
+    for path in (model, card_path_for(model)):  # before the (slow) baseline export
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found; {_MISSING_MODEL}")
+    paths, source = bench_frames(root, frames)
+    seconds = {}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="autosink-bench-") as tmp:
+        base_path = export_baseline(params, Path(tmp))
+        seconds[f"export_{BASELINE}"] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+        edge = edge_latency(model, paths, iterations=iterations, warmup=warmup)
+        seconds["edge"] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+        base = edge_latency(base_path, paths, iterations=iterations, warmup=warmup)
+        seconds[BASELINE] = round(time.perf_counter() - t0, 1)
+    base["model"] = f"{BASELINE} (random weights, exported to a temporary folder)"
+    for r in (edge, base):
+        r["frames_from"] = source if r["frame_source"] == "real" else "synthetic"
+    mismatch = [k for k, want in (("model_input", [int(params["model"]["input_height"]),
+                                                   int(params["model"]["input_width"])]),
+                                  ("crop", list(params["model"].get("crop") or []) or None))
+                if edge.get(k) != want]
+    return {**latency_keys(edge, base), "edge": edge, BASELINE: base, "seconds": seconds,
+            "input_mismatch": mismatch}
+
+
+# --------------------------------------------------------------------------- dvc, machine, versions
+
+
+def _tool_env() -> dict:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "DVC_NO_ANALYTICS": "1"}
+
+
+def dvc_noop_repro(root: Path) -> dict:
+    """Time `dvc repro` in ``root`` when the pipeline is up to date (it runs nothing, changes nothing).
+
+    Checks `dvc status` first: a stale pipeline is reported (``up_to_date: False`` and what is
+    stale), never reproduced. After the run, ``changed`` says whether dvc.lock changed or a stage
+    ran (it should not)."""
+    import hashlib
+
+    env = _tool_env()
+    t0 = time.perf_counter()
+    proc = subprocess.run(["dvc", "status", "--json"], cwd=root, env=env, capture_output=True, text=True)
+    status_s = round(time.perf_counter() - t0, 2)
+    try:
+        status = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
+    except (ValueError, IndexError):
+        status = None
+    if status is None:
+        return {"up_to_date": None, "repro_s": None, "status_s": status_s,
+                "note": f"`dvc status` failed ({proc.returncode}): {(proc.stdout + proc.stderr).strip()[-300:]}"}
+    if status:
+        return {"up_to_date": False, "repro_s": None, "status_s": status_s, "stale": sorted(status),
+                "note": "the pipeline is not up to date (run `make repro`); the no-op `dvc repro` was not timed"}
+    lock = root / "dvc.lock"
+
+    def lock_hash() -> str | None:
+        return hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None
+
+    before = lock_hash()
+    t0 = time.perf_counter()
+    proc = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
+    repro_s = round(time.perf_counter() - t0, 2)
+    out = proc.stdout + proc.stderr
+    ran = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")]
+    result = {"up_to_date": True, "repro_s": repro_s, "status_s": status_s, "returncode": proc.returncode,
+              "ran_stages": ran, "changed": bool(ran) or lock_hash() != before}
+    if proc.returncode != 0:
+        result["note"] = f"`dvc repro` failed: {out.strip()[-300:]}"
+    return result
+
+
+def machine_info() -> dict:
+    """CPU model (from /proc/cpuinfo), cores, memory, OS and Python of this machine."""
+    import platform
+
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    cpu = next((fields[k] for k in ("model name", "Model", "Hardware", "cpu model") if fields.get(k)), None)
+    mem_gb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gb = round(int(line.split()[1]) / 1024 ** 2, 1)
+    except (OSError, ValueError):
+        pass
+    return {"cpu": cpu or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "memory_gb": mem_gb, "arch": platform.machine(), "os": platform.platform(),
+            "python": platform.python_version()}
+
+
+VERSIONED = ("autosink", "torch", "torchvision", "pytorch-lightning", "onnx", "onnxruntime", "numpy",
+             "opencv-python-headless", "dvc")
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in VERSIONED:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _utc_now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt(v: Any, spec: str = ".2f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def format_edge(report: dict) -> list[str]:
+    edge, base = report["edge"], report[BASELINE]
+    frames = (f"{edge['distinct_frames']} real {edge['input'][1]}x{edge['input'][0]} RGB frames from "
+              f"{edge['frames_from']}" if edge["frame_source"] == "real"
+              else f"synthetic {edge['input'][1]}x{edge['input'][0]} frames (no real ones found)")
+    inp = edge.get("model_input") or ["?", "?"]
+    lines = [f"edge inference: load_model(...).predict, onnxruntime, {edge['threads']} thread, "
+             f"{edge['iterations']} frames after {edge['warmup']} warm-up; {frames}; model input "
+             f"{inp[1]}x{inp[0]}, crop {edge.get('crop')}",
+             f"  {'model':<36} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'fps':>7} {'peak RSS MB':>12} "
+             f"{'file MB':>8}"]
+    for label, r in ((f"{Path(edge['model']).name} ({edge['backbone']})", edge),
+                     (f"{BASELINE} (random weights)", base)):
+        lines.append(f"  {label[:36]:<36} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['mean_ms']:>8.2f} "
+                     f"{r['fps']:>7.1f} {_fmt(r['peak_rss_mb'], '.1f'):>12} {r['model_mb']:>8.1f}")
+    lines.append(f"  speedup vs {BASELINE} (p50): {_fmt(report[f'speedup_vs_{BASELINE}'])}x; "
+                 f"edge process imports torch: {'YES' if edge['torch_imported'] else 'no'}; "
+                 f"its RSS after imports {_fmt(edge['rss_after_imports_mb'], '.1f')} MB, "
+                 f"after loading the model {_fmt(edge['rss_after_load_mb'], '.1f')} MB")
+    if report.get("input_mismatch"):
+        lines.append(f"  NOTE: {edge['model']}'s card differs from params.yaml in {report['input_mismatch']}: "
+                     f"the {BASELINE} uses params.yaml (re-run `make repro`?)")
+    return lines
+
+
+def format_report(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"autosink bench, {report['date']}, {m['cpu']} ({m['cores']} cores, {_fmt(m['memory_gb'], '.1f')} GB), "
+             f"git {str(report.get('git_revision'))[:12]}"]
+    lines += format_edge(report)
+    noop = report["dvc_noop"]
+    if noop["repro_s"] is not None:
+        lines.append(f"no-op `dvc repro` in this repository: {noop['repro_s']:.2f} s (`dvc status` {noop['status_s']:.2f} s)"
+                     + ("; WARNING: it ran " + ", ".join(noop["ran_stages"]) if noop.get("changed") else ""))
+    else:
+        lines.append(f"no-op `dvc repro`: not measured: {noop.get('note')}"
+                     + (f" (stale: {', '.join(noop['stale'])})" if noop.get("stale") else ""))
+    tr = report.get("train")
+    if tr:
+        lines.append(f"training: {tr['images_per_s']:.1f} images/s ({tr['backbone']}, {tr['input'][0]}x{tr['input'][1]}, "
+                     f"batch {tr['batch_size']}, {tr['threads']} threads; forward + backward + AdamW)"
+                     + (f", {tr['epoch_s']} s per epoch of {tr['train_frames']} frames" if tr.get("epoch_s") else ""))
+    inc = report.get("incremental")
+    if inc:
+        lines.append("`dvc repro` after adding one episode (scratch copies, data=real):")
+        lines.append("  " + "  ".join(HEADER))
+        lines += ["  " + _row(r) for r in inc]
+    else:
+        lines.append(f"`dvc repro` after one new episode: skipped ({report.get('incremental_skipped', 'not run')})")
+    secs = report.get("seconds", {})
+    if secs:
+        lines.append("took " + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()))
+    return "\n".join(lines)
+
+
+def _from_cwd(path: Path) -> Path:
+    """A path given on the command line: relative to where you are if it exists there, else to the repo."""
+    return path.resolve() if not path.is_absolute() and path.exists() else path
+
+
+def main_edge(model: Path, iterations: int, warmup: int, json_out: Path | None) -> int:
+    from autosink.config import load_params, project_root
+
+    model, json_out = _from_cwd(model), json_out and json_out.resolve()
+    root = project_root()
+    os.chdir(root)
+    params = load_params()
+    report = compare_edge(root, params, model, iterations=iterations, warmup=warmup)
+    print("\n".join(format_edge(report)))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"date": _utc_now(), "machine": machine_info(), "versions": versions(),
+                                        **report}, indent=2) + "\n")
+        print(f"wrote {json_out}")
+    return 0
+
+
+def main_all(model: Path, iterations: int, warmup: int, quick: bool, sizes: list[int], batches: int,
+             json_out: Path | None, keep: Path | None) -> int:
+    """`autosink bench all` / `make bench`: everything, a table, and metrics/bench.json."""
+    import tempfile
+
+    from autosink.config import load_params, project_root
+    from autosink.export import git_revision
+
+    json_out = json_out.resolve() if json_out else None
+    keep = keep.resolve() if keep else None
+    model = _from_cwd(model)
+    start = time.perf_counter()
+    root = project_root()
+    os.chdir(root)
+    json_out = json_out or root / "metrics" / "bench.json"
+    params = load_params()
+    report: dict[str, Any] = {"date": _utc_now(), "machine": machine_info(), "versions": versions(),
+                              "git_revision": git_revision(root)}
+    print(f"autosink bench: {report['machine']['cpu']}, {report['machine']['cores']} cores", flush=True)
+
+    print(f"edge latency: exporting a {BASELINE} the same way, then {iterations} frames through each model ...",
+          flush=True)
+    edge = compare_edge(root, params, model, iterations=iterations, warmup=warmup)
+    seconds = edge.pop("seconds")
+    report.update(edge)
+
+    print("no-op `dvc repro` ...", flush=True)
+    t0 = time.perf_counter()
+    report["dvc_noop"] = dvc_noop_repro(root)
+    report["dvc_noop_repro_s"] = report["dvc_noop"]["repro_s"]
+    seconds["dvc_noop"] = round(time.perf_counter() - t0, 1)
+
+    backbone = params["model"]["backbone"]
+    print(f"training throughput ({backbone}) ...", flush=True)
+    t0 = time.perf_counter()
+    report["train"] = train_throughput(params, [backbone], batches=batches)[0]
+    report["train_images_per_s"] = report["train"]["images_per_s"]
+    seconds["train"] = round(time.perf_counter() - t0, 1)
+
+    if quick:
+        report["incremental"], report["incremental_skipped"] = None, "--quick"
+    else:
+        print(f"`dvc repro` after one new episode, lakes of {sizes} episodes (minutes) ...", flush=True)
+        print("  " + "  ".join(HEADER), flush=True)
+        t0 = time.perf_counter()
+        work = keep or Path(tempfile.mkdtemp(prefix="autosink-bench-"))
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            report["incremental"] = incremental(root, sizes, work)
+        finally:
+            if keep is None:
+                shutil.rmtree(work, ignore_errors=True)
+        seconds["incremental"] = round(time.perf_counter() - t0, 1)
+    seconds["total"] = round(time.perf_counter() - start, 1)
+    report["seconds"] = seconds
+
+    print()
+    print(format_report(report))
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {json_out.relative_to(root) if json_out.is_relative_to(root) else json_out}")
     return 0

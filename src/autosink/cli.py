@@ -133,6 +133,19 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return main_train(args.backbones or list(BACKBONES), args.batches, args.json)
 
 
+def cmd_bench_edge(args: argparse.Namespace) -> int:
+    from autosink.bench import main_edge
+
+    return main_edge(args.model, args.iterations, args.warmup, args.json)
+
+
+def cmd_bench_all(args: argparse.Namespace) -> int:
+    from autosink.bench import main_all
+
+    return main_all(args.model, args.iterations, args.warmup, args.quick, args.sizes, args.batches, args.json,
+                    args.keep)
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     import json
 
@@ -193,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     stage("export", "export",
           "DVC stage: export models/model.ckpt to models/model.onnx (preprocessing in the graph, parity "
           "checked) + its model card models/model.json")
+    stage("water", "water",
+          "DVC stage: water-savings benchmark of models/model.onnx through the edge loop on held-out "
+          "simulated sessions -> metrics/water.json, reports/water_session.png")
     label = sub.add_parser("label", help="labels: build the feature store, review them",
                            description="Sparse-to-dense labels and the feature store.")
     label_sub = label.add_subparsers(dest="label_command", required=True, metavar="COMMAND")
@@ -276,6 +292,38 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batches", type=int, default=6, help="timed batches per backbone (after 2 warm-up ones)")
     tr.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     tr.set_defaults(func=cmd_bench_train)
+
+    def latency_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", type=Path, default=Path("models/model.onnx"),
+                       help="the exported model, its card beside it (default: models/model.onnx)")
+        p.add_argument("--iterations", type=int, default=500, help="timed frames per model (default 500)")
+        p.add_argument("--warmup", type=int, default=20, help="untimed frames first (default 20)")
+
+    edge = bench_sub.add_parser(
+        "edge", help="edge latency (p50/p99, fps) and peak memory of the exported model vs a ResNet-50",
+        description="Time the exported model per 640x480 RGB frame through the edge's own load_model().predict "
+                    "(onnxruntime, one thread, real frames from the feature store or the case sets) in a fresh "
+                    "process that imports no torch, with its peak memory; then a ResNet-50 WaterNet (random "
+                    "weights) exported the same way at the same input; print both and their ratio.")
+    latency_args(edge)
+    edge.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    edge.set_defaults(func=cmd_bench_edge)
+    every = bench_sub.add_parser(
+        "all", help="every benchmark (what `make bench` runs); writes metrics/bench.json",
+        description="Edge latency and memory vs ResNet-50 (as `bench edge`), a no-op `dvc repro` in this "
+                    "repository (only when the pipeline is up to date; otherwise says so), training images/s "
+                    "for the configured backbone and, unless --quick, `dvc repro` after one new episode for "
+                    "several lake sizes (as `bench incremental`, minutes). Prints a table and writes "
+                    "metrics/bench.json with the date, the machine and the versions.")
+    latency_args(every)
+    every.add_argument("--quick", action="store_true", help="skip the incremental `dvc repro` benchmark (minutes)")
+    every.add_argument("--sizes", type=int, nargs="+", default=[10, 40],
+                       help="lake sizes in episodes for the incremental benchmark (default 10 40)")
+    every.add_argument("--batches", type=int, default=6, help="timed training batches (after 2 warm-up ones)")
+    every.add_argument("--keep", type=Path, default=None, help="keep the incremental scratch projects here")
+    every.add_argument("--json", type=Path, default=None,
+                       help="where to write the results (default: metrics/bench.json in the repository)")
+    every.set_defaults(func=cmd_bench_all)
     return parser
 
 
