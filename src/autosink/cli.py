@@ -277,9 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (print measured numbers)", description="Benchmarks.")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="COMMAND")
     inc = bench_sub.add_parser(
-        "incremental", help="time `dvc repro` after adding one episode to lakes of several sizes",
-        description="Build scratch copies of this project with lakes of several sizes, run the pipeline, add "
-                    "one episode, and time the second `dvc repro` (it should track the new data, not the lake).")
+        "incremental", help="time `dvc repro validate_data` after adding one episode to lakes of several sizes",
+        description="Build scratch copies of this project with lakes of several sizes, run the data pipeline "
+                    "(up to validate_data), add one episode, and time it again (it should track the new data, "
+                    "not the lake).")
     inc.add_argument("--sizes", type=int, nargs="+", default=[10, 40, 160], help="lake sizes in episodes")
     inc.add_argument("--keep", type=Path, default=None, help="keep the scratch projects in this folder")
     inc.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
