@@ -166,6 +166,9 @@ def test_interrupted_training_resumes_from_last_checkpoint(repo_root, store, tmp
     result = fit(params, extra_callbacks=[first], **kw)
     assert result["resumed"] and first.first == 1  # epoch 0 was not trained again
     assert [r["epoch"] for r in result["history"]] == [0, 1]  # the curve survives the restart
+    # a finished run is not resumed: the same run again (e.g. dvc repro -f) trains afresh
+    first = _FirstEpoch()
+    assert not fit(params, extra_callbacks=[first], **kw)["resumed"] and first.first == 0
     # different parameters: a fresh start, not a resume
     params["train"]["lr"] = params["train"]["lr"] / 2
     first = _FirstEpoch()

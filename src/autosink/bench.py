@@ -176,7 +176,7 @@ def train_throughput(params: dict, backbones: list[str], batches: int = 6, warmu
     for the current training split."""
     import torch
 
-    from autosink.model import WaterNet
+    from autosink.model import WaterNet, count_parameters
 
     model_cfg, data_cfg, train_cfg = params["model"], params["data"], params["train"]
     torch.set_num_threads(threads or os.cpu_count() or 1)
@@ -202,7 +202,7 @@ def train_throughput(params: dict, backbones: list[str], batches: int = 6, warmu
         rows.append({"backbone": name, "input": [h, w], "batch_size": bs, "threads": torch.get_num_threads(),
                      "images_per_s": round(ips, 1), "train_frames": n_train,
                      "epoch_s": round(n_train / ips, 1) if n_train else None,
-                     "parameters_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 2)})
+                     "parameters_m": round(count_parameters(net) / 1e6, 2)})
     return rows
 
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from autosink.modelcard import card_path_for, check_card_supported, read_card, sha256_bytes
+from autosink.modelcard import card_path_for
 
 __all__ = [
     "Case", "CaseError", "parse_case_name", "list_cases", "evaluate_cases", "onnx_predictor",
@@ -174,31 +174,28 @@ def evaluate_cases(predict: Predict, cases: Iterable[Case], threshold: float,
 class OnnxCasePredictor:
     """``predict(frames [N, H, W, 3] uint8 RGB) -> p [N]`` for an exported model; ``card`` is its card.
 
-    The whole batch goes to onnxruntime in one call (the export declares a dynamic batch axis).
-    Colour order follows the card (a BGR model gets the channels swapped here).
+    Wraps the edge's own :class:`~autosink.edge.inference.OnnxModel` (card checks, sha256, session
+    signature: what the Pi would accept), but sends the whole batch to onnxruntime in one call
+    (the export declares a dynamic batch axis). Colour order follows the card.
     """
 
-    def __init__(self, path: Path, card: dict[str, Any], session: Any) -> None:
-        self.path, self.card, self.session = path, card, session
-        inp = card["input"]
-        self.input_name: str = inp["name"]
-        self.output_name: str = card["output"]["name"]
-        self.height, self.width = int(inp["height"]), int(inp["width"])
-        self.bgr = inp["color"] == "BGR"
-        self.threshold = float(card["threshold"])
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.path, self.card, self.threshold = model.path, model.card, model.threshold
 
     def __repr__(self) -> str:
         return f"OnnxCasePredictor({self.path}, version={self.card.get('version')!r})"
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
+        m = self.model
         frames = np.asarray(frames)
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (self.height, self.width, 3):
-            raise ValueError(f"{self.path}: expected uint8 RGB frames [N, {self.height}, {self.width}, 3] "
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (m.height, m.width, 3):
+            raise ValueError(f"{self.path}: expected uint8 RGB frames [N, {m.height}, {m.width}, 3] "
                              f"(the card's size), got {frames.dtype} {tuple(frames.shape)}")
-        x = frames[..., ::-1] if self.bgr else frames
-        y = np.asarray(self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x)})[0])
+        x = frames[..., ::-1] if m.bgr else frames
+        y = np.asarray(m.session.run([m.output_name], {m.input_name: np.ascontiguousarray(x)})[0])
         if y.size != len(frames):
-            raise ValueError(f"{self.path}: output {self.output_name!r} has shape {y.shape} for {len(frames)} "
+            raise ValueError(f"{self.path}: output {m.output_name!r} has shape {y.shape} for {len(frames)} "
                              "frames, expected one probability per frame")
         return y.reshape(-1).astype(np.float64)
 
@@ -208,41 +205,23 @@ def onnx_predictor(onnx_path: str | os.PathLike[str], *, threads: int = 0) -> tu
 
     Refuses (ValueError naming the file) a model without a card or whose bytes do not hash to
     the card's ``model_sha256``: the gate must judge exactly the file that would be promoted,
-    with the operating point chosen for it. The session is built from the hashed bytes.
-    ``threads`` = 0 lets onnxruntime choose.
+    with the operating point chosen for it. Loading is the edge's :func:`load_model`.
+    ``threads`` = 0: one per CPU core.
     """
-    import onnxruntime as ort  # here: importing this module stays cheap
+    from autosink.edge.inference import ModelError, load_model
 
     path = Path(onnx_path)
-    cpath = card_path_for(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file not found")
+    cpath = card_path_for(path)
     if not cpath.is_file():
         raise ValueError(f"{path}: no model card {cpath.name} beside it (the export writes both); "
                          "refusing to evaluate a model without its threshold and input contract")
-    card = read_card(cpath)  # CardError (a ValueError) names the card and the field
-    check_card_supported(card, cpath)
-    data = path.read_bytes()
-    sha = sha256_bytes(data)
-    if sha != card["model_sha256"]:
-        raise ValueError(f"{path}: sha256 {sha[:12]}... does not match {cpath.name} model_sha256 "
-                         f"{card['model_sha256'][:12]}... (a card of another model, or a half-copied file)")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(0, int(threads))
-    opts.log_severity_level = 3
     try:
-        session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime has its own exception types
-        raise ValueError(f"{path}: onnxruntime cannot load it ({type(e).__name__}: {str(e).strip()[:300]})") from None
-    inputs = [i.name for i in session.get_inputs()]
-    outputs = [o.name for o in session.get_outputs()]
-    if inputs != [card["input"]["name"]]:
-        raise ValueError(f"{path}: graph inputs {inputs}, the card {cpath.name} says one input "
-                         f"{card['input']['name']!r}")
-    if card["output"]["name"] not in outputs:
-        raise ValueError(f"{path}: card output.name {card['output']['name']!r} is not a graph output "
-                         f"(graph has {outputs})")
-    predictor = OnnxCasePredictor(path, card, session)
+        model = load_model(path, threads=int(threads) or os.cpu_count() or 1)
+    except ModelError as e:
+        raise ValueError(str(e)) from None
+    predictor = OnnxCasePredictor(model)
     return predictor, predictor.threshold
 
 

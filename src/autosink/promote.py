@@ -411,12 +411,8 @@ def promote(root: Path, *, experiment: str | None = None, push: bool = True,
         raise
     msg = f"Promote model {version} to production"
     print(f"promote: {PRODUCTION} is now model {version} ({sha[:12]}), experiment {record['experiment']}")
-    result: dict[str, Any] = {"action": "promote", "status": "promoted", "message": msg, "version": version,
-                              "model_sha256": sha, **production_status(root), "dvc": None, "git_hint": None,
-                              "wandb": None}
-    _track(root, push, wandb_mode, f"model {version} is promoted", result)
-    _finish(result)
-    return result
+    return _record_change(root, "promote", "promoted", msg, version, sha, push, wandb_mode,
+                          f"model {version} is promoted")
 
 
 def rollback(root: Path, *, push: bool = True, wandb_mode: str | None = None) -> dict[str, Any]:
@@ -443,10 +439,17 @@ def rollback(root: Path, *, push: bool = True, wandb_mode: str | None = None) ->
     version, sha = info.get("version"), info.get("model_sha256")
     msg = f"Roll production back to model {version}"
     print(f"promote: rolled back: {PRODUCTION} is model {version} ({(sha or '')[:12]}) again")
-    result: dict[str, Any] = {"action": "rollback", "status": "rolled back", "message": msg, "version": version,
+    return _record_change(root, "rollback", "rolled back", msg, version, sha, push, wandb_mode,
+                          f"production is rolled back to model {version}")
+
+
+def _record_change(root: Path, action: str, status: str, msg: str, version: Any, sha: Any, push: bool,
+                   wandb_mode: str | None, what: str) -> dict[str, Any]:
+    """After production changed on disk: the result, then DVC, git and W&B (:func:`_track`)."""
+    result: dict[str, Any] = {"action": action, "status": status, "message": msg, "version": version,
                               "model_sha256": sha, **production_status(root), "dvc": None, "git_hint": None,
                               "wandb": None}
-    _track(root, push, wandb_mode, f"production is rolled back to model {version}", result)
+    _track(root, push, wandb_mode, what, result)
     _finish(result)
     return result
 

@@ -7,9 +7,9 @@ decision threshold on the validation split, and writes one self-contained checkp
 export.
 
 Resume: Lightning's ``last.ckpt`` is kept in ``models/checkpoints/`` with a fingerprint of
-everything that defines the run (model and train parameters, the split tables). A rerun with
-the same fingerprint (e.g. after Ctrl-C or a crash) continues from it; a different one starts
-afresh.
+everything that defines the run (model and train parameters, the training code, the split
+tables). A rerun of an unfinished run with the same fingerprint (e.g. after Ctrl-C or a crash)
+continues from it; a finished run or a different fingerprint starts afresh.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,9 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from autosink.fileio import atomic_write
-from autosink.model import WaterNet, build_model, build_preprocess, load_base_weights, net_state_dict
+from autosink.fileio import atomic_write, code_version
+from autosink.model import (WaterNet, build_model, build_preprocess, count_parameters, load_base_weights,
+                            net_state_dict)
 
 __all__ = ["LitWaterNet", "fit", "run_fingerprint", "choose_threshold", "load_trained"]
 
@@ -130,9 +132,13 @@ def choose_threshold(p: np.ndarray, y: np.ndarray) -> float:
 
 
 def run_fingerprint(params: dict, splits_dir: Path) -> str:
-    """What defines a training run: model/train/data parameters and the split tables' bytes."""
+    """What defines a training run: model/train/data parameters, the training code and the split
+    tables' bytes."""
+    from autosink import frames, model
+
     h = hashlib.sha256(json.dumps({k: params.get(k) for k in ("model", "train", "data")}, sort_keys=True,
                                   default=str).encode())
+    h.update(code_version(model, frames, sys.modules[__name__]).encode())
     for name in ("train", "val"):
         p = splits_dir / f"{name}.csv"
         h.update(p.read_bytes() if p.exists() else b"")
@@ -220,9 +226,10 @@ def fit(params: dict, splits_dir: str | Path = "data/splits", store_dir: str | P
     fingerprint = run_fingerprint(params, splits_dir)
     stamp, last = ckpt_dir / "run.json", ckpt_dir / "last.ckpt"
     resume = None
-    if last.exists() and stamp.exists() and json.loads(stamp.read_text()).get("fingerprint") == fingerprint:
+    state = json.loads(stamp.read_text()) if stamp.exists() else {}
+    if last.exists() and state.get("fingerprint") == fingerprint and not state.get("complete"):
         resume = str(last)
-        print(f"train: resuming from {last} (same parameters and data)")
+        print(f"train: resuming from {last} (same parameters, code and data)")
     elif ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -254,11 +261,15 @@ def fit(params: dict, splits_dir: str | Path = "data/splits", store_dir: str | P
     started = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     seconds = time.perf_counter() - started
+    if trainer.is_global_zero:  # a finished run is not resumed: a forced rerun trains afresh
+        atomic_write(stamp, json.dumps({"fingerprint": fingerprint, "complete": True}) + "\n")
 
     if not trainer.is_global_zero:  # under DDP only rank 0 writes the results
         return dict()
     best_path = best_cb.best_model_path or str(last)
-    best = LitWaterNet.load_from_checkpoint(best_path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(best_path, map_location="cpu", weights_only=False)
+    best = module.cpu()
+    best.load_state_dict(ckpt["state_dict"])
     best.eval()
     val = dm.datasets["val"]
     with torch.no_grad():
@@ -268,7 +279,6 @@ def fit(params: dict, splits_dir: str | Path = "data/splits", store_dir: str | P
     threshold = choose_threshold(p, y) if thr_cfg == "auto" else float(thr_cfg)
     val_metrics = binary_metrics(p, y, threshold)
 
-    ckpt = torch.load(best_path, map_location="cpu", weights_only=False)
     ckpt["autosink"] = {"threshold": threshold, "data_version": data_version, "fingerprint": fingerprint,
                         "best_epoch": int(ckpt.get("epoch", -1)), "val": val_metrics}
     out_ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -282,7 +292,7 @@ def fit(params: dict, splits_dir: str | Path = "data/splits", store_dir: str | P
         val={k: v for k, v in val_metrics.items() if k != "confusion"}, train_frames=len(dm.datasets["train"]),
         images_per_s=speed.images / speed.seconds if speed.seconds else float("nan"),
         epoch_s=float(np.mean(speed.epoch_seconds)) if speed.epoch_seconds else float("nan"),
-        seconds=seconds, resumed=resume is not None, parameters=sum(p.numel() for p in module.parameters()),
+        seconds=seconds, resumed=resume is not None, parameters=count_parameters(module),
     )
     result["history"] = history.rows
     if logger is not None and hasattr(logger, "experiment"):
