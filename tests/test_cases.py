@@ -254,6 +254,41 @@ def test_gate_min_and_regression_both_reported():
                                f"{NAMES[1]}: accuracy 0.42 regressed from 1.00 (production) by more than 0.05"]
 
 
+def test_gate_regression_needs_a_champion_that_passes_itself():
+    # a model that never opens the water: perfect on "no water" cases, 0 on the others
+    never = result({n: (1.0 if "-0-" in n else 0.0) for n in NAMES})
+    better = result({n: (0.92 if "-0-" in n else 0.95) for n in NAMES})
+    out = gate(better, never, {"min_accuracy": 0.9, "max_regression": 0.05})
+    assert out["passed"], out["failures"]
+    assert any("production fails the case floor itself" in n for n in out["notes"])
+    # the floors still decide
+    assert not gate(result({n: 0.5 for n in NAMES}), never, {"min_accuracy": 0.9})["passed"]
+    # a champion that passes is a reference: the same drop fails
+    assert not gate(better, result({n: 1.0 for n in NAMES}), {"min_accuracy": 0.9})["passed"]
+
+
+def test_gate_climb_rule_accepts_a_better_model_while_production_fails_the_floor():
+    weak = result({NAMES[0]: 1.0, NAMES[1]: 0.0, NAMES[2]: 1.0, NAMES[3]: 0.0})  # never opens: mean 0.5
+    better = result({NAMES[0]: 0.75, NAMES[1]: 0.5, NAMES[2]: 0.83, NAMES[3]: 0.42})  # mean 0.625, worst 0.42
+    cfg = {"min_accuracy": 0.9, "max_regression": 0.05}
+    assert not gate(better, weak, cfg)["passed"]  # off by default: the floors decide
+    out = gate(better, weak, {**cfg, "min_gain": 0.05})
+    assert out["passed"] and out["failures"] == []
+    assert any("climb rule: mean case accuracy 0.500 (production) -> 0.625" in n for n in out["notes"])
+    assert sum("passed by the climb rule despite" in n for n in out["notes"]) == 4  # each floor miss stays visible
+    # not enough gain, or a worse worst case: refused, saying why
+    out = gate(better, weak, {**cfg, "min_gain": 0.2})
+    assert not out["passed"] and "not better than production by min_gain 0.2" in out["failures"][-1]
+    mid = result({NAMES[0]: 0.5, NAMES[1]: 0.5, NAMES[2]: 0.5, NAMES[3]: 0.5})
+    worse_worst = result({NAMES[0]: 1.0, NAMES[1]: 1.0, NAMES[2]: 1.0, NAMES[3]: 0.25})
+    assert not gate(worse_worst, mid, {**cfg, "min_gain": 0.05})["passed"]
+    # a production model that passes the floors is never climbed over
+    good = result({n: 0.95 for n in NAMES})
+    assert not gate(result({n: 0.85 for n in NAMES}), good, {**cfg, "min_gain": 0.0})["passed"]
+    with pytest.raises(ValueError, match="min_gain"):
+        gate(better, weak, {"min_gain": -1})
+
+
 def test_gate_compares_only_shared_cases():
     challenger = result({NAMES[0]: 1.0, NAMES[1]: 1.0})
     champion = result({NAMES[1]: 1.0, NAMES[2]: 1.0})

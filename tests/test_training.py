@@ -8,7 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from autosink.evaluation import curve_tables, evaluate_table, predict_paths
+from autosink.evaluation import VISIBLE_STATE, curve_tables, evaluate_table, predict_paths, truth_report
 from autosink.frames import WaterDataModule, build_augment, check_no_leakage, read_frame, read_split
 from autosink.model import BACKBONES, Preprocess, WaterNet, load_base_weights
 from autosink.training import binary_metrics, choose_threshold, fit, load_trained
@@ -205,3 +205,24 @@ def test_binary_metrics_and_threshold_choice():
     assert m["auroc"] == pytest.approx(5 / 6)
     # 4/5 correct at t=0.4 and at t=0.7; the one nearer the untuned 0.5 wins
     assert choose_threshold(p, y) == pytest.approx(0.4)
+
+
+def test_truth_report_separates_label_noise_from_model_errors(tmp_path):
+    # one episode, 6 frames; the truth says frame 3 is "ignore" (-1) though the users' feedback
+    # labelled it 1, and frames 4 and 5 look the same (one visible state) with different labels
+    state = {k: [1, 1, 1, 0, 0, 0] for k in VISIBLE_STATE}
+    truth = pd.DataFrame({"image": [f"{i}.png" for i in range(1, 7)], "label": [1, 1, 0, -1, 0, 1], **state})
+    truth.loc[2, "dish_held"] = 0  # frame 2 (label 0) is a state of its own
+    truth.to_csv(tmp_path / "ep1.csv", index=False)
+    labels = [1, 1, 0, 1, 0, 1]
+    table = pd.DataFrame({"path": [f"{y}/ep1_{i:04d}.png" for i, y in enumerate(labels)], "label": labels,
+                          "episode": "ep1"})
+    manifest = table[["path"]].assign(image=[f"{i}.png" for i in range(1, 7)])
+    p = np.array([0.9, 0.2, 0.1, 0.9, 0.1, 0.1])  # wrong on frames 1 and 5 (of 1..6: 2nd and 6th)
+    out = truth_report(table, p, 0.5, tmp_path, manifest)
+    assert out["frames"] == 6 and out["truth_ignore_share"] == round(1 / 6, 4)
+    assert out["label_agreement"] == 1.0  # where the truth has a label, the labels match it
+    assert out["accuracy_vs_truth"] == 0.6  # 3 of the 5 frames with a truth label
+    # states: (1,1,1,..) -> labels 1,1 ; dish_held 0 -> 0 ; (0,..) -> 1,0,1: majority 1, one miss
+    assert out["visible_state_ceiling"] == round(5 / 6, 4)
+    assert truth_report(table.assign(episode="other"), p, 0.5, tmp_path, manifest) is None

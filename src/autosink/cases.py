@@ -306,8 +306,14 @@ def gate(challenger: Mapping[str, Mapping[str, Any]], champion: Mapping[str, Map
     * ``per_case``: ``{case name or "CASEnn": minimum}`` overrides it for single cases;
     * ``max_regression`` (default 0.05; None turns the check off): a case fails when its
       accuracy is below the champion's by more than this. Only cases in both results are
-      compared (the others are named in ``notes``);
-    * ``min_frames`` (default 1): a case with fewer frames fails, its accuracy is not evidence.
+      compared (the others are named in ``notes``). A champion that fails the floors itself is
+      no reference (a model that never opens the water scores 1.0 on every "no water" case):
+      then the check is skipped, with a note, and the floors alone decide;
+    * ``min_frames`` (default 1): a case with fewer frames fails, its accuracy is not evidence;
+    * ``min_gain`` (default None: off), the climb rule: while production fails the floors itself,
+      a challenger that fails them too still passes when it is better than production: its mean
+      case accuracy is higher by at least ``min_gain`` and its worst case is no worse. A fleet
+      can then climb from a weak model (``autosink loop``); the floors are reported as notes.
 
     Returns ``{"passed", "failures": [message], "notes": [message], "cases": {name: {challenger
     fields, "min_accuracy", "champion_accuracy" (None where production has no result), "passed"}}}``.
@@ -328,11 +334,17 @@ def gate(challenger: Mapping[str, Mapping[str, Any]], champion: Mapping[str, Map
     cases: dict[str, dict] = {}
     if not names:
         failures.append("no case results for the model: nothing to gate on")
+    below: list[str] = []
     if champion is None:
         notes.append("no production model: regression check skipped")
     elif max_reg is None:
         notes.append("max_regression is null: regression check off")
     else:
+        below = [n for n in names if n in champion and not float(champion[n]["accuracy"]) >= mins[n] - _EPS]
+        if below:
+            notes.append(f"production fails the case floor itself ({', '.join(below)}): regression check "
+                         "skipped, the floors alone decide")
+            max_reg = None
         new = [n for n in names if n not in champion]
         gone = sorted((n for n in champion if n not in challenger), key=_sort_key)
         if new:
@@ -362,7 +374,29 @@ def gate(challenger: Mapping[str, Mapping[str, Any]], champion: Mapping[str, Map
                 failures.append(f"{name}: accuracy {a} regressed from {b} (production) by more than {max_reg:.2f}")
                 ok = False
         cases[name] = {**dict(r), "min_accuracy": floor, "champion_accuracy": champ_acc, "passed": ok}
+    min_gain = cfg.get("min_gain")
+    if min_gain is not None and (isinstance(min_gain, bool) or not isinstance(min_gain, (int, float)) or min_gain < 0):
+        raise ValueError(f"case gate: min_gain must be a number >= 0 or null, got {min_gain!r}")
+    if failures and champion is not None and below and min_gain is not None:
+        failures, notes = _climb(challenger, champion, names, float(min_gain), min_frames, failures, notes)
     return {"passed": not failures, "failures": failures, "notes": notes, "cases": cases}
+
+
+def _climb(challenger: Mapping, champion: Mapping, names: list[str], min_gain: float, min_frames: int,
+           failures: list[str], notes: list[str]) -> tuple[list[str], list[str]]:
+    """The climb rule (see :func:`gate`): (failures, notes) after it."""
+    shared = [n for n in names if n in champion]
+    if not shared or any(int(challenger[n]["n"]) < min_frames for n in names):
+        return failures, notes
+    new = [float(challenger[n]["accuracy"]) for n in shared]
+    old = [float(champion[n]["accuracy"]) for n in shared]
+    mean_new, mean_old = float(np.mean(new)), float(np.mean(old))
+    verdict = (f"climb rule: mean case accuracy {mean_old:.3f} (production) -> {mean_new:.3f}, worst case "
+               f"{min(old):.2f} -> {min(new):.2f}")
+    if mean_new >= mean_old + min_gain - _EPS and min(new) >= min(old) - _EPS:
+        return [], notes + [f"{verdict}: better than production by min_gain {min_gain:g}: passed"] + [
+            f"passed by the climb rule despite: {f}" for f in failures]
+    return failures + [f"{verdict}: not better than production by min_gain {min_gain:g}"], notes
 
 
 def format_report(result: Mapping[str, Any]) -> str:

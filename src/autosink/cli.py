@@ -146,6 +146,14 @@ def cmd_bench_all(args: argparse.Namespace) -> int:
                     args.keep)
 
 
+def cmd_loop(args: argparse.Namespace) -> int:
+    from autosink.loop import LoopSettings, main_loop
+
+    settings = LoopSettings(rounds=args.rounds, households=args.households, weak_epochs=args.weak_epochs,
+                            min_case_accuracy=args.min_case_accuracy, min_gain=args.min_gain, overrides=args.set)
+    return main_loop(settings, args.workdir, args.json, args.plot)
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     import json
 
@@ -241,6 +249,33 @@ def build_parser() -> argparse.ArgumentParser:
     prom.add_argument("--wandb", default=None, choices=["auto", "online", "offline", "disabled"],
                       help="wandb mode for the artifact alias (default auto: online with WANDB_API_KEY)")
     prom.set_defaults(func=cmd_promote)
+
+    loop = sub.add_parser(
+        "loop", help="the retraining loop, closed: edge + simulated users -> lake -> dvc repro -> gate -> promote",
+        description="In a copy of this project (--workdir; your workspace is not touched): put a deliberately "
+                    "weak model in production, then per round run the sample lake's households through the "
+                    "edge runtime with the production model and a simulated user who corrects it, upload the "
+                    "recorded episodes to the lake, `dvc add` + `dvc repro`, and `autosink promote` the "
+                    "candidate if the gate passes. Prints per round the case accuracies and the held-out "
+                    "water metrics; writes metrics/loop.json and reports/loop_rounds.png. Each round trains "
+                    "a model: minutes per round.")
+    loop.add_argument("--rounds", type=int, default=2, help="rounds after the weak start (default 2)")
+    loop.add_argument("--workdir", type=Path, default=Path("runs/loop"),
+                      help="where the copy lives; must not exist or be empty (default runs/loop)")
+    loop.add_argument("--households", type=int, default=None,
+                      help="households in the fleet: the first N users of the sample lake (default all)")
+    loop.add_argument("--weak-epochs", type=int, default=1, help="training epochs of the weak start model (default 1)")
+    loop.add_argument("--min-case-accuracy", type=float, default=None,
+                      help="the gate's per-case floor in the copy (default: validate_model.min_accuracy)")
+    loop.add_argument("--min-gain", type=float, default=0.02,
+                      help="the gate's climb rule in the copy: while production fails the case floors, promote a "
+                           "candidate whose mean case accuracy is this much higher, worst case no worse "
+                           "(default 0.02)")
+    loop.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="a Hydra override for the copy's params (repeatable), e.g. --set train.max_epochs=10")
+    loop.add_argument("--json", type=Path, default=None, help="report file (default metrics/loop.json)")
+    loop.add_argument("--plot", type=Path, default=None, help="plot file (default reports/loop_rounds.png)")
+    loop.set_defaults(func=cmd_loop)
 
     lake = sub.add_parser("lake", help="inspect data-lake episodes", description="Inspect data-lake episodes.")
     lake_sub = lake.add_subparsers(dest="lake_command", required=True, metavar="COMMAND")

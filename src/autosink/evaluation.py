@@ -16,7 +16,11 @@ from autosink.frames import read_frame
 from autosink.model import WaterNet
 from autosink.training import binary_metrics
 
-__all__ = ["predict_paths", "evaluate_table", "curve_tables"]
+__all__ = ["predict_paths", "evaluate_table", "curve_tables", "truth_report", "VISIBLE_STATE"]
+
+#: What a single frame shows of the scene, in the simulator's truth files: everything the v1
+#: label convention looks at except the washing step (pre-rinse / detergent / rinse).
+VISIBLE_STATE = ("dish_in_roi", "dish_held", "hand_in_roi", "scrubber_visible", "water_on")
 
 
 def predict_paths(net: WaterNet, paths: list[Path], frame_size: tuple[int, int], batch_size: int = 32,
@@ -62,3 +66,41 @@ def curve_tables(p: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, pd
         tables["precision_recall"] = pd.DataFrame({"recall": recall, "precision": precision,
                                                    "threshold": np.append(thr, 1.0)})
     return tables
+
+
+def truth_report(table: pd.DataFrame, p: np.ndarray, threshold: float, truth_dir: Path,
+                 manifest: pd.DataFrame) -> dict | None:
+    """Held-out frames against the simulator's hidden truth (sample lake only; None when no test
+    episode has a truth file). ``manifest``: the feature store's, for each frame's image name. Separates the model's errors from the labels' and bounds what a
+    frame can tell:
+
+    * ``label_agreement``: the pipeline's labels vs. the truth, where the truth is 0 or 1;
+    * ``accuracy_vs_truth``: the model vs. the truth on those frames;
+    * ``truth_ignore_share``: frames the v1 convention would ignore (truth -1) but that carry a
+      label from the users' feedback (pre-rinse, a scrubber in sight), so they count in accuracy;
+    * ``visible_state_ceiling``: the test accuracy (against the pipeline's labels) of the best
+      rule that knows each frame's :data:`VISIBLE_STATE` exactly but not the washing step: the
+      majority label of each state, fitted on these very frames (an upper bound).
+    """
+    parts = []
+    named = table.assign(_i=np.arange(len(table))).merge(manifest[["path", "image"]], on="path", how="left")
+    for episode, group in named.groupby("episode"):
+        path = Path(truth_dir) / f"{episode}.csv"
+        if path.exists():
+            truth = pd.read_csv(path, usecols=["image", "label", *VISIBLE_STATE]).rename(columns={"label": "truth"})
+            parts.append(group.merge(truth, on="image", how="inner"))
+    if not parts:
+        return None
+    df = pd.concat(parts)
+    y, t = df["label"].to_numpy(int), df["truth"].to_numpy(int)
+    pred = (p[df["_i"].to_numpy()] >= threshold).astype(int)
+    known = t != -1
+    state_major = df.groupby(list(VISIBLE_STATE))["label"].transform(lambda x: int(x.mean() >= 0.5)).to_numpy()
+    return {
+        "frames": int(len(df)),
+        "label_agreement": round(float((y[known] == t[known]).mean()), 4) if known.any() else None,
+        "accuracy_vs_truth": round(float((pred[known] == t[known]).mean()), 4) if known.any() else None,
+        "truth_ignore_share": round(float((~known).mean()), 4),
+        "visible_state_ceiling": round(float((state_major == y).mean()), 4),
+    }
+

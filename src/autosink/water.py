@@ -95,15 +95,17 @@ from typing import Any
 import numpy as np
 
 from autosink.edge.camera import IteratorCamera
-from autosink.edge.controller import ControllerConfig
+from autosink.edge.controller import ControllerConfig, UserInput
 from autosink.edge.devices import FakeValve
 from autosink.edge.inference import OnnxModel, load_model
-from autosink.edge.runtime import DEFAULT_CONFIG, EdgeRuntime, NoFeedback, RunStats, SimClock, load_config
+from autosink.edge.runtime import (DEFAULT_CONFIG, EdgeRuntime, FeedbackContext, NoFeedback, RunStats, SimClock,
+                                   load_config)
 from autosink.sim.lake import with_defaults
 from autosink.sim.scene import in_roi, render
 from autosink.sim.session import SessionScript, make_sessions, wants_water
+from autosink.sim.user import CLOSED, FORCED_ON, SimUser
 
-__all__ = ["DEFAULTS", "SessionTrace", "controller_config", "heldout_scripts", "ir_presence", "run_session",
+__all__ = ["DEFAULTS", "SessionTrace", "SimUserFeedback", "controller_config", "heldout_scripts", "ir_presence", "run_session",
            "frame_counts", "derive", "run_benchmark", "write_session_csv", "plot_session", "CSV_COLUMNS"]
 
 #: Defaults of the ``water:`` config group (conf/water/default.yaml lists the same keys).
@@ -242,12 +244,38 @@ def _quiet_edge_log() -> Iterator[None]:
         logger.setLevel(level)
 
 
+class SimUserFeedback:
+    """The simulated person at the sink as the edge runtime's feedback source (the button and
+    the faucet handle). A :class:`~autosink.sim.user.SimUser` watches the water actually
+    running (the valve before this step) against what they want in this frame of the script:
+    water withheld for their reaction delay -> they press the button and hold it while they
+    want water (``forced_on``); water running unwanted for their delay -> they close the handle
+    (``closed``). Used by the closed loop (:mod:`autosink.loop`); the benchmark has no user."""
+
+    def __init__(self, script: SessionScript, user: SimUser | None = None) -> None:
+        self.script = script
+        self.user = user or SimUser(script.user.reaction_delay_s, seed=script.seed + 1)
+
+    def __call__(self, ctx: FeedbackContext) -> UserInput:
+        if ctx.frame is None or ctx.index >= len(self.script.states):
+            return UserInput()
+        wants = wants_water(self.script.states[ctx.index])
+        self.user.step(ctx.now, wants, int(ctx.valve_open))
+        return UserInput(forced_on=self.user.mode == FORCED_ON, closed=self.user.mode == CLOSED)
+
+    def close(self) -> None:
+        pass
+
+
 def run_session(script: SessionScript, model: OnnxModel, controller: ControllerConfig, *, name: str = "",
-                flow_l_min: float = 6.0, ir_off_delay_s: float = 0.0) -> SessionTrace:
-    """Drive one held-out session through the edge runtime (see the module docstring)."""
+                flow_l_min: float = 6.0, ir_off_delay_s: float = 0.0, feedback: Any = None,
+                recorder: Any = None) -> SessionTrace:
+    """Drive one held-out session through the edge runtime (see the module docstring).
+    ``feedback`` (default: nobody) and ``recorder`` (default: none) are the runtime's own parts;
+    the wall clock starts at the script's start time, so a recorder names episodes as a Pi would."""
     fps = float(script.fps)
     trace = SessionTrace(name or script.dishwashing_id, script.dishwashing_id, fps)
-    clock = SimClock(t0=0.0)
+    clock = SimClock(start=script.start.timestamp(), t0=0.0)
     valve = _TracedValve(trace)
 
     def frames() -> Iterator[np.ndarray]:
@@ -256,7 +284,8 @@ def run_session(script: SessionScript, model: OnnxModel, controller: ControllerC
 
     camera = IteratorCamera(frames(), clock.monotonic, name=f"sim:{trace.name}")
     runtime = EdgeRuntime(camera=camera, model=_TracedModel(model, trace), valve=valve, controller=controller,
-                          feedback=NoFeedback(), clock=clock, fps=fps, flow_l_min=flow_l_min, stats_every_s=0.0,
+                          feedback=feedback or NoFeedback(), recorder=recorder, clock=clock, fps=fps,
+                          flow_l_min=flow_l_min, stats_every_s=0.0,
                           reload_check_s=math.inf, install_signals=False)
     valve.runtime = runtime
     with _quiet_edge_log():

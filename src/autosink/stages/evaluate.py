@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autosink.evaluation import curve_tables, evaluate_table, predict_paths
+import pandas as pd
+
+from autosink.evaluation import curve_tables, evaluate_table, predict_paths, truth_report
 from autosink.frames import read_split
 from autosink.stages import write_metrics
 from autosink.training import load_trained
@@ -22,6 +24,11 @@ def run(params: dict, progress: bool = True) -> dict:
     size = (int(params["data"]["frame_width"]), int(params["data"]["frame_height"]))
     p = predict_paths(net, [STORE / path for path in table["path"]], size, progress=progress, desc="evaluate")
     metrics = evaluate_table(table, p, float(meta["threshold"]))
+    truth_dir = Path(params["label"]["truth_dir"])
+    if params["data"]["source"] == "sample" and truth_dir.is_dir():
+        truth = truth_report(table, p, metrics["threshold"], truth_dir, pd.read_csv(STORE / "manifest.csv"))
+        if truth:
+            metrics["truth"] = truth
     metrics["backbone"] = net.backbone_name
     metrics["data_version"] = meta.get("data_version", "")
     PLOTS.mkdir(parents=True, exist_ok=True)
@@ -32,4 +39,10 @@ def run(params: dict, progress: bool = True) -> dict:
     write_metrics(METRICS, metrics)
     print(f"evaluate: {metrics['n']} held-out frames: accuracy {metrics['accuracy']:.3f}, f1 {metrics['f1']:.3f}, "
           f"auroc {metrics['auroc']:.3f}, worst episode {metrics['worst_episode_accuracy']:.2f} -> {METRICS}")
+    if "truth" in metrics:
+        t = metrics["truth"]
+        print(f"evaluate: against the simulator's truth: labels agree {t['label_agreement']}, model "
+              f"{t['accuracy_vs_truth']}; {t['truth_ignore_share']:.0%} of test frames are 'ignore' by the "
+              f"convention; a rule seeing each frame's state but not the washing step reaches "
+              f"{t['visible_state_ceiling']:.3f}")
     return metrics

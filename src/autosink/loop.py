@@ -1,0 +1,332 @@
+"""The retraining loop, closed: edge -> lake -> `dvc repro` -> gate -> promotion, round after round.
+
+``autosink loop --rounds N`` works in a copy of the project (``--workdir``, default
+``runs/loop``), so the workspace you run it from, its lake and its production model are never
+touched. The copy runs the real-data configuration (``data=real``), as a deployment does: its
+lake ``data/data-lake`` is a `dvc add`-ed folder, seeded with the sample lake's episodes.
+
+Setup (round 0): a deliberately weak model (``train.max_epochs`` = ``--weak-epochs``) is
+trained by `dvc repro`, then promoted whatever its case accuracies (the gate's floor is 0 for
+this one promotion only): it serves the fleet in round 1.
+
+Each round:
+
+1. **Edge.** The fleet, the households of the sample lake (``--households``: the first K
+   users), washes dishes once more: one new session each (the lake's seed stream, session
+   index 2, 3, ...: same people and kitchens, new days). Every session runs through the edge's
+   own runtime (:func:`autosink.water.run_session`: EdgeRuntime, Controller, Recorder) with the
+   production ONNX model and a simulated user who corrects it at the faucet
+   (:class:`autosink.water.SimUserFeedback`), who holds the button while they want water (so
+   the controller's hold after a release is one frame here, not the deployed 10 s, which would
+   run water they then close, recorded as their wish). The recorder writes the episodes a Pi
+   writes; the edge's uploader moves them into the lake folder.
+2. **Pipeline.** `dvc add data/data-lake`, then `dvc repro`: only the new episodes are extracted
+   and labelled; a candidate is trained on the grown lake (from scratch, the configured
+   recipe), evaluated, gated against the cases and the production model, exported and run on
+   the held-out water sessions.
+3. **Promotion.** `autosink promote` when the gate passed; otherwise production stays. The
+   round is committed in the copy's git history (lake, dvc.lock, production model). The gate
+   is the project's (every case >= ``validate_model.min_accuracy``, no case regressing against
+   production), plus its climb rule (``--min-gain``, ``validate_model.min_gain``): while
+   production fails the floors itself, a candidate that beats it on the mean case accuracy by
+   ``min_gain`` with no worse worst case is promoted, so the fleet can climb from the weak start.
+
+The rounds are compared on what stays fixed: the case sets and the held-out water sessions
+(`metrics/cases.json`, `metrics/water.json` of the repro that produced each model). Test
+accuracy is reported too, but each round draws its test split from a different lake.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autosink.bench import copy_project, run
+
+__all__ = ["LoopSettings", "fleet_scripts", "collect_round", "run_loop", "format_round", "plot_rounds"]
+
+LAKE = Path("data/data-lake")
+SAMPLE_LAKE = Path("data/sample-lake")
+PRODUCTION = Path("models/production")
+
+
+class LoopSettings:
+    """What ``autosink loop`` was asked for (see ``autosink loop --help``)."""
+
+    def __init__(self, rounds: int = 2, households: int | None = None, weak_epochs: int = 1,
+                 min_case_accuracy: float | None = None, min_gain: float = 0.02,
+                 overrides: list[str] | None = None) -> None:
+        if rounds < 1:
+            raise ValueError(f"--rounds must be >= 1, got {rounds}")
+        if households is not None and households < 1:
+            raise ValueError(f"--households must be >= 1, got {households}")
+        if weak_epochs < 1:
+            raise ValueError(f"--weak-epochs must be >= 1, got {weak_epochs}")
+        if min_case_accuracy is not None and not 0.0 <= min_case_accuracy <= 1.0:
+            raise ValueError(f"--min-case-accuracy must be in [0, 1], got {min_case_accuracy}")
+        self.rounds, self.households, self.weak_epochs = rounds, households, weak_epochs
+        if min_gain < 0:
+            raise ValueError(f"--min-gain must be >= 0, got {min_gain}")
+        self.min_case_accuracy, self.min_gain = min_case_accuracy, float(min_gain)
+        self.overrides = list(overrides or [])
+
+    def compose_args(self, *extra: str) -> list[str]:
+        """Hydra overrides for the copy's params.yaml: real data, the gate's climb rule (and floor),
+        the user's, then ``extra``."""
+        floor = [] if self.min_case_accuracy is None else [f"validate_model.min_accuracy={self.min_case_accuracy}"]
+        return ["data=real", f"validate_model.min_gain={self.min_gain}", *floor, *self.overrides, *extra]
+
+
+# --------------------------------------------------------------------------- the fleet (edge side)
+
+
+def fleet_scripts(sim_cfg: dict, round_index: int, households: int | None = None) -> list:
+    """Round ``round_index`` (1-based) of the fleet: one new session for each of the first
+    ``households`` users of the sample lake (all when None), after the lake's own sessions."""
+    from autosink.sim.lake import with_defaults
+    from autosink.sim.session import make_session, make_users, session_starts
+
+    cfg = with_defaults(sim_cfg)
+    done = int(cfg["sessions_per_user"])
+    index = done + round_index - 1
+    users = make_users(cfg, "lake")
+    n = len(users) if households is None else min(int(households), len(users))
+    starts = session_starts({**cfg, "sessions_per_user": index + 1}, "lake")
+    return [make_session(users[u], s, cfg, start, "lake") for u, s, start in starts if s == index and u < n]
+
+
+def collect_round(project: Path, params: dict, round_index: int, spool: Path, households: int | None = None,
+                  progress: bool = True) -> dict:
+    """Run the fleet's sessions of one round through the edge with the production model and a
+    simulated user; upload the recorded episodes into the copy's lake. Returns what happened."""
+    from tqdm import tqdm
+
+    from autosink.edge.inference import load_model
+    from autosink.edge.recorder import Recorder
+    from autosink.edge.uploader import FolderTarget, Uploader
+    from autosink.water import (COUNT_KEYS, SimUserFeedback, controller_config, derive, run_session, trace_counts,
+                                with_water_defaults)
+
+    wcfg = with_water_defaults(params.get("water"))
+    rcfg = params.get("sim", {})
+    model = load_model(project / PRODUCTION / "model.onnx", threads=int(wcfg["threads"]))
+    # The simulated user holds the button for exactly as long as they want water, so the edge's
+    # hold after a release (for people who tap the button) would only run water they then close,
+    # and the recorder would file it as their wish: one frame of hold instead.
+    ccfg = replace(controller_config(wcfg, project), forced_on_hold_s=1.0 / float(wcfg["fps"]))
+    lake = project / LAKE
+    uploader = Uploader(spool, FolderTarget(lake))
+    scripts = fleet_scripts(rcfg, round_index, households)
+    totals = {k: 0 for k in COUNT_KEYS}
+    interventions = 0
+    for script in tqdm(scripts, desc=f"round {round_index}: fleet sessions", disable=not progress, unit="session"):
+        feedback = SimUserFeedback(script)
+        recorder = Recorder(spool, user_id=script.user.user_id, pre_s=float(rcfg.get("pre_s", 3.0)),
+                            post_s=float(rcfg.get("post_s", 3.0)), record_fps=float(script.fps), background=False,
+                            used_stems=uploader.names, new_id=lambda s=script: s.dishwashing_id)
+        trace = run_session(script, model, ccfg, flow_l_min=float(wcfg["flow_l_min"]), feedback=feedback,
+                            recorder=recorder)
+        recorder.close()
+        interventions += feedback.user.interventions
+        counts = trace_counts(trace)
+        for k in COUNT_KEYS:
+            totals[k] += counts[k]
+    before = set(p.name for p in lake.glob("*.zip"))
+    uploader.run_once()
+    if uploader.spooled():
+        raise RuntimeError(f"{spool}: {len(uploader.spooled())} episodes were not uploaded to {lake}")
+    new = sorted(set(p.name for p in lake.glob("*.zip")) - before)
+    water = derive(totals, float(wcfg["flow_l_min"]))
+    return {"model_version": model.version, "sessions": len(scripts), "frames": int(totals["frames"]),
+            "user_interventions": interventions, "episodes": len(new),
+            "litres": water["litres_autosink"], "withheld_pct": water["withheld_pct"],
+            "false_offs_per_10min": water["false_offs_per_10min"]}
+
+
+# --------------------------------------------------------------------------- the pipeline side
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def model_report(project: Path) -> dict:
+    """What the latest `dvc repro` in the copy says about its candidate."""
+    ev, cases, water, train = (_json(project / "metrics" / f"{n}.json") for n in ("eval", "cases", "water", "train"))
+    card = _json(project / "models/model.json")
+    acc = {name.split("-")[0]: round(float(c["accuracy"]), 3) for name, c in (cases.get("cases") or {}).items()}
+    total = water.get("total", {})
+    return {
+        "version": card.get("version"), "sha256": card.get("sha256"),
+        "train_frames": train.get("train_frames"), "test_accuracy": ev.get("accuracy"), "test_f1": ev.get("f1"),
+        "case_accuracy": acc, "case_mean": round(float(np.mean(list(acc.values()))), 4) if acc else None,
+        "case_min": min(acc.values()) if acc else None, "gate_passed": bool(cases.get("passed")),
+        "gate_failures": list(cases.get("failures") or []),
+        "water": {k: total.get(k) for k in ("savings_pct", "withheld_pct", "false_offs_per_10min",
+                                            "valve_switches_per_min", "litres_autosink", "litres_oracle")},
+    }
+
+
+def _repro(project: Path, env: dict, settings: LoopSettings, *extra: str) -> None:
+    run(["autosink", "params", "compose", *settings.compose_args(*extra)], project, env)
+    run(["dvc", "repro"], project, env)
+
+
+def _promote(project: Path, env: dict, message: str) -> None:
+    run(["autosink", "promote"], project, env)
+    run(["git", "add", "-A"], project, env)
+    run(["git", "commit", "-q", "-m", message], project, env)
+
+
+def setup(root: Path, workdir: Path, settings: LoopSettings, progress: bool = True) -> tuple[Path, dict]:
+    """The copy, its lake (the sample lake's episodes, `dvc add`-ed) and the weak model in
+    production. Returns (project dir, environment for its commands)."""
+    project = workdir / "project"
+    project.mkdir(parents=True)
+    env = copy_project(root, project, remote=workdir / "dvc-remote")
+    say = print if progress else (lambda *a, **k: None)
+    say(f"loop: project copied to {project}; seeding its lake from the simulator")
+    run(["autosink", "params", "compose", *settings.compose_args()], project, env)
+    run(["dvc", "repro", "simulate"], project, env)
+    lake = project / LAKE
+    lake.mkdir(parents=True, exist_ok=True)
+    for zip_path in sorted((project / SAMPLE_LAKE).glob("*.zip")):
+        shutil.copy2(zip_path, lake / zip_path.name)
+    run(["dvc", "add", str(LAKE)], project, env)
+    say(f"loop: round 0: training the deliberately weak model ({settings.weak_epochs} epoch(s)) with dvc repro")
+    _repro(project, env, settings, f"train.max_epochs={settings.weak_epochs}", "train.early_stopping_patience=0",
+           "validate_model.min_accuracy=0.0")
+    _promote(project, env, "loop round 0: weak starting model")
+    return project, env
+
+
+def run_loop(root: Path, workdir: Path, settings: LoopSettings, progress: bool = True) -> dict:
+    """Setup, then ``settings.rounds`` rounds; returns (and writes ``workdir/loop.json``) the report."""
+    import yaml
+
+    if workdir.exists() and any(workdir.iterdir()):
+        raise FileExistsError(f"{workdir}: exists and is not empty; remove it or choose another --workdir")
+    workdir.mkdir(parents=True, exist_ok=True)
+    say = print if progress else (lambda *a, **k: None)
+    started = time.perf_counter()
+    project, env = setup(root, workdir, settings, progress)
+    serving = model_report(project)
+    serving["round_trained"] = 0
+    report: dict[str, Any] = {"workdir": str(workdir), "settings": vars(settings), "rounds": []}
+    for r in range(1, settings.rounds + 1):
+        t0 = time.perf_counter()
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        fleet = collect_round(project, params, r, workdir / "spool", settings.households, progress)
+        say(f"loop: round {r}: {fleet['sessions']} fleet sessions with model {fleet['model_version']}: "
+            f"{fleet['user_interventions']} user corrections -> {fleet['episodes']} new episodes in the lake")
+        run(["dvc", "add", str(LAKE)], project, env)
+        _repro(project, env, settings)
+        candidate = model_report(project)
+        extract = _json(project / "metrics/extract.json")
+        promoted = candidate["gate_passed"]
+        if promoted:
+            _promote(project, env, f"loop round {r}: promote {candidate['version']}")
+        else:
+            run(["git", "add", "-A"], project, env)
+            run(["git", "commit", "-q", "-m", f"loop round {r}: candidate refused by the gate"], project, env)
+        row = {"round": r, "serving": serving, "fleet": fleet,
+               "lake": {"episodes": extract.get("episodes_ok"), "extracted_now": extract.get("episodes_extracted"),
+                        "reused": extract.get("episodes_reused")},
+               "candidate": candidate, "promoted": promoted, "seconds": round(time.perf_counter() - t0, 1)}
+        report["rounds"].append(row)
+        say(format_round(row))
+        if promoted:
+            serving = {**candidate, "round_trained": r}
+    report["final"] = serving
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    (workdir / "loop.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _f(x: Any, spec: str = ".1f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def format_round(row: dict) -> str:
+    s, f, c = row["serving"], row["fleet"], row["candidate"]
+    sw, cw = s["water"], c["water"]
+    lines = [
+        f"round {row['round']} ({row['seconds']:.0f} s)",
+        f"  serving   {s['version']} (trained in round {s['round_trained']}): cases mean {_f(s['case_mean'], '.3f')} "
+        f"min {_f(s['case_min'], '.2f')}; held-out water: savings {_f(sw['savings_pct'])}%, withheld "
+        f"{_f(sw['withheld_pct'])}% of needed, false-offs {_f(sw['false_offs_per_10min'], '.2f')}/10 min",
+        f"  fleet     {f['sessions']} sessions, {f['frames']} frames: {f['user_interventions']} user corrections, "
+        f"{f['episodes']} episodes uploaded (lake now {row['lake']['episodes']}, {row['lake']['extracted_now']} "
+        f"extracted this round)",
+        f"  candidate {c['version']}: {c['train_frames']} training frames, test accuracy {_f(c['test_accuracy'], '.3f')}; "
+        f"cases mean {_f(c['case_mean'], '.3f')} min {_f(c['case_min'], '.2f')} "
+        f"({', '.join(f'{k} {v:.2f}' for k, v in c['case_accuracy'].items())}); held-out water: savings "
+        f"{_f(cw['savings_pct'])}%, withheld {_f(cw['withheld_pct'])}%, false-offs "
+        f"{_f(cw['false_offs_per_10min'], '.2f')}/10 min",
+        f"  gate      {'passed: promoted' if row['promoted'] else 'failed: production unchanged'}"
+        + ("" if row["promoted"] else f" ({'; '.join(c['gate_failures'][:3])}"
+           f"{'; ...' if len(c['gate_failures']) > 3 else ''})"),
+    ]
+    return "\n".join(lines)
+
+
+def plot_rounds(report: dict, path: Path) -> Path:
+    """Per round, the serving model's held-out numbers (withheld %, false-offs, case mean), the
+    last point being the model the loop ends with."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    models = [row["serving"] for row in report["rounds"]] + [report["final"]]
+    x = np.arange(1, len(models) + 1)
+    labels = [f"round {i}" for i in x[:-1]] + ["after"]
+    fig = Figure(figsize=(10, 3.4), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
+    series = [("needed water withheld (%)", [m["water"]["withheld_pct"] for m in models]),
+              ("false-offs per 10 min", [m["water"]["false_offs_per_10min"] for m in models]),
+              ("case accuracy (mean)", [m["case_mean"] for m in models])]
+    for ax, (title, ys) in zip(axes, series):
+        ax.plot(x, [np.nan if y is None else y for y in ys], "o-", color="tab:blue")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.grid(alpha=0.3, lw=0.5)
+    fig.suptitle("closed loop: the model serving the fleet in each round, on held-out sessions and the case sets",
+                 fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+
+def main_loop(settings: LoopSettings, workdir: Path, json_out: Path | None, plot_out: Path | None) -> int:
+    """``autosink loop``: run, print the rounds and the comparison, write the JSON and the plot."""
+    from autosink.config import project_root
+
+    root = project_root()
+    workdir = workdir if workdir.is_absolute() else Path.cwd() / workdir
+    report = run_loop(root, workdir, settings)
+    rounds = report["rounds"]
+    if len(rounds) >= 2:
+        a, b = rounds[0]["serving"], rounds[1]["serving"]
+        print(f"round 2 vs round 1 (serving models, held-out): withheld {_f(a['water']['withheld_pct'])}% -> "
+              f"{_f(b['water']['withheld_pct'])}%, false-offs {_f(a['water']['false_offs_per_10min'], '.2f')} -> "
+              f"{_f(b['water']['false_offs_per_10min'], '.2f')}/10 min, case mean {_f(a['case_mean'], '.3f')} -> "
+              f"{_f(b['case_mean'], '.3f')}")
+    json_out = json_out or root / "metrics/loop.json"
+    plot_out = plot_out or root / "reports/loop_rounds.png"
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(report, indent=2) + "\n")
+    plot_rounds(report, plot_out)
+    print(f"loop: {len(rounds)} rounds in {report['seconds']:.0f} s -> {json_out}, {plot_out} "
+          f"(the copy, with its git history per round: {report['workdir']}/project)")
+    return 0

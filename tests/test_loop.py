@@ -1,0 +1,81 @@
+"""Tests for the closed loop's edge side (src/autosink/loop.py, water.SimUserFeedback) and the
+loop's settings. The whole loop (copy, dvc repro, promote) runs in tests/test_pipeline_e2e.py.
+
+The fleet's sessions run through the real edge runtime, recorder and uploader with tiny constant
+ONNX models (tests/edge_fixtures.py) and the simulated user."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from autosink.episode import read_episode
+from autosink.labels import propagate
+from autosink.loop import LoopSettings, collect_round, fleet_scripts
+from autosink.sim.lake import with_defaults
+from autosink.sim.session import make_sessions
+from tests.edge_fixtures import write_tiny_model
+
+SIM = {"users": 3, "sessions_per_user": 2, "dishes_per_session": [1, 1]}
+
+
+def test_fleet_rounds_are_new_sessions_of_the_lake_households():
+    lake = make_sessions(with_defaults(SIM), "lake")
+    r1, r2 = fleet_scripts(SIM, 1), fleet_scripts(SIM, 2)
+    assert [s.user.user_id for s in r1] == [s.user.user_id for s in lake[:3]]  # the same people and kitchens
+    ids = [{s.dishwashing_id for s in x} for x in (lake, r1, r2)]
+    assert len(ids[1]) == len(ids[2]) == 3 and not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert min(s.start for s in r1) > max(s.start for s in lake)  # later days, so episode names never clash
+    assert min(s.start for s in r2) > max(s.start for s in r1)
+    assert len(fleet_scripts(SIM, 1, households=2)) == 2
+
+
+def _project(tmp_path, repo_root, bias: float):
+    project = tmp_path / "project"
+    write_tiny_model(project / "models/production/model.onnx", scale=0.0, bias=bias)
+    (project / "data/data-lake").mkdir(parents=True)
+    params = {"sim": SIM, "water": {"controller_from": str(repo_root / "edge/config.toml")}}
+    return project, params
+
+
+def test_user_corrects_a_model_that_never_opens_and_the_lake_gets_the_episodes(tmp_path, repo_root):
+    project, params = _project(tmp_path, repo_root, bias=-10.0)  # p = 0.00005 on every frame
+    out = collect_round(project, params, 1, tmp_path / "spool", progress=False)
+    assert out["sessions"] == 3 and out["frames"] > 100
+    assert out["user_interventions"] > 0 and out["episodes"] > 0
+    assert out["withheld_pct"] > 0  # the user's reaction delay: some needed water came late
+    episodes = sorted((project / "data/data-lake").glob("*.zip"))
+    assert len(episodes) == out["episodes"] and not list((tmp_path / "spool").glob("*.zip"))
+    forced = 0
+    for path in episodes:
+        ep = read_episode(path)  # the lake's reader accepts what the edge wrote
+        m = np.array([i.model_output for i in ep.meta.interactions])
+        s = np.array([i.magnetic_status for i in ep.meta.interactions])
+        assert not m.any()  # the model never said water...
+        assert s.any()  # ...the user forced it on: the override is the episode's reason
+        labels = propagate(m, s, fps=2.0)
+        assert (labels.label[s == 1] == 1).all()  # and the labeler turns it into "water needed"
+        forced += int(s.sum())
+    assert forced > 0
+
+
+def test_user_closes_a_model_that_never_closes(tmp_path, repo_root):
+    project, params = _project(tmp_path, repo_root, bias=10.0)
+    params["water"]["controller"] = {"max_open_s": 1e6}
+    out = collect_round(project, params, 1, tmp_path / "spool", progress=False)
+    assert out["user_interventions"] > 0 and out["episodes"] > 0
+    for path in sorted((project / "data/data-lake").glob("*.zip")):
+        ep = read_episode(path)
+        m = np.array([i.model_output for i in ep.meta.interactions])
+        s = np.array([i.magnetic_status for i in ep.meta.interactions])
+        assert m.all() and not s.all()  # the model always said water; the user closed the faucet
+
+
+def test_settings_are_checked():
+    assert LoopSettings(rounds=1, min_case_accuracy=0.5, overrides=["train.lr=0.01"]).compose_args("x=1") == [
+        "data=real", "validate_model.min_gain=0.02", "validate_model.min_accuracy=0.5", "train.lr=0.01", "x=1"]
+    for bad in ({"rounds": 0}, {"households": 0}, {"weak_epochs": 0}, {"min_case_accuracy": 1.5}, {"min_gain": -1}):
+        with pytest.raises(ValueError):
+            LoopSettings(**bad)
+    assert yaml.safe_dump(vars(LoopSettings()))  # the report records the settings as plain data
