@@ -14,7 +14,7 @@ SUBCOMMANDS = [[], ["simulate"], ["extract"], ["label"], ["label", "build"], ["l
                ["params", "compose"], ["params", "check"], ["remote"], ["remote", "init"],
                ["bench"], ["bench", "incremental"], ["bench", "train"], ["train"], ["evaluate"],
                ["validate-model"], ["export"], ["promote"], ["water"],
-               ["bench", "edge"], ["bench", "all"]]
+               ["bench", "edge"], ["bench", "all"], ["loop"]]
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "autosink")
@@ -43,6 +43,16 @@ def test_missing_params_file_is_a_clear_error(tmp_path, capsys):
     assert main(["extract", "--params", str(tmp_path / "nope.yaml")]) == 2
     err = capsys.readouterr().err
     assert "nope.yaml" in err and "make params" in err
+
+
+def test_loop_refuses_a_used_workdir_and_bad_settings(tmp_path, capsys):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "x").write_text("a previous run")
+    assert main(["loop", "--workdir", str(tmp_path / "old")]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert (tmp_path / "old" / "x").read_text() == "a previous run"  # nothing touched
+    assert main(["loop", "--rounds", "0", "--workdir", str(tmp_path / "new")]) == 2
+    assert "--rounds must be >= 1" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
 def test_lake_check_on_missing_path(tmp_path, capsys):

@@ -70,9 +70,9 @@ class LoopSettings:
             raise ValueError(f"--weak-epochs must be >= 1, got {weak_epochs}")
         if min_case_accuracy is not None and not 0.0 <= min_case_accuracy <= 1.0:
             raise ValueError(f"--min-case-accuracy must be in [0, 1], got {min_case_accuracy}")
-        self.rounds, self.households, self.weak_epochs = rounds, households, weak_epochs
         if min_gain < 0:
             raise ValueError(f"--min-gain must be >= 0, got {min_gain}")
+        self.rounds, self.households, self.weak_epochs = rounds, households, weak_epochs
         self.min_case_accuracy, self.min_gain = min_case_accuracy, float(min_gain)
         self.overrides = list(overrides or [])
 
@@ -163,14 +163,23 @@ def model_report(project: Path) -> dict:
     acc = {name.split("-")[0]: round(float(c["accuracy"]), 3) for name, c in (cases.get("cases") or {}).items()}
     total = water.get("total", {})
     return {
-        "version": card.get("version"), "sha256": card.get("sha256"),
+        "version": card.get("version"), "sha256": card.get("model_sha256"),
         "train_frames": train.get("train_frames"), "test_accuracy": ev.get("accuracy"), "test_f1": ev.get("f1"),
         "case_accuracy": acc, "case_mean": round(float(np.mean(list(acc.values()))), 4) if acc else None,
         "case_min": min(acc.values()) if acc else None, "gate_passed": bool(cases.get("passed")),
         "gate_failures": list(cases.get("failures") or []),
-        "water": {k: total.get(k) for k in ("savings_pct", "withheld_pct", "false_offs_per_10min",
-                                            "valve_switches_per_min", "litres_autosink", "litres_oracle")},
+        "water": water_summary(total),
     }
+
+
+def water_summary(total: dict) -> dict:
+    """The held-out water numbers the loop compares (``metrics/water.json``'s ``total``), plus the
+    share of need stretches that got no water at all (a model that never opens has no false-offs)."""
+    out = {k: total.get(k) for k in ("savings_pct", "withheld_pct", "false_offs_per_10min", "valve_switches_per_min",
+                                      "litres_autosink", "litres_oracle", "missed_needs", "need_stretches")}
+    n = total.get("need_stretches")
+    out["missed_needs_pct"] = round(100.0 * total["missed_needs"] / n, 2) if n else None
+    return out
 
 
 def _repro(project: Path, env: dict, settings: LoopSettings, *extra: str) -> None:
@@ -201,7 +210,7 @@ def setup(root: Path, workdir: Path, settings: LoopSettings, progress: bool = Tr
     run(["dvc", "add", str(LAKE)], project, env)
     say(f"loop: round 0: training the deliberately weak model ({settings.weak_epochs} epoch(s)) with dvc repro")
     _repro(project, env, settings, f"train.max_epochs={settings.weak_epochs}", "train.early_stopping_patience=0",
-           "validate_model.min_accuracy=0.0")
+           "validate_model.min_accuracy=0.0", "validate_model.min_frames=1")
     _promote(project, env, "loop round 0: weak starting model")
     return project, env
 
@@ -211,7 +220,7 @@ def run_loop(root: Path, workdir: Path, settings: LoopSettings, progress: bool =
     import yaml
 
     if workdir.exists() and any(workdir.iterdir()):
-        raise FileExistsError(f"{workdir}: exists and is not empty; remove it or choose another --workdir")
+        raise ValueError(f"{workdir}: exists and is not empty; remove it or choose another --workdir")
     workdir.mkdir(parents=True, exist_ok=True)
     say = print if progress else (lambda *a, **k: None)
     started = time.perf_counter()
@@ -263,15 +272,16 @@ def format_round(row: dict) -> str:
         f"round {row['round']} ({row['seconds']:.0f} s)",
         f"  serving   {s['version']} (trained in round {s['round_trained']}): cases mean {_f(s['case_mean'], '.3f')} "
         f"min {_f(s['case_min'], '.2f')}; held-out water: savings {_f(sw['savings_pct'])}%, withheld "
-        f"{_f(sw['withheld_pct'])}% of needed, false-offs {_f(sw['false_offs_per_10min'], '.2f')}/10 min",
+        f"{_f(sw['withheld_pct'])}% of needed, {_f(sw['missed_needs_pct'])}% of needs got none, false-offs "
+        f"{_f(sw['false_offs_per_10min'], '.2f')}/10 min",
         f"  fleet     {f['sessions']} sessions, {f['frames']} frames: {f['user_interventions']} user corrections, "
         f"{f['episodes']} episodes uploaded (lake now {row['lake']['episodes']}, {row['lake']['extracted_now']} "
         f"extracted this round)",
         f"  candidate {c['version']}: {c['train_frames']} training frames, test accuracy {_f(c['test_accuracy'], '.3f')}; "
         f"cases mean {_f(c['case_mean'], '.3f')} min {_f(c['case_min'], '.2f')} "
         f"({', '.join(f'{k} {v:.2f}' for k, v in c['case_accuracy'].items())}); held-out water: savings "
-        f"{_f(cw['savings_pct'])}%, withheld {_f(cw['withheld_pct'])}%, false-offs "
-        f"{_f(cw['false_offs_per_10min'], '.2f')}/10 min",
+        f"{_f(cw['savings_pct'])}%, withheld {_f(cw['withheld_pct'])}%, {_f(cw['missed_needs_pct'])}% of needs got "
+        f"none, false-offs {_f(cw['false_offs_per_10min'], '.2f')}/10 min",
         f"  gate      {'passed: promoted' if row['promoted'] else 'failed: production unchanged'}"
         + ("" if row["promoted"] else f" ({'; '.join(c['gate_failures'][:3])}"
            f"{'; ...' if len(c['gate_failures']) > 3 else ''})"),
@@ -280,18 +290,19 @@ def format_round(row: dict) -> str:
 
 
 def plot_rounds(report: dict, path: Path) -> Path:
-    """Per round, the serving model's held-out numbers (withheld %, false-offs, case mean), the
-    last point being the model the loop ends with."""
+    """Per round, the serving model's held-out numbers (withheld %, needs with no water,
+    false-offs, case mean), the last point being the model the loop ends with."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     models = [row["serving"] for row in report["rounds"]] + [report["final"]]
     x = np.arange(1, len(models) + 1)
-    labels = [f"round {i}" for i in x[:-1]] + ["after"]
-    fig = Figure(figsize=(10, 3.4), dpi=110)
+    labels = [f"round {i}" for i in x[:-1]] + [f"after round {len(x) - 1}"]
+    fig = Figure(figsize=(12, 3.4), dpi=110)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3)
+    axes = fig.subplots(1, 4)
     series = [("needed water withheld (%)", [m["water"]["withheld_pct"] for m in models]),
+              ("needs that got no water (%)", [m["water"]["missed_needs_pct"] for m in models]),
               ("false-offs per 10 min", [m["water"]["false_offs_per_10min"] for m in models]),
               ("case accuracy (mean)", [m["case_mean"] for m in models])]
     for ax, (title, ys) in zip(axes, series):
@@ -318,9 +329,11 @@ def main_loop(settings: LoopSettings, workdir: Path, json_out: Path | None, plot
     rounds = report["rounds"]
     if len(rounds) >= 2:
         a, b = rounds[0]["serving"], rounds[1]["serving"]
-        print(f"round 2 vs round 1 (serving models, held-out): withheld {_f(a['water']['withheld_pct'])}% -> "
-              f"{_f(b['water']['withheld_pct'])}%, false-offs {_f(a['water']['false_offs_per_10min'], '.2f')} -> "
-              f"{_f(b['water']['false_offs_per_10min'], '.2f')}/10 min, case mean {_f(a['case_mean'], '.3f')} -> "
+        wa, wb = a["water"], b["water"]
+        print(f"round 2 vs round 1 (serving models, held-out): withheld {_f(wa['withheld_pct'])}% -> "
+              f"{_f(wb['withheld_pct'])}%, needs with no water {_f(wa['missed_needs_pct'])}% -> "
+              f"{_f(wb['missed_needs_pct'])}%, false-offs {_f(wa['false_offs_per_10min'], '.2f')} -> "
+              f"{_f(wb['false_offs_per_10min'], '.2f')}/10 min, case mean {_f(a['case_mean'], '.3f')} -> "
               f"{_f(b['case_mean'], '.3f')}")
     json_out = json_out or root / "metrics/loop.json"
     plot_out = plot_out or root / "reports/loop_rounds.png"

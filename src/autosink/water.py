@@ -105,8 +105,8 @@ from autosink.sim.scene import in_roi, render
 from autosink.sim.session import SessionScript, make_sessions, wants_water
 from autosink.sim.user import CLOSED, FORCED_ON, SimUser
 
-__all__ = ["DEFAULTS", "SessionTrace", "SimUserFeedback", "controller_config", "heldout_scripts", "ir_presence", "run_session",
-           "frame_counts", "derive", "run_benchmark", "write_session_csv", "plot_session", "CSV_COLUMNS"]
+__all__ = ["DEFAULTS", "SessionTrace", "SimUserFeedback", "controller_config", "heldout_scripts", "ir_presence",
+           "run_session", "frame_counts", "derive", "run_benchmark", "write_session_csv", "plot_session", "CSV_COLUMNS"]
 
 #: Defaults of the ``water:`` config group (conf/water/default.yaml lists the same keys).
 DEFAULTS: dict[str, Any] = {
