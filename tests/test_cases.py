@@ -285,6 +285,12 @@ def test_gate_climb_rule_accepts_a_better_model_while_production_fails_the_floor
     # a production model that passes the floors is never climbed over
     good = result({n: 0.95 for n in NAMES})
     assert not gate(result({n: 0.85 for n in NAMES}), good, {**cfg, "min_gain": 0.0})["passed"]
+    # the rule does not depend on the regression check being on
+    assert gate(better, weak, {"min_accuracy": 0.9, "max_regression": None, "min_gain": 0.05})["passed"]
+    # it never excuses a case production has no result for
+    new_case = {**better, "CASE11-0-new": {**better[NAMES[0]], "accuracy": 0.0, "correct": 0}}
+    out = gate(new_case, weak, {**cfg, "min_gain": 0.05})
+    assert not out["passed"] and "climb rule: not applied" in out["failures"][-1]
     with pytest.raises(ValueError, match="min_gain"):
         gate(better, weak, {"min_gain": -1})
 

@@ -35,7 +35,8 @@ def _project(tmp_path, repo_root, bias: float):
     project = tmp_path / "project"
     write_tiny_model(project / "models/production/model.onnx", scale=0.0, bias=bias)
     (project / "data/data-lake").mkdir(parents=True)
-    params = {"sim": SIM, "water": {"controller_from": str(repo_root / "edge/config.toml")}}
+    params = {"sim": SIM, "data": {"lake": "data/data-lake"},
+              "water": {"controller_from": str(repo_root / "edge/config.toml")}}
     return project, params
 
 

@@ -208,21 +208,29 @@ def test_binary_metrics_and_threshold_choice():
 
 
 def test_truth_report_separates_label_noise_from_model_errors(tmp_path):
-    # one episode, 6 frames; the truth says frame 3 is "ignore" (-1) though the users' feedback
-    # labelled it 1, and frames 4 and 5 look the same (one visible state) with different labels
+    # episode ep1: the truth says frame 3 is "ignore" (-1) though the users' feedback labelled it
+    # 1, and frames 4..6 share one visible state with different labels. Episode ep2: its label
+    # disagrees with the truth on its first frame; its second frame has no truth row (dropped).
     state = {k: [1, 1, 1, 0, 0, 0] for k in VISIBLE_STATE}
     truth = pd.DataFrame({"image": [f"{i}.png" for i in range(1, 7)], "label": [1, 1, 0, -1, 0, 1], **state})
-    truth.loc[2, "dish_held"] = 0  # frame 2 (label 0) is a state of its own
+    truth.loc[2, "dish_held"] = 0  # frame 3 (label 0) is a state of its own
     truth.to_csv(tmp_path / "ep1.csv", index=False)
-    labels = [1, 1, 0, 1, 0, 1]
-    table = pd.DataFrame({"path": [f"{y}/ep1_{i:04d}.png" for i, y in enumerate(labels)], "label": labels,
-                          "episode": "ep1"})
-    manifest = table[["path"]].assign(image=[f"{i}.png" for i in range(1, 7)])
-    p = np.array([0.9, 0.2, 0.1, 0.9, 0.1, 0.1])  # wrong on frames 1 and 5 (of 1..6: 2nd and 6th)
-    out = truth_report(table, p, 0.5, tmp_path, manifest)
-    assert out["frames"] == 6 and out["truth_ignore_share"] == round(1 / 6, 4)
-    assert out["label_agreement"] == 1.0  # where the truth has a label, the labels match it
-    assert out["accuracy_vs_truth"] == 0.6  # 3 of the 5 frames with a truth label
-    # states: (1,1,1,..) -> labels 1,1 ; dish_held 0 -> 0 ; (0,..) -> 1,0,1: majority 1, one miss
-    assert out["visible_state_ceiling"] == round(5 / 6, 4)
+    pd.DataFrame({"image": ["1.png"], "label": [0], **{k: [1] for k in VISIBLE_STATE}}).to_csv(
+        tmp_path / "ep2.csv", index=False)
+    rows = [("ep1", i, y) for i, y in enumerate([1, 1, 0, 1, 0, 1])] + [("ep2", 0, 1), ("ep2", 1, 0)]
+    table = pd.DataFrame({"path": [f"{y}/{e}_{i:04d}.png" for e, i, y in rows], "label": [y for _, _, y in rows],
+                          "episode": [e for e, _, _ in rows]})
+    manifest = pd.DataFrame({"path": table["path"], "image": [f"{i + 1}.png" for _, i, _ in rows]})
+    # the test table in another order than the episodes: predictions must follow their rows
+    order = [6, 0, 3, 1, 7, 4, 2, 5]
+    p = np.array([0.9, 0.2, 0.1, 0.9, 0.1, 0.1, 0.9, 0.5])  # per original row
+    out = truth_report(table.iloc[order].reset_index(drop=True), p[order], 0.5, tmp_path, manifest)
+    assert out["frames"] == 7  # ep2's second frame has no truth row
+    assert out["truth_ignore_share"] == round(1 / 7, 4)
+    assert out["label_agreement"] == round(5 / 6, 4)  # ep2 frame 1: label 1, truth 0
+    # model: ep1 frames right on 1, 3, 5 (of 1, 2, 3, 5, 6 with a truth); ep2 frame 1 predicted 1, truth 0
+    assert out["accuracy_vs_truth"] == round(3 / 6, 4)
+    # states: ep1 (1,1,1,1,1) labels 1,1 + ep2 (1,...) label 1 -> 1; dish_held 0 -> 0;
+    # (0,...) labels 1,0,1 -> 1 with one miss
+    assert out["visible_state_ceiling"] == round(6 / 7, 4)
     assert truth_report(table.assign(episode="other"), p, 0.5, tmp_path, manifest) is None

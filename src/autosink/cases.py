@@ -334,17 +334,18 @@ def gate(challenger: Mapping[str, Mapping[str, Any]], champion: Mapping[str, Map
     cases: dict[str, dict] = {}
     if not names:
         failures.append("no case results for the model: nothing to gate on")
-    below: list[str] = []
+    # cases the production model fails itself: then it is no reference for regressions
+    below = [] if champion is None else [n for n in names if n in champion
+                                         and not float(champion[n]["accuracy"]) >= mins[n] - _EPS]
     if champion is None:
         notes.append("no production model: regression check skipped")
     elif max_reg is None:
         notes.append("max_regression is null: regression check off")
+    elif below:
+        notes.append(f"production fails the case floor itself ({', '.join(below)}): regression check "
+                     "skipped, the floors alone decide")
+        max_reg = None
     else:
-        below = [n for n in names if n in champion and not float(champion[n]["accuracy"]) >= mins[n] - _EPS]
-        if below:
-            notes.append(f"production fails the case floor itself ({', '.join(below)}): regression check "
-                         "skipped, the floors alone decide")
-            max_reg = None
         new = [n for n in names if n not in champion]
         gone = sorted((n for n in champion if n not in challenger), key=_sort_key)
         if new:
@@ -384,10 +385,13 @@ def gate(challenger: Mapping[str, Mapping[str, Any]], champion: Mapping[str, Map
 
 def _climb(challenger: Mapping, champion: Mapping, names: list[str], min_gain: float, min_frames: int,
            failures: list[str], notes: list[str]) -> tuple[list[str], list[str]]:
-    """The climb rule (see :func:`gate`): (failures, notes) after it."""
+    """The climb rule (see :func:`gate`): (failures, notes) after it. It never excuses a case
+    that production has no result for, nor one with too few frames."""
     shared = [n for n in names if n in champion]
     if not shared or any(int(challenger[n]["n"]) < min_frames for n in names):
         return failures, notes
+    if any(f.split(":", 1)[0] not in shared for f in failures):
+        return failures + ["climb rule: not applied (a failing case has no production result)"], notes
     new = [float(challenger[n]["accuracy"]) for n in shared]
     old = [float(champion[n]["accuracy"]) for n in shared]
     mean_new, mean_old = float(np.mean(new)), float(np.mean(old))

@@ -71,8 +71,8 @@ def curve_tables(p: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, pd
 def truth_report(table: pd.DataFrame, p: np.ndarray, threshold: float, truth_dir: Path,
                  manifest: pd.DataFrame) -> dict | None:
     """Held-out frames against the simulator's hidden truth (sample lake only; None when no test
-    episode has a truth file). ``manifest``: the feature store's, for each frame's image name. Separates the model's errors from the labels' and bounds what a
-    frame can tell:
+    episode has a truth file; ``manifest``: the feature store's, for each frame's image name).
+    Separates the model's errors from the labels' and bounds what a frame can tell:
 
     * ``label_agreement``: the pipeline's labels vs. the truth, where the truth is 0 or 1;
     * ``accuracy_vs_truth``: the model vs. the truth on those frames;
@@ -103,4 +103,3 @@ def truth_report(table: pd.DataFrame, p: np.ndarray, threshold: float, truth_dir
         "truth_ignore_share": round(float((~known).mean()), 4),
         "visible_state_ceiling": round(float((state_major == y).mean()), 4),
     }
-

@@ -51,8 +51,6 @@ from autosink.bench import copy_project, run
 
 __all__ = ["LoopSettings", "fleet_scripts", "collect_round", "run_loop", "format_round", "plot_rounds"]
 
-LAKE = Path("data/data-lake")
-SAMPLE_LAKE = Path("data/sample-lake")
 PRODUCTION = Path("models/production")
 
 
@@ -110,41 +108,42 @@ def collect_round(project: Path, params: dict, round_index: int, spool: Path, ho
     from autosink.edge.inference import load_model
     from autosink.edge.recorder import Recorder
     from autosink.edge.uploader import FolderTarget, Uploader
-    from autosink.water import (COUNT_KEYS, SimUserFeedback, controller_config, derive, run_session, trace_counts,
-                                with_water_defaults)
+    from autosink.water import (COUNT_KEYS, SimUserFeedback, controller_config, derive, edge_config, run_session,
+                                trace_counts, with_water_defaults)
 
     wcfg = with_water_defaults(params.get("water"))
-    rcfg = params.get("sim", {})
     model = load_model(project / PRODUCTION / "model.onnx", threads=int(wcfg["threads"]))
-    # The simulated user holds the button for exactly as long as they want water, so the edge's
-    # hold after a release (for people who tap the button) would only run water they then close,
-    # and the recorder would file it as their wish: one frame of hold instead.
+    # The edge's settings (the file the water benchmark uses). The simulated user holds the
+    # button for exactly as long as they want water, so the controller's hold after a release
+    # (10 s on a Pi, for people who tap the button) would only run water they then close, and
+    # the recorder would file it as their wish: here the hold ends by the next frame.
+    rec = edge_config(wcfg, project)["recorder"]
     ccfg = replace(controller_config(wcfg, project), forced_on_hold_s=1.0 / float(wcfg["fps"]))
-    lake = project / LAKE
+    lake = project / params["data"]["lake"]
     uploader = Uploader(spool, FolderTarget(lake))
-    scripts = fleet_scripts(rcfg, round_index, households)
+    scripts = fleet_scripts(params["sim"], round_index, households)
     totals = {k: 0 for k in COUNT_KEYS}
     interventions = 0
     for script in tqdm(scripts, desc=f"round {round_index}: fleet sessions", disable=not progress, unit="session"):
         feedback = SimUserFeedback(script)
-        recorder = Recorder(spool, user_id=script.user.user_id, pre_s=float(rcfg.get("pre_s", 3.0)),
-                            post_s=float(rcfg.get("post_s", 3.0)), record_fps=float(script.fps), background=False,
-                            used_stems=uploader.names, new_id=lambda s=script: s.dishwashing_id)
+        recorder = Recorder(spool, user_id=script.user.user_id, pre_s=rec["pre_s"], post_s=rec["post_s"],
+                            record_fps=rec["record_fps"], max_episode_s=rec["max_episode_s"],
+                            session_gap_s=rec["session_gap_s"], background=False, used_stems=uploader.names,
+                            new_id=lambda s=script: s.dishwashing_id)
         trace = run_session(script, model, ccfg, flow_l_min=float(wcfg["flow_l_min"]), feedback=feedback,
-                            recorder=recorder)
-        recorder.close()
+                            recorder=recorder)  # the runtime closes the recorder (flushes) at the end
         interventions += feedback.user.interventions
         counts = trace_counts(trace)
         for k in COUNT_KEYS:
             totals[k] += counts[k]
-    before = set(p.name for p in lake.glob("*.zip"))
     uploader.run_once()
-    if uploader.spooled():
-        raise RuntimeError(f"{spool}: {len(uploader.spooled())} episodes were not uploaded to {lake}")
-    new = sorted(set(p.name for p in lake.glob("*.zip")) - before)
+    left = uploader.spooled()
+    if left or uploader.conflicted or uploader.skipped:
+        raise RuntimeError(f"{spool}: not uploaded to {lake}: {len(left)} left, conflicts {uploader.conflicted}, "
+                           f"already there {uploader.skipped}")
     water = derive(totals, float(wcfg["flow_l_min"]))
     return {"model_version": model.version, "sessions": len(scripts), "frames": int(totals["frames"]),
-            "user_interventions": interventions, "episodes": len(new),
+            "user_interventions": interventions, "episodes": len(uploader.uploaded),
             "litres": water["litres_autosink"], "withheld_pct": water["withheld_pct"],
             "false_offs_per_10min": water["false_offs_per_10min"]}
 
@@ -154,6 +153,12 @@ def collect_round(project: Path, params: dict, round_index: int, spool: Path, ho
 
 def _json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _params(project: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((project / "params.yaml").read_text())
 
 
 def model_report(project: Path) -> dict:
@@ -187,8 +192,7 @@ def _repro(project: Path, env: dict, settings: LoopSettings, *extra: str) -> Non
     run(["dvc", "repro"], project, env)
 
 
-def _promote(project: Path, env: dict, message: str) -> None:
-    run(["autosink", "promote"], project, env)
+def _commit(project: Path, env: dict, message: str) -> None:
     run(["git", "add", "-A"], project, env)
     run(["git", "commit", "-q", "-m", message], project, env)
 
@@ -203,22 +207,23 @@ def setup(root: Path, workdir: Path, settings: LoopSettings, progress: bool = Tr
     say(f"loop: project copied to {project}; seeding its lake from the simulator")
     run(["autosink", "params", "compose", *settings.compose_args()], project, env)
     run(["dvc", "repro", "simulate"], project, env)
-    lake = project / LAKE
+    data = _params(project)["data"]
+    lake = project / data["lake"]
     lake.mkdir(parents=True, exist_ok=True)
-    for zip_path in sorted((project / SAMPLE_LAKE).glob("*.zip")):
+    for zip_path in sorted((project / data["sim_lake"]).glob("*.zip")):
         shutil.copy2(zip_path, lake / zip_path.name)
-    run(["dvc", "add", str(LAKE)], project, env)
+    run(["dvc", "add", data["lake"]], project, env)
     say(f"loop: round 0: training the deliberately weak model ({settings.weak_epochs} epoch(s)) with dvc repro")
     _repro(project, env, settings, f"train.max_epochs={settings.weak_epochs}", "train.early_stopping_patience=0",
            "validate_model.min_accuracy=0.0", "validate_model.min_frames=1")
-    _promote(project, env, "loop round 0: weak starting model")
+    run(["autosink", "promote"], project, env)
+    _commit(project, env, "loop round 0: weak starting model")
     return project, env
 
 
 def run_loop(root: Path, workdir: Path, settings: LoopSettings, progress: bool = True) -> dict:
-    """Setup, then ``settings.rounds`` rounds; returns (and writes ``workdir/loop.json``) the report."""
-    import yaml
-
+    """Setup, then ``settings.rounds`` rounds; returns the report, also written to
+    ``workdir/loop.json`` after every round (a failure later keeps the rounds done)."""
     if workdir.exists() and any(workdir.iterdir()):
         raise ValueError(f"{workdir}: exists and is not empty; remove it or choose another --workdir")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -227,23 +232,24 @@ def run_loop(root: Path, workdir: Path, settings: LoopSettings, progress: bool =
     project, env = setup(root, workdir, settings, progress)
     serving = model_report(project)
     serving["round_trained"] = 0
-    report: dict[str, Any] = {"workdir": str(workdir), "settings": vars(settings), "rounds": []}
+    where = workdir.relative_to(root) if workdir.is_relative_to(root) else workdir
+    report: dict[str, Any] = {"workdir": str(where), "settings": vars(settings), "rounds": []}
     for r in range(1, settings.rounds + 1):
         t0 = time.perf_counter()
-        params = yaml.safe_load((project / "params.yaml").read_text())
+        params = _params(project)
         fleet = collect_round(project, params, r, workdir / "spool", settings.households, progress)
         say(f"loop: round {r}: {fleet['sessions']} fleet sessions with model {fleet['model_version']}: "
             f"{fleet['user_interventions']} user corrections -> {fleet['episodes']} new episodes in the lake")
-        run(["dvc", "add", str(LAKE)], project, env)
+        say(f"loop: round {r}: dvc add + dvc repro (trains a candidate: minutes)")
+        run(["dvc", "add", params["data"]["lake"]], project, env)
         _repro(project, env, settings)
         candidate = model_report(project)
         extract = _json(project / "metrics/extract.json")
         promoted = candidate["gate_passed"]
         if promoted:
-            _promote(project, env, f"loop round {r}: promote {candidate['version']}")
-        else:
-            run(["git", "add", "-A"], project, env)
-            run(["git", "commit", "-q", "-m", f"loop round {r}: candidate refused by the gate"], project, env)
+            run(["autosink", "promote"], project, env)
+        _commit(project, env, f"loop round {r}: " + (f"promote {candidate['version']}" if promoted
+                                                      else "candidate refused by the gate"))
         row = {"round": r, "serving": serving, "fleet": fleet,
                "lake": {"episodes": extract.get("episodes_ok"), "extracted_now": extract.get("episodes_extracted"),
                         "reused": extract.get("episodes_reused")},
@@ -252,9 +258,9 @@ def run_loop(root: Path, workdir: Path, settings: LoopSettings, progress: bool =
         say(format_round(row))
         if promoted:
             serving = {**candidate, "round_trained": r}
-    report["final"] = serving
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    (workdir / "loop.json").write_text(json.dumps(report, indent=2) + "\n")
+        report["final"] = serving
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        (workdir / "loop.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -277,7 +283,8 @@ def format_round(row: dict) -> str:
         f"  fleet     {f['sessions']} sessions, {f['frames']} frames: {f['user_interventions']} user corrections, "
         f"{f['episodes']} episodes uploaded (lake now {row['lake']['episodes']}, {row['lake']['extracted_now']} "
         f"extracted this round)",
-        f"  candidate {c['version']}: {c['train_frames']} training frames, test accuracy {_f(c['test_accuracy'], '.3f')}; "
+        f"  candidate {c['version']}: {c['train_frames']} training frames, "
+        f"test accuracy {_f(c['test_accuracy'], '.3f')}; "
         f"cases mean {_f(c['case_mean'], '.3f')} min {_f(c['case_min'], '.2f')} "
         f"({', '.join(f'{k} {v:.2f}' for k, v in c['case_accuracy'].items())}); held-out water: savings "
         f"{_f(cw['savings_pct'])}%, withheld {_f(cw['withheld_pct'])}%, {_f(cw['missed_needs_pct'])}% of needs got "
@@ -316,7 +323,6 @@ def plot_rounds(report: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
-
 
 
 def main_loop(settings: LoopSettings, workdir: Path, json_out: Path | None, plot_out: Path | None) -> int:

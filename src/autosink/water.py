@@ -105,8 +105,8 @@ from autosink.sim.scene import in_roi, render
 from autosink.sim.session import SessionScript, make_sessions, wants_water
 from autosink.sim.user import CLOSED, FORCED_ON, SimUser
 
-__all__ = ["DEFAULTS", "SessionTrace", "SimUserFeedback", "controller_config", "heldout_scripts", "ir_presence",
-           "run_session", "frame_counts", "derive", "run_benchmark", "write_session_csv", "plot_session", "CSV_COLUMNS"]
+__all__ = ["DEFAULTS", "SessionTrace", "SimUserFeedback", "edge_config", "controller_config", "heldout_scripts",
+           "ir_presence", "run_session", "frame_counts", "derive", "run_benchmark", "write_session_csv", "plot_session", "CSV_COLUMNS"]
 
 #: Defaults of the ``water:`` config group (conf/water/default.yaml lists the same keys).
 DEFAULTS: dict[str, Any] = {
@@ -133,19 +133,22 @@ COUNT_KEYS = ("frames", "duration_s", "need_s", "open_s", "ir_open_s", "withheld
 # --------------------------------------------------------------------------- configuration
 
 
+def edge_config(cfg: Mapping[str, Any], root: Path | None = None) -> dict[str, Any]:
+    """The edge config file ``controller_from`` (relative to ``root``, default the current
+    directory), merged over the edge's defaults; ``""``/None: the defaults alone."""
+    src = cfg.get("controller_from") or ""
+    if not src:
+        return dict(DEFAULT_CONFIG)
+    path = Path(src)
+    return load_config(path if path.is_absolute() else (root or Path.cwd()) / path)
+
+
 def controller_config(cfg: Mapping[str, Any], root: Path | None = None) -> ControllerConfig:
     """The controller settings: ``[controller]`` of the edge config file ``controller_from``
     (relative to ``root``, default the current directory; ``""``/None: the edge's built-in
     defaults), then every non-null key of ``controller`` on top (a key the controller does not
     know is an error)."""
-    src = cfg.get("controller_from") or ""
-    if src:
-        path = Path(src)
-        if not path.is_absolute():
-            path = (root or Path.cwd()) / path
-        base = dict(load_config(path)["controller"])
-    else:
-        base = dict(DEFAULT_CONFIG["controller"])
+    base = dict(edge_config(cfg, root)["controller"])
     overrides = {k: v for k, v in (cfg.get("controller") or {}).items() if v is not None}
     return ControllerConfig.from_dict({**base, **overrides})
 
@@ -263,9 +266,6 @@ class SimUserFeedback:
         self.user.step(ctx.now, wants, int(ctx.valve_open))
         return UserInput(forced_on=self.user.mode == FORCED_ON, closed=self.user.mode == CLOSED)
 
-    def close(self) -> None:
-        pass
-
 
 def run_session(script: SessionScript, model: OnnxModel, controller: ControllerConfig, *, name: str = "",
                 flow_l_min: float = 6.0, ir_off_delay_s: float = 0.0, feedback: Any = None,
@@ -284,8 +284,8 @@ def run_session(script: SessionScript, model: OnnxModel, controller: ControllerC
 
     camera = IteratorCamera(frames(), clock.monotonic, name=f"sim:{trace.name}")
     runtime = EdgeRuntime(camera=camera, model=_TracedModel(model, trace), valve=valve, controller=controller,
-                          feedback=feedback or NoFeedback(), recorder=recorder, clock=clock, fps=fps,
-                          flow_l_min=flow_l_min, stats_every_s=0.0,
+                          feedback=NoFeedback() if feedback is None else feedback, recorder=recorder, clock=clock,
+                          fps=fps, flow_l_min=flow_l_min, stats_every_s=0.0,
                           reload_check_s=math.inf, install_signals=False)
     valve.runtime = runtime
     with _quiet_edge_log():
