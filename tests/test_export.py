@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import shutil
+import subprocess
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -264,6 +265,31 @@ def test_the_card_describes_the_file(exported):
 
 def test_git_revision_outside_git_is_unknown(tmp_path):
     assert git_revision(tmp_path) == "unknown"
+
+
+def test_git_revision_is_dirty_for_code_not_for_pipeline_outputs(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    for rel in ("src/code.py", "dvc.lock", "metrics/eval.json"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("v1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "c")
+    head = git_revision(tmp_path)
+    assert re.fullmatch(r"[0-9a-f]{40}", head)
+    (tmp_path / "dvc.lock").write_text("v2\n")  # what `dvc repro` changes
+    (tmp_path / "metrics/eval.json").write_text("v2\n")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/model.json").write_text("{}\n")
+    assert git_revision(tmp_path) == head
+    (tmp_path / "src/code.py").write_text("v2\n")
+    assert git_revision(tmp_path / "src") == f"{head}-dirty"  # from a subfolder too
+    (tmp_path / "src/code.py").write_text("v1\n")
+    (tmp_path / "new.py").write_text("untracked\n")
+    assert git_revision(tmp_path) == f"{head}-dirty"
 
 
 def test_a_card_of_another_file_is_refused_by_the_edge(exported, tmp_path):

@@ -96,6 +96,7 @@ def test_repro_runs_every_stage_then_nothing(project):
     assert list((root / "wandb").glob("offline-run-*")), "no offline wandb run recorded"
     card = json.loads((root / "models/model.json").read_text())
     assert card["model_sha256"] == hashlib.sha256((root / "models/model.onnx").read_bytes()).hexdigest()
+    assert card["version"] == f"{card['backbone']}-{card['model_sha256'][:10]}"  # stable across retrains
     assert card["metrics"]["eval"]["accuracy"] == ev["accuracy"] and card["data_version"] == lab["version"]
     sess = ort.InferenceSession(str(root / "models/model.onnx"), providers=["CPUExecutionProvider"])
     p = sess.run(None, {"frames": np.zeros((2, 480, 640, 3), "uint8")})[0]

@@ -271,10 +271,15 @@ def check_parity(net: Any, onnx_path: StrPath, frames: np.ndarray, rtol: float =
 # --------------------------------------------------------------------------- card
 
 
+#: What the pipeline itself writes into tracked files: changes there do not make the code dirty
+#: (after every `dvc repro` dvc.lock and the metrics differ from the commit).
+PIPELINE_OUTPUTS = ("dvc.lock", "metrics", "reports", "models", "data")
+
+
 def git_revision(cwd: StrPath | None = None) -> str:
     """``git rev-parse HEAD`` of the repository holding ``cwd`` (default: this package's source),
-    plus ``-dirty`` when tracked files changed or untracked, not-ignored files exist; ``unknown``
-    outside git (or without git)."""
+    plus ``-dirty`` when files other than the pipeline's outputs (:data:`PIPELINE_OUTPUTS`)
+    changed or untracked, not-ignored ones exist; ``unknown`` outside git (or without git)."""
     where = str(cwd) if cwd is not None else str(Path(__file__).resolve().parent)
 
     def git(*args: str) -> str:
@@ -284,7 +289,8 @@ def git_revision(cwd: StrPath | None = None) -> str:
 
     try:
         head = git("rev-parse", "--verify", "HEAD")
-        dirty = bool(git("status", "--porcelain"))
+        dirty = bool(git("status", "--porcelain", "--", ":(top)",
+                         *(f":(top,exclude){path}" for path in PIPELINE_OUTPUTS)))
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{head}-dirty" if dirty else head

@@ -44,7 +44,9 @@ def run(params: dict, progress: bool = True) -> dict:
     }
     card = write_model_card(
         ONNX, backbone=net.backbone_name, threshold=float(meta["threshold"]),
-        version=f"{net.backbone_name}-{ckpt_sha[:10]}", data_version=meta.get("data_version", ""),
+        # named after the ONNX bytes, which retraining with the same data and code reproduces
+        # (the checkpoint's bytes differ from run to run)
+        version=f"{net.backbone_name}-{sha256_file(ONNX)[:10]}", data_version=meta.get("data_version", ""),
         height=h, width=w, metrics=metrics, extra={"checkpoint_sha256": ckpt_sha},
         input_size=(net.preprocess.height, net.preprocess.width), crop=net.preprocess.crop)
     print(f"export: {ONNX} ({ONNX.stat().st_size / 1e6:.1f} MB, opset {cfg['opset']}, parity checked on "
