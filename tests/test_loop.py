@@ -6,6 +6,8 @@ ONNX models (tests/edge_fixtures.py) and the simulated user."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import yaml
@@ -79,4 +81,4 @@ def test_settings_are_checked():
     for bad in ({"rounds": 0}, {"households": 0}, {"weak_epochs": 0}, {"min_case_accuracy": 1.5}, {"min_gain": -1}):
         with pytest.raises(ValueError):
             LoopSettings(**bad)
-    assert yaml.safe_dump(vars(LoopSettings()))  # the report records the settings as plain data
+    assert yaml.safe_dump(asdict(LoopSettings()))  # the report records the settings as plain data

@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     loop = sub.add_parser(
         "loop", help="the retraining loop, closed: edge + simulated users -> lake -> dvc repro -> gate -> promote",
-        description="In a copy of this project (--workdir; your workspace is not touched): put a deliberately "
+        description="In a copy of this project (under --workdir; your workspace gets only the report files): "
+                    "put a deliberately "
                     "weak model in production, then per round run the sample lake's households through the "
                     "edge runtime with the production model and a simulated user who corrects it, upload the "
                     "recorded episodes to the lake, `dvc add` + `dvc repro`, and `autosink promote` the "

@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,25 +54,29 @@ __all__ = ["LoopSettings", "fleet_scripts", "collect_round", "run_loop", "format
 PRODUCTION = Path("models/production")
 
 
+@dataclass
 class LoopSettings:
     """What ``autosink loop`` was asked for (see ``autosink loop --help``)."""
 
-    def __init__(self, rounds: int = 2, households: int | None = None, weak_epochs: int = 1,
-                 min_case_accuracy: float | None = None, min_gain: float = 0.02,
-                 overrides: list[str] | None = None) -> None:
-        if rounds < 1:
-            raise ValueError(f"--rounds must be >= 1, got {rounds}")
-        if households is not None and households < 1:
-            raise ValueError(f"--households must be >= 1, got {households}")
-        if weak_epochs < 1:
-            raise ValueError(f"--weak-epochs must be >= 1, got {weak_epochs}")
-        if min_case_accuracy is not None and not 0.0 <= min_case_accuracy <= 1.0:
-            raise ValueError(f"--min-case-accuracy must be in [0, 1], got {min_case_accuracy}")
-        if min_gain < 0:
-            raise ValueError(f"--min-gain must be >= 0, got {min_gain}")
-        self.rounds, self.households, self.weak_epochs = rounds, households, weak_epochs
-        self.min_case_accuracy, self.min_gain = min_case_accuracy, float(min_gain)
-        self.overrides = list(overrides or [])
+    rounds: int = 2
+    households: int | None = None
+    weak_epochs: int = 1
+    min_case_accuracy: float | None = None
+    min_gain: float = 0.02
+    overrides: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError(f"--rounds must be >= 1, got {self.rounds}")
+        if self.households is not None and self.households < 1:
+            raise ValueError(f"--households must be >= 1, got {self.households}")
+        if self.weak_epochs < 1:
+            raise ValueError(f"--weak-epochs must be >= 1, got {self.weak_epochs}")
+        if self.min_case_accuracy is not None and not 0.0 <= self.min_case_accuracy <= 1.0:
+            raise ValueError(f"--min-case-accuracy must be in [0, 1], got {self.min_case_accuracy}")
+        if self.min_gain < 0:
+            raise ValueError(f"--min-gain must be >= 0, got {self.min_gain}")
+        self.overrides = list(self.overrides or [])
 
     def compose_args(self, *extra: str) -> list[str]:
         """Hydra overrides for the copy's params.yaml: real data, the gate's climb rule (and floor),
@@ -106,7 +110,7 @@ def collect_round(project: Path, params: dict, round_index: int, spool: Path, ho
     from tqdm import tqdm
 
     from autosink.edge.inference import load_model
-    from autosink.edge.recorder import Recorder
+    from autosink.edge.runtime import recorder_from_config
     from autosink.edge.uploader import FolderTarget, Uploader
     from autosink.water import (COUNT_KEYS, SimUserFeedback, controller_config, derive, edge_config, run_session,
                                 trace_counts, with_water_defaults)
@@ -126,10 +130,8 @@ def collect_round(project: Path, params: dict, round_index: int, spool: Path, ho
     interventions = 0
     for script in tqdm(scripts, desc=f"round {round_index}: fleet sessions", disable=not progress, unit="session"):
         feedback = SimUserFeedback(script)
-        recorder = Recorder(spool, user_id=script.user.user_id, pre_s=rec["pre_s"], post_s=rec["post_s"],
-                            record_fps=rec["record_fps"], max_episode_s=rec["max_episode_s"],
-                            session_gap_s=rec["session_gap_s"], background=False, used_stems=uploader.names,
-                            new_id=lambda s=script: s.dishwashing_id)
+        recorder = recorder_from_config(rec, spool, script.user.user_id, background=False, used_stems=uploader.names,
+                                        new_id=lambda s=script: s.dishwashing_id)
         trace = run_session(script, model, ccfg, flow_l_min=float(wcfg["flow_l_min"]), feedback=feedback,
                             recorder=recorder)  # the runtime closes the recorder (flushes) at the end
         interventions += feedback.user.interventions
@@ -233,7 +235,7 @@ def run_loop(root: Path, workdir: Path, settings: LoopSettings, progress: bool =
     serving = model_report(project)
     serving["round_trained"] = 0
     where = workdir.relative_to(root) if workdir.is_relative_to(root) else workdir
-    report: dict[str, Any] = {"workdir": str(where), "settings": vars(settings), "rounds": []}
+    report: dict[str, Any] = {"workdir": str(where), "settings": asdict(settings), "rounds": []}
     for r in range(1, settings.rounds + 1):
         t0 = time.perf_counter()
         params = _params(project)

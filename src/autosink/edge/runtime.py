@@ -547,6 +547,16 @@ def _default_user_id() -> str:
     return name
 
 
+def recorder_from_config(c_rec: Mapping[str, Any], spool: Any, user_id: str, **kw: Any) -> Any:
+    """A :class:`~autosink.edge.recorder.Recorder` with the ``[recorder]`` section's episode
+    settings (``kw``: the recorder's other arguments, e.g. ``background``)."""
+    from autosink.edge.recorder import Recorder
+
+    return Recorder(spool, user_id=user_id, pre_s=c_rec["pre_s"], post_s=c_rec["post_s"],
+                    record_fps=c_rec["record_fps"], max_episode_s=c_rec["max_episode_s"],
+                    session_gap_s=c_rec["session_gap_s"], **kw)
+
+
 def build_runtime(cfg: Mapping[str, Any], *, clock: Any = None, feedback: Feedback | None = None,
                   valve: Any = None, camera: Camera | None = None, model: Any = None, max_frames: int | None = None,
                   background: bool = True, install_signals: bool = True, fetch_source: Any = None) -> EdgeRuntime:
@@ -557,7 +567,6 @@ def build_runtime(cfg: Mapping[str, Any], *, clock: Any = None, feedback: Feedba
     from autosink.edge.camera import open_camera
     from autosink.edge.devices import make_input, make_valve
     from autosink.edge.fetch import FetchError, PeriodicFetcher, fetch_model, make_source, recover_install
-    from autosink.edge.recorder import Recorder
     from autosink.edge.uploader import Uploader, make_target
 
     clock = clock or SystemClock()
@@ -605,10 +614,8 @@ def build_runtime(cfg: Mapping[str, Any], *, clock: Any = None, feedback: Feedba
         uploader = Uploader(c_rec["spool"], target, min_backoff_s=c_up["min_backoff_s"],
                             max_backoff_s=c_up["max_backoff_s"], poll_s=c_up["poll_s"],
                             spool_max_mb=c_up["spool_max_mb"])
-        recorder = Recorder(c_rec["spool"], user_id=c_rec["user_id"] or _default_user_id(), pre_s=c_rec["pre_s"],
-                            post_s=c_rec["post_s"], record_fps=c_rec["record_fps"],
-                            max_episode_s=c_rec["max_episode_s"], session_gap_s=c_rec["session_gap_s"],
-                            background=background, used_stems=uploader.names, on_written=uploader.wake)
+        recorder = recorder_from_config(c_rec, c_rec["spool"], c_rec["user_id"] or _default_user_id(),
+                                        background=background, used_stems=uploader.names, on_written=uploader.wake)
         made.append(recorder)
         if camera is None:
             camera = open_camera(c_cam["source"], clock=clock.monotonic, width=width, height=height,
