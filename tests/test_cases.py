@@ -17,6 +17,7 @@ from autosink.cases import (
     list_cases,
     onnx_predictor,
     parse_case_name,
+    wilson_interval,
 )
 from autosink.modelcard import card_path_for, read_card, write_card
 from tests.edge_fixtures import bright_roi_frame, write_tiny_model
@@ -59,7 +60,8 @@ def always_off(frames: np.ndarray) -> np.ndarray:
 def result(accuracies: dict[str, float], n: int = 12) -> dict[str, dict]:
     """Case results as evaluate_cases writes them, from accuracies."""
     return {name: {"label": parse_case_name(name)[1], "n": n, "accuracy": a, "mean_p": 0.5,
-                   "correct": round(a * n)} for name, a in accuracies.items()}
+                   "correct": round(a * n), **dict(zip(("wilson_low", "wilson_high"), wilson_interval(round(a * n), n)))}
+            for name, a in accuracies.items()}
 
 
 # --------------------------------------------------------------------------- names and folders
@@ -201,6 +203,82 @@ def test_bad_predictions_name_the_case(small_cases):
         evaluate_cases(lambda f: np.full(len(f), np.nan), small_cases, 0.5, frame_size=SMALL)
     with pytest.raises(ValueError, match=r"expected 640x480"):  # read_frame's size check names the file
         evaluate_cases(always_off, small_cases, 0.5)
+
+
+# --------------------------------------------------------------------------- Wilson interval
+
+@pytest.mark.parametrize("k, n, low, high", [
+    (57, 60, 0.8630, 0.9829),  # the Wilson score interval, z = 1.96
+    (60, 60, 0.9398, 1.0),
+    (0, 60, 0.0, 0.0602),
+    (11, 12, 0.6461, 0.9851),
+    (6, 12, 0.2538, 0.7462),
+    (1, 1, 0.2065, 1.0),
+])
+def test_wilson_interval_known_values(k, n, low, high):
+    lo, hi = wilson_interval(k, n)
+    assert lo == pytest.approx(low, abs=5e-4) and hi == pytest.approx(high, abs=5e-4)
+    assert 0.0 <= lo <= k / n <= hi <= 1.0
+
+
+def test_wilson_interval_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for n in (1, 2, 5, 12, 37, 60, 250):
+        for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+            ci = stats.binomtest(k, n).proportion_ci(0.95, method="wilson")
+            lo, hi = wilson_interval(k, n)
+            assert lo == pytest.approx(ci.low, abs=1e-7) and hi == pytest.approx(ci.high, abs=1e-7), (k, n)
+
+
+def test_wilson_interval_edges_and_symmetry():
+    assert wilson_interval(0, 0) == (0.0, 1.0)  # no frames: nothing known
+    lo, hi = wilson_interval(60, 60)
+    assert hi == pytest.approx(1.0, abs=1e-12) and hi <= 1.0 and lo < 1.0
+    lo, hi = wilson_interval(0, 60)
+    assert lo == pytest.approx(0.0, abs=1e-12) and lo >= 0.0 and hi > 0.0
+    for k, n in ((3, 12), (57, 60), (1, 7)):
+        a, b = wilson_interval(k, n)
+        c, d = wilson_interval(n - k, n)
+        assert a == pytest.approx(1 - d) and b == pytest.approx(1 - c)
+    # more frames at the same accuracy: a narrower interval
+    widths = [hi - lo for lo, hi in (wilson_interval(9 * m, 10 * m) for m in (1, 3, 10, 100))]
+    assert widths == sorted(widths, reverse=True) and widths[-1] < 0.05
+
+
+def test_evaluate_cases_reports_the_interval(small_cases):
+    res = evaluate_cases(always_off, small_cases, 0.5, frame_size=SMALL)
+    for c in small_cases:
+        r = res[c.name]
+        assert (r["wilson_low"], r["wilson_high"]) == wilson_interval(r["correct"], r["n"])
+        assert r["wilson_low"] <= r["accuracy"] <= r["wilson_high"]
+    r = res["CASE02-1-rinse-dish-close"]  # 0 of 4 right
+    assert r["wilson_low"] == 0.0 and r["wilson_high"] == pytest.approx(0.4899, abs=5e-4)
+    r = res["CASE01-0-detergent"]  # 3 of 3 right
+    assert r["wilson_low"] == pytest.approx(0.4385, abs=5e-4) and r["wilson_high"] == pytest.approx(1.0)
+
+
+def test_report_shows_the_95_percent_interval():
+    res = result({NAMES[0]: 57 / 60, NAMES[1]: 1.0}, n=60)
+    text = format_report(gate(res, None, {"min_accuracy": 0.9}))
+    head, rule, *rows = text.splitlines()
+    assert "95% interval" in head and set(rule) == {"-"} and len(rule) == len(head)
+    row0 = next(r for r in rows if r.startswith(NAMES[0]))
+    row1 = next(r for r in rows if r.startswith(NAMES[1]))
+    assert "0.86-0.98" in row0 and "0.950" in row0
+    assert "0.94-1.00" in row1
+    # the column sits between accuracy and production, aligned with its header
+    col = head.index("95% interval") + len("95% interval")
+    assert row0[:col].endswith("0.86-0.98") and row1[:col].endswith("0.94-1.00")
+    assert head.index("accuracy") < head.index("95% interval") < head.index("production")
+
+
+def test_report_without_an_interval_shows_a_dash():
+    # results written before the interval existed (an older production model's metrics)
+    old = {n: {k: v for k, v in r.items() if not k.startswith("wilson")} for n, r in result({NAMES[0]: 1.0}).items()}
+    text = format_report(gate(old, None, {}))
+    head, _, row, *_ = text.splitlines()
+    col = head.index("95% interval") + len("95% interval")
+    assert row[:col].rstrip().endswith("-") and "PASSED" in text
 
 
 # --------------------------------------------------------------------------- gate

@@ -12,7 +12,7 @@ from autosink.cli import build_parser, main
 
 SUBCOMMANDS = [[], ["simulate"], ["extract"], ["label"], ["label", "build"], ["label", "serve"], ["prepare"], ["validate-data"], ["lake"], ["lake", "check"], ["params"],
                ["params", "compose"], ["params", "check"], ["remote"], ["remote", "init"],
-               ["bench"], ["bench", "incremental"], ["bench", "train"], ["train"], ["evaluate"],
+               ["bench"], ["bench", "incremental"], ["bench", "train"], ["base"], ["train"], ["evaluate"],
                ["validate-model"], ["export"], ["promote"], ["water"],
                ["bench", "edge"], ["bench", "all"], ["loop"]]
 

@@ -32,11 +32,17 @@ TINY_VALIDATE = {"enforce": False, "wandb": {"mode": "disabled"}}
 TINY_MODEL = {"input_height": 48, "input_width": 48}
 TINY_TRAIN = {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 2, "batch_size": 8,
               "accelerator": "cpu", "devices": 1, "early_stopping_patience": 0,
+              "replay": {"users": 1, "every": 8, "share": 0.5}, "decision": {"sessions": 1},
               "wandb": {"mode": "offline", "project": "autosink", "log_model": True, "dir": "."}}
+# The base model: one kitchen to train on and one to validate on, every 8th frame, one epoch.
+TINY_BASE = {"users": 1, "val_users": 1, "sessions_per_user": 1, "every": 8,
+             "train": {"max_epochs": 1, "batch_size": 8, "balance": "loss"}}
 TINY_CONF = {"sim/default.yaml": TINY_SIM, "prepare/default.yaml": TINY_PREPARE, "validate/default.yaml": TINY_VALIDATE,
              "model/mobilenet_v3_small.yaml": TINY_MODEL, "model/resnet18.yaml": TINY_MODEL,
-             "train/default.yaml": TINY_TRAIN, "water/default.yaml": {"sessions": 2}}
-STAGES = ("simulate", "extract", "label", "prepare", "validate_data", "train", "evaluate", "validate_model", "export", "water")
+             "base/default.yaml": TINY_BASE, "train/default.yaml": TINY_TRAIN,
+             "evaluate/default.yaml": {"invariance": {"sessions": 1, "every": 8}}, "water/default.yaml": {"sessions": 2}}
+STAGES = ("simulate", "extract", "label", "prepare", "validate_data", "base", "train", "evaluate", "validate_model",
+          "export", "water")
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -87,6 +93,12 @@ def test_repro_runs_every_stage_then_nothing(project):
     # training, evaluation, case gate and export: real files with real content
     train, ev, cases = (metrics(root, n) for n in ("train", "eval", "cases"))
     assert train["epochs"] == 1 and 0 < train["threshold"] < 1
+    base = metrics(root, "base")  # the base model trained on its own rendered kitchens
+    assert base["epochs"] == 1 and base["train_pairs"] > 0 and (root / "models/base/model.ckpt").stat().st_size
+    # the threshold was chosen in the closed loop, and the choice is on record
+    assert train["threshold_rule"].startswith("closed loop") and len(pd.read_csv(root / "metrics/train/decision.csv")) > 5
+    inv = ev["water_invariance"]
+    assert inv["pairs"] > 0 and 0 <= inv["mean_abs_diff"] <= 1 and 0 <= inv["accuracy_water_off"] <= 1
     assert ev["n"] == prep["test"]["frames"] and {"accuracy", "f1", "auroc"} <= set(ev)
     assert set(ev["per_episode"]) == set(pd.read_csv(root / "data/splits/test.csv", dtype=str)["episode"])
     assert len(pd.read_csv(root / "metrics/eval/confusion.csv")) == ev["n"]

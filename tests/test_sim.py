@@ -25,12 +25,14 @@ from autosink.sim import (
     SceneState,
     Scrubber,
     SimUser,
+    Truth,
     case_states,
     episode_windows,
     evaluate_trivial,
     label_of,
     make_model,
     make_sessions,
+    make_users,
     override_runs,
     render,
     render_session,
@@ -41,6 +43,7 @@ from autosink.sim import (
     with_defaults,
 )
 from autosink.sim.scene import hand_holding, hand_on_scrubber
+from autosink.sim.session import WISHES
 
 TINY = {"seed": 7, "users": 2, "sessions_per_user": 1, "dishes_per_session": [2, 3], "case_frames": 1}
 
@@ -112,33 +115,127 @@ def test_labels_follow_the_convention():
     assert label_of(_scene("rinse", far)) == 0  # dish far
     assert label_of(_scene("rinse", None)) == 0  # no dish
     assert label_of(_scene("rinse", (cx, cy), held=False)) == 0  # dish lies there, nobody holds it
-    assert label_of(_scene("prerinse", (cx, cy))) == 1  # clear
-    assert label_of(_scene("prerinse", far)) == -1  # otherwise ignored
+    assert label_of(_scene("prerinse", (cx, cy))) == 1  # held under the spout, as in rinse
+    assert label_of(_scene("prerinse", far)) == 0  # held away from the spout: no water needed
+    assert label_of(_scene("prerinse", (cx, cy), scrubber=True)) == -1  # scrubber visible: ignored
+    assert label_of(_scene("prerinse", far, scrubber=True)) == -1
+    assert label_of(_scene("prerinse", (cx, cy), held=False)) == 0
     assert label_of(_scene("idle")) == 0
     # ROI edge: the dish centre decides
     assert label_of(_scene("rinse", (ROI[0] + 2, cy))) == 1
     assert label_of(_scene("rinse", (ROI[0] - 2, cy))) == 0
-    assert wants_water(_scene("prerinse", far)) and not wants_water(_scene("detergent", (cx, cy), scrubber=True))
+    assert label_of(_scene("prerinse", (ROI[0] + 2, cy))) == 1
+    assert label_of(_scene("prerinse", (ROI[0] - 2, cy))) == 0
+    # the need: a held dish under the spout, in pre-rinse or rinse, scrubber in view or not
+    assert wants_water(_scene("prerinse", (cx, cy))) and wants_water(_scene("rinse", (cx, cy)))
+    assert wants_water(_scene("rinse", (cx, cy), scrubber=True))
+    assert wants_water(_scene("prerinse", (cx, cy), scrubber=True))
+    assert not wants_water(_scene("prerinse", far))  # the old wish wanted this one
+    assert not wants_water(_scene("rinse", far))
+    assert not wants_water(_scene("rinse", (cx, cy), held=False))
+    assert not wants_water(_scene("rinse", None)) and not wants_water(_scene("idle"))
+    assert not wants_water(_scene("detergent", (cx, cy), scrubber=True))
 
 
-def test_session_scripts_follow_the_convention(tiny_scripts):
-    seen = set()
-    for script in tiny_scripts:
+def test_session_scripts_follow_the_convention():
+    # more users than TINY (scripts are cheap, nothing renders): 2 kitchens may never leave the
+    # scrubber in view during a rinse, the only source of -1 now that pre-rinse is labelled
+    scripts = make_sessions(with_defaults(dict(TINY, users=8)))
+    seen, seen_prerinse = set(), set()
+    for script in scripts:
         for st in script.states:
             lab = label_of(st)
             seen.add(lab)
             if st.step == "detergent":
                 assert lab == 0 and st.scrubber_visible  # detergent always shows the scrubber
-            if st.step == "rinse":
+            if st.step in ("prerinse", "rinse"):
                 if st.scrubber_visible:
                     assert lab == -1
                 else:
                     assert lab == int(st.dish_held and st.dish_in_roi)
+                assert wants_water(st) == (st.dish_held and st.dish_in_roi)
+            else:
+                assert not wants_water(st)
             if lab == 1:
                 assert wants_water(st) and not st.scrubber_visible and st.dish_held and st.dish_in_roi
+            if lab != -1:  # label 1 and the need agree wherever the label is not ignored
+                assert lab == int(wants_water(st))
+            if st.step == "prerinse":
+                seen_prerinse.add(lab)
     assert seen == {-1, 0, 1}
-    steps = {st.step for s in tiny_scripts for st in s.states}
+    assert {0, 1} <= seen_prerinse  # pre-rinse away from the spout is a 0 now, under it a 1
+    steps = {st.step for s in scripts for st in s.states}
     assert steps == {"idle", "prerinse", "detergent", "rinse"}
+
+
+def test_the_prerinse_wish_wants_water_wherever_the_dish_is_held():
+    cx, cy = (ROI[0] + ROI[2]) / 2, (ROI[1] + ROI[3]) / 2
+    far = (ROI[0] - 60, ROI[3] + 40)
+    st = _scene("prerinse", far)
+    assert not st.dish_in_roi and st.dish_held
+    assert wants_water(st, "prerinse") and not wants_water(st, "spout") and not wants_water(st)
+    assert label_of(st) == 0  # the label does not depend on the wish
+    assert Truth.of(st, "prerinse").wants_water and not Truth.of(st).wants_water
+    assert Truth.of(st, "prerinse").label == Truth.of(st).label == 0
+    # the wish only differs in pre-rinse; an empty hand or a dish lying there is not wanted either way
+    assert not wants_water(_scene("prerinse", far, held=False), "prerinse")
+    assert not wants_water(_scene("prerinse", None), "prerinse")
+    assert wants_water(_scene("prerinse", (cx, cy)), "prerinse")
+    for step, xy in (("rinse", far), ("rinse", (cx, cy)), ("detergent", (cx, cy)), ("idle", None)):
+        for held in (True, False):
+            a = _scene(step, xy, held=held, scrubber=step == "detergent")
+            assert wants_water(a, "prerinse") == wants_water(a, "spout"), (step, xy, held)
+
+
+def test_deviant_users_off_gives_everyone_the_spout_wish():
+    for share in (None, 0, 0.0):
+        cfg = with_defaults(dict(TINY, users=30, deviant_users=share))
+        assert {u.wish for u in make_users(cfg)} == {"spout"}
+    assert {u.wish for u in make_users(with_defaults(dict(TINY, users=30)))} == {"spout"}  # the default
+    assert set(WISHES) == {"spout", "prerinse"}
+
+
+def test_deviant_users_all_gives_everyone_the_prerinse_wish():
+    users = make_users(with_defaults(dict(TINY, users=30, deviant_users=1.0)))
+    assert {u.wish for u in users} == {"prerinse"}
+
+
+def test_deviant_users_change_only_the_wish():
+    base = make_users(with_defaults(dict(TINY, users=40)))
+    for share in (0.3, 0.7, 1.0):
+        dev = make_users(with_defaults(dict(TINY, users=40, deviant_users=share)))
+        assert [u.look for u in dev] == [u.look for u in base]
+        assert [u.habits for u in dev] == [u.habits for u in base]
+        assert [(u.index, u.user_id, u.reaction_delay_s) for u in dev] == [
+            (u.index, u.user_id, u.reaction_delay_s) for u in base]
+    # a share in between: some of each, and raising it only adds deviants (one draw per user)
+    w3 = [u.wish for u in make_users(with_defaults(dict(TINY, users=40, deviant_users=0.3)))]
+    w7 = [u.wish for u in make_users(with_defaults(dict(TINY, users=40, deviant_users=0.7)))]
+    assert 0 < w3.count("prerinse") < w7.count("prerinse") < 40
+    assert all(b == "prerinse" for a, b in zip(w3, w7) if a == "prerinse")
+
+
+def test_deviant_users_keep_the_session_scripts_and_labels(tiny_scripts):
+    dev = make_sessions(with_defaults(dict(TINY, deviant_users=1.0)))
+    assert [s.dishwashing_id for s in dev] == [s.dishwashing_id for s in tiny_scripts]
+    n_differ = 0
+    for a, b in zip(tiny_scripts, dev):
+        assert a.user.wish == "spout" and b.user.wish == "prerinse"
+        assert a.states == b.states
+        ta, tb = a.truths, b.truths
+        assert [t.label for t in ta] == [t.label for t in tb]
+        for st, x, y in zip(a.states, ta, tb):
+            assert x.wants_water == wants_water(st, "spout") and y.wants_water == wants_water(st, "prerinse")
+            n_differ += x.wants_water != y.wants_water
+    assert n_differ > 0  # the tiny lake has pre-rinse away from the spout
+
+
+def test_the_closed_loop_follows_the_users_wish(tiny_scripts):
+    script = tiny_scripts[0]
+    deviant = replace(script, user=replace(script.user, wish="prerinse"))
+    for s, wish in ((script, "spout"), (deviant, "prerinse")):
+        recs = run_session(s, "always_off")
+        assert [r.truth.wants_water for r in recs] == [wants_water(st, wish) for st in s.states]
 
 
 # --------------------------------------------------------------------------- simulated user

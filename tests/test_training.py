@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from autosink.evaluation import VISIBLE_STATE, curve_tables, evaluate_table, predict_paths, truth_report
-from autosink.frames import WaterDataModule, build_augment, check_no_leakage, read_frame, read_split
+from autosink.frames import AugmentCollate, WaterDataModule, build_augment, check_no_leakage, read_frame, read_split
 from autosink.model import BACKBONES, Preprocess, WaterNet, load_base_weights
 from autosink.training import binary_metrics, choose_threshold, fit, load_trained
 from tests.train_fixtures import H, W, tiny_params, write_store
@@ -105,9 +105,20 @@ def test_augmentation_only_on_the_training_split(repo_root, store):
     assert dm.datasets["val"].augment is None and dm.datasets["test"].augment is None
     a, b = dm.datasets["val"][0][0], dm.datasets["val"][0][0]
     torch.testing.assert_close(a, b)  # evaluation is deterministic
+    # augmentation runs on whole batches in the train loader's collate, not per item
+    train = dm.datasets["train"]
+    torch.testing.assert_close(train[0][0], train[0][0], rtol=0, atol=0)
+    assert isinstance(dm.train_dataloader().collate_fn, AugmentCollate)
+    assert not isinstance(dm.val_dataloader().collate_fn, AugmentCollate)
+    assert not isinstance(dm.test_dataloader().collate_fn, AugmentCollate)
+    batch = torch.stack([train[0][0]] * 4)
+    collate = dm.train_dataloader().collate_fn
     torch.manual_seed(0)
-    draws = [dm.datasets["train"][0][0] for _ in range(4)]
+    draws = [collate([(train[0][0], train.labels[0], 0)])[0][0] for _ in range(4)]
     assert any(not torch.equal(draws[0], d) for d in draws[1:])  # training frames vary
+    assert not torch.equal(collate([(x, train.labels[0], 0) for x in batch])[0], batch)
+    xv, _, iv = next(iter(dm.val_dataloader()))  # evaluation frames go through unchanged
+    torch.testing.assert_close(xv, torch.stack([dm.datasets["val"][int(i)][0] for i in iv]), rtol=0, atol=0)
     assert build_augment({}) is None and build_augment({"hflip": 0}) is None
 
 

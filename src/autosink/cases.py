@@ -19,6 +19,7 @@ Accuracies are plain floats and the results plain dicts, so they go to a metrics
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -161,14 +162,29 @@ def evaluate_cases(predict: Predict, cases: Iterable[Case], threshold: float,
         p = np.concatenate(ps) if ps else np.zeros(0)
         correct = int(((p >= threshold).astype(int) == case.label).sum())
         n = int(p.size)
+        low, high = wilson_interval(correct, n)
         out[case.name] = {
             "label": int(case.label),
             "n": n,
             "accuracy": correct / n if n else 0.0,
+            "wilson_low": low,
+            "wilson_high": high,
             "mean_p": float(p.mean()) if n else None,
             "correct": correct,
         }
     return out
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score 95% interval of a proportion: with few frames a case's accuracy is a
+    coin toss (12 frames: one error is 0.917, two are 0.833), and the interval says how much."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 class OnnxCasePredictor:
@@ -407,12 +423,15 @@ def format_report(result: Mapping[str, Any]) -> str:
     """The gate result as a fixed-width table, then failures, notes and one verdict line."""
     cases = result.get("cases") or {}
     width = max([len("case")] + [len(n) for n in cases])
-    head = f"{'case':<{width}}  {'label':>5}  {'n':>4}  {'accuracy':>8}  {'production':>10}  {'min':>5}  verdict"
+    head = (f"{'case':<{width}}  {'label':>5}  {'n':>4}  {'accuracy':>8}  {'95% interval':>13}  {'production':>10}  "
+            f"{'min':>5}  verdict")
     lines = [head, "-" * len(head)]
     for name, c in cases.items():
         champ = c.get("champion_accuracy")
+        ci = (f"{float(c['wilson_low']):.2f}-{float(c['wilson_high']):.2f}" if c.get("wilson_low") is not None
+              else "-")
         lines.append(f"{name:<{width}}  {c.get('label', ''):>5}  {c.get('n', ''):>4}  {float(c['accuracy']):>8.3f}  "
-                     f"{'-' if champ is None else f'{champ:.3f}':>10}  {float(c['min_accuracy']):>5.2f}  "
+                     f"{ci:>13}  {'-' if champ is None else f'{champ:.3f}':>10}  {float(c['min_accuracy']):>5.2f}  "
                      f"{'ok' if c.get('passed') else 'FAIL'}")
     lines += [f"FAIL {f}" for f in result.get("failures", [])]
     lines += [f"note {n}" for n in result.get("notes", [])]

@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     stage("validate-data", "validate_data",
           "DVC stage: validate the feature store and splits (image features, drift report, checks); "
           "exit 1 when the data gate fails").set_defaults(func=cmd_validate_data)
+    stage("base", "base",
+          "DVC stage: train the base model on rendered sessions of kitchens outside the lake "
+          "-> models/base/model.ckpt (what `train` fine-tunes)")
     stage("train", "train",
           "DVC stage: train the water classifier (Lightning; train.*/model.* parameters) -> models/model.ckpt",
           description="DVC stage `train`: train on data/splits + data/feature-store per the model and train "

@@ -48,6 +48,9 @@ class LitWaterNet(pl.LightningModule):
         weights = str(model.get("weights", "none"))
         if weights not in ("none", "imagenet"):
             load_base_weights(self.net, weights)
+        # channels-last convolutions train about 1.7x faster on a CPU (oneDNN); the exported
+        # graph is unaffected (load_trained rebuilds the network in the default layout)
+        self.net.backbone.to(memory_format=torch.channels_last)
         use_weight = train.get("balance", "loss") == "loss"
         self.register_buffer("pos_weight", torch.tensor(pos_weight if use_weight else 1.0), persistent=False)
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -55,18 +58,21 @@ class LitWaterNet(pl.LightningModule):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self.net(frames)
 
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.logits_from_resized(x.contiguous(memory_format=torch.channels_last))
+
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(logits, y, pos_weight=self.pos_weight)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y, _ = batch
-        loss = self._loss(self.net.logits_from_resized(x), y)
+        loss = self._loss(self._logits(x), y)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y, _ = batch
-        logits = self.net.logits_from_resized(x)
+        logits = self._logits(x)
         self.log("val/loss", self._loss(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
         self._val.append((torch.sigmoid(logits).detach(), y.detach()))
 
@@ -82,7 +88,7 @@ class LitWaterNet(pl.LightningModule):
                       rank_zero_only=True)
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return torch.sigmoid(self.net.logits_from_resized(batch[0]))
+        return torch.sigmoid(self._logits(batch[0]))
 
     def configure_optimizers(self):
         cfg = self.hparams.train
@@ -159,6 +165,9 @@ class HistoryCallback(pl.Callback):
         row = {"epoch": trainer.current_epoch, "train_loss": get("train/loss"), "val_loss": get("val/loss"),
                "val_acc": get("val/acc"), "val_f1": get("val/f1"), "val_auroc": get("val/auroc"), "lr": lr}
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
+        if trainer.is_global_zero:  # one line per epoch, also in logs without a progress bar
+            print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+                  f"val acc {row['val_acc']:.3f}, val auroc {row['val_auroc']:.3f}", flush=True)
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}
@@ -209,10 +218,13 @@ def make_logger(cfg: dict, save_dir: Path):
 def fit(params: dict, splits_dir: str | Path = "data/splits", store_dir: str | Path = "data/feature-store",
         ckpt_dir: str | Path = "models/checkpoints", out_ckpt: str | Path = "models/model.ckpt",
         logger: Any = "config", progress: bool = True, extra_callbacks: list | None = None,
-        data_version: str = "") -> dict:
+        data_version: str = "", datamodule: Any = None, replay: Any = None, replay_share: float = 0.0) -> dict:
     """Train per ``params`` (model, data, train groups); write ``out_ckpt``; return the summary.
 
     ``logger="config"`` builds the wandb logger from ``train.wandb``; pass None for none.
+    ``datamodule``: train on it instead of the splits + feature store (the base model's
+    rendered pairs, :class:`autosink.base.BaseDataModule`). ``replay``/``replay_share``: old data
+    mixed into the training draws (:class:`~autosink.frames.WaterDataModule`).
     """
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -235,7 +247,8 @@ def fit(params: dict, splits_dir: str | Path = "data/splits", store_dir: str | P
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(stamp, json.dumps({"fingerprint": fingerprint}) + "\n")
 
-    dm = WaterDataModule(build_preprocess(model_cfg, data_cfg), cfg, data_cfg, splits_dir, store_dir, progress=progress)
+    dm = datamodule or WaterDataModule(build_preprocess(model_cfg, data_cfg), cfg, data_cfg, splits_dir, store_dir,
+                                       progress=progress, replay=replay, replay_share=replay_share)
     dm.setup("fit")
     module = LitWaterNet(model_cfg, data_cfg, cfg, pos_weight=dm.pos_weight)
 
@@ -276,7 +289,8 @@ def fit(params: dict, splits_dir: str | Path = "data/splits", store_dir: str | P
         p = torch.cat([best.predict_step((x,), 0) for x, _, _ in dm.val_dataloader()]).numpy()
     y = val.labels.numpy().astype(int)
     thr_cfg = cfg.get("threshold", "auto")
-    threshold = choose_threshold(p, y) if thr_cfg == "auto" else float(thr_cfg)
+    # closed-loop: this is the starting point; the train stage then chooses in the loop (autosink.decision)
+    threshold = choose_threshold(p, y) if thr_cfg in ("auto", "accuracy", "closed-loop") else float(thr_cfg)
     val_metrics = binary_metrics(p, y, threshold)
 
     ckpt["autosink"] = {"threshold": threshold, "data_version": data_version, "fingerprint": fingerprint,

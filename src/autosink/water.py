@@ -58,6 +58,8 @@ rates are then recomputed from the sums, i.e. pooled, not averaged per session):
 ``litres_ir``              ``ir_open_s / 60 * flow_l_min``
 ``savings_pct``            ``100 * (1 - litres_autosink / litres_always_on)``
 ``oracle_savings_pct``     ``100 * (1 - litres_oracle / litres_always_on)``
+``savings_of_oracle_pct``  ``100 * (litres_always_on - litres_autosink) / (litres_always_on -
+                           litres_oracle)``: the share of the oracle's saving achieved
 ``ir_savings_pct``         ``100 * (1 - litres_ir / litres_always_on)``
 ``withheld_s``             seconds with ``need = 1`` and ``valve = 0`` (needed water withheld)
 ``withheld_pct``           ``100 * withheld_s / need_s`` (None when nothing was needed)
@@ -262,7 +264,7 @@ class SimUserFeedback:
     def __call__(self, ctx: FeedbackContext) -> UserInput:
         if ctx.frame is None or ctx.index >= len(self.script.states):
             return UserInput()
-        wants = wants_water(self.script.states[ctx.index])
+        wants = wants_water(self.script.states[ctx.index], self.script.user.wish)
         self.user.step(ctx.now, wants, int(ctx.valve_open))
         return UserInput(forced_on=self.user.mode == FORCED_ON, closed=self.user.mode == CLOSED)
 
@@ -365,6 +367,9 @@ def derive(counts: Mapping[str, float], flow_l_min: float) -> dict[str, Any]:
         "savings_pct": _r(_pct_saved(la, lo)),
         "oracle_savings_pct": _r(_pct_saved(lor, lo)),
         "ir_savings_pct": _r(_pct_saved(li, lo)),
+        # the share of the oracle's saving autosink achieves (100: all of it); alone it rewards
+        # withholding, so read it with withheld_pct
+        "savings_of_oracle_pct": _r(100.0 * (lo - la) / (lo - lor)) if lo > lor else None,
         "withheld_pct": _r(100.0 * c["withheld_s"] / c["need_s"]) if c["need_s"] > 0 else None,
         "false_offs_per_10min": _r(c["false_offs"] / (dur / 600.0)) if dur > 0 else None,
         "valve_switches_per_min": _r(c["valve_switches"] / (dur / 60.0)) if dur > 0 else None,

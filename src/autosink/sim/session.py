@@ -11,14 +11,19 @@ occasional excursions out of the ROI) -> exit -> idle gap.
 Ground truth per frame (label convention v1, README "The sample data lake"), from the state alone:
 
 * detergent: 0
-* rinse: scrubber visible -> -1; else 1 iff a hand holds the dish and the dish centre is in
-  the ROI (:func:`autosink.sim.scene.in_roi`); else 0
-* pre-rinse: 1 when clear (hand holds the dish in the ROI, no scrubber visible), else -1
+* pre-rinse and rinse: scrubber visible -> -1; else 1 iff a hand holds the dish and the dish
+  centre is in the ROI (:func:`autosink.sim.scene.in_roi`); else 0
 * idle (nobody washing): 0
 
-``wants_water`` (what a real user wants, drives the simulated user): pre-rinse with the dish in
-hand, or rinse with the dish held in the ROI (even with the scrubber visible). So label 1
-implies wants_water; wants_water with label -1 happens in pre-rinse and with a visible scrubber.
+``wants_water`` (what the person at the sink wants; drives the simulated user): the need a
+camera can see. Water while a held dish is under the spout (its centre in the ROI), in pre-rinse
+or rinse, even with the scrubber lying in view; not during detergent work, not while a dish is
+held elsewhere, not for bare hands, not with an empty sink. So label 1 and wants_water agree on
+every frame whose label is not -1.
+
+A share of users may deviate (``sim.deviant_users``, label noise for experiments, off by
+default): their wish is the earlier system's, water during the whole pre-rinse while a dish is
+in hand, wherever it is (:data:`WISHES`).
 """
 
 from __future__ import annotations
@@ -46,8 +51,9 @@ from autosink.sim.scene import (
 
 TZ = timezone(timedelta(hours=9))
 STEPS = ("idle", "prerinse", "detergent", "rinse")
-#: Seed streams: the lake, held-out benchmark sessions and the case sets never share a seed.
-STREAMS = {"lake": 1, "heldout": 2, "cases": 3}
+#: Seed streams: the lake, held-out benchmark sessions, the case sets, the base model's training
+#: kitchens and the decision-tuning sessions never share a seed.
+STREAMS = {"lake": 1, "heldout": 2, "cases": 3, "base": 4, "tune": 5}
 
 
 # --------------------------------------------------------------------------- truth
@@ -58,20 +64,25 @@ def label_of(state: SceneState) -> int:
     held_in_roi = state.dish_held and state.dish_in_roi
     if state.step == "detergent":
         return 0
-    if state.step == "rinse":
+    if state.step in ("prerinse", "rinse"):
         if state.scrubber_visible:
             return -1
         return 1 if held_in_roi else 0
-    if state.step == "prerinse":
-        return 1 if held_in_roi and not state.scrubber_visible else -1
     return 0
 
 
-def wants_water(state: SceneState) -> bool:
-    """Whether a real user wants water in this frame."""
-    if state.step == "prerinse":
+#: What a simulated user wants: ``spout`` (the product's definition, everyone by default) or
+#: ``prerinse`` (the earlier system's users: all of pre-rinse with a dish in hand).
+WISHES = ("spout", "prerinse")
+
+
+def wants_water(state: SceneState, wish: str = "spout") -> bool:
+    """Whether the person at the sink wants water in this frame (see the module docstring)."""
+    if wish not in WISHES:
+        raise ValueError(f"wish must be one of {', '.join(WISHES)}, got {wish!r}")
+    if state.step == "prerinse" and wish == "prerinse":
         return state.dish is not None and state.dish_held
-    if state.step == "rinse":
+    if state.step in ("prerinse", "rinse"):
         return state.dish_held and state.dish_in_roi
     return False
 
@@ -87,8 +98,8 @@ class Truth:
     scrubber_visible: bool
 
     @classmethod
-    def of(cls, state: SceneState) -> "Truth":
-        return cls(label_of(state), wants_water(state), state.step, state.dish_in_roi, state.dish_held,
+    def of(cls, state: SceneState, wish: str = "spout") -> "Truth":
+        return cls(label_of(state), wants_water(state, wish), state.step, state.dish_in_roi, state.dish_held,
                    state.hand_in_roi, state.scrubber_visible)
 
 
@@ -296,6 +307,7 @@ class UserProfile:
     look: Look
     habits: Habits
     reaction_delay_s: tuple[float, float]
+    wish: str = "spout"  # one of WISHES
 
 
 def make_users(cfg: dict, stream: str = "lake") -> list[UserProfile]:
@@ -303,6 +315,9 @@ def make_users(cfg: dict, stream: str = "lake") -> list[UserProfile]:
     n = int(cfg["users"])
     rd = tuple(float(v) for v in cfg["reaction_delay_s"])
     ids = np.random.default_rng([seed, STREAMS[stream], 0]).choice(9000, size=n, replace=False) + 1000
+    # deviant users (label noise, off by default) come from their own stream: turning them on
+    # changes nobody's kitchen or habits, only who wants what
+    deviant = np.random.default_rng([seed, STREAMS[stream], 4]).random(n) < float(cfg.get("deviant_users") or 0.0)
     users = []
     for u in range(n):
         rng = np.random.default_rng([seed, STREAMS[stream], 1, u])
@@ -327,7 +342,8 @@ def make_users(cfg: dict, stream: str = "lake") -> list[UserProfile]:
         lo, hi = rd
         a = float(rng.uniform(lo, lo + 0.5 * (hi - lo)))
         b = float(rng.uniform(a + 0.25 * (hi - lo), hi)) if hi > lo else hi
-        users.append(UserProfile(u, f"user_{int(ids[u])}", look, habits, (a, max(a, b))))
+        users.append(UserProfile(u, f"user_{int(ids[u])}", look, habits, (a, max(a, b)),
+                                 "prerinse" if deviant[u] else "spout"))
     return users
 
 
@@ -350,7 +366,7 @@ class SessionScript:
 
     @property
     def truths(self) -> list[Truth]:
-        return [Truth.of(s) for s in self.states]
+        return [Truth.of(s, self.user.wish) for s in self.states]
 
     def timestamp(self, i: int) -> datetime:
         """Naive local second-precision timestamp of frame ``i`` (what the Pi writes)."""

@@ -272,7 +272,7 @@ class ClosedLoop:
         frame = render(state) if self.render_frames else None
         prob = float(self.model(state, frame))
         decision = self.valve.set(int(prob >= self.threshold))
-        truth = Truth.of(state)
+        truth = Truth.of(state, self.script.user.wish)
         magnetic = self.user.step(state.t, truth.wants_water, decision)
         self.water = magnetic
         self.i += 1

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from autosink.evaluation import curve_tables, evaluate_table, predict_paths, truth_report
+from autosink.evaluation import curve_tables, evaluate_table, predict_paths, truth_report, water_invariance
 from autosink.frames import read_split
 from autosink.stages import write_metrics
 from autosink.training import load_trained
@@ -29,6 +29,14 @@ def run(params: dict, progress: bool = True) -> dict:
         truth = truth_report(table, p, metrics["threshold"], truth_dir, pd.read_csv(STORE / "manifest.csv"))
         if truth:
             metrics["truth"] = truth
+            metrics["accuracy_vs_truth"] = truth["accuracy_vs_truth"]
+    inv = params.get("evaluate", {}).get("invariance") or {}
+    if int(inv.get("sessions", 0)) > 0:
+        from autosink.water import heldout_scripts
+
+        scripts = heldout_scripts(params["water"])[: int(inv["sessions"])]
+        metrics["water_invariance"] = water_invariance(net, scripts, metrics["threshold"], int(inv.get("every", 1)),
+                                                       progress=progress)
     metrics["backbone"] = net.backbone_name
     metrics["data_version"] = meta.get("data_version", "")
     PLOTS.mkdir(parents=True, exist_ok=True)
@@ -45,4 +53,9 @@ def run(params: dict, progress: bool = True) -> dict:
               f"{t['accuracy_vs_truth']}; {t['truth_ignore_share']:.0%} of test frames are 'ignore' by the "
               f"convention; a rule seeing each frame's state but not the washing step reaches "
               f"{t['visible_state_ceiling']:.3f}")
+    if "water_invariance" in metrics:
+        w = metrics["water_invariance"]
+        print(f"evaluate: water on vs off on {w['pairs']} held-out scenes: probability moves by {w['mean_abs_diff']:.3f} "
+              f"on average; accuracy vs truth with the water off {w['accuracy_water_off']:.3f}, on "
+              f"{w['accuracy_water_on']:.3f}")
     return metrics

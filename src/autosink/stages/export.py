@@ -47,7 +47,12 @@ def run(params: dict, progress: bool = True) -> dict:
         # named after the ONNX bytes, which retraining with the same data and code reproduces
         # (the checkpoint's bytes differ from run to run)
         version=f"{net.backbone_name}-{sha256_file(ONNX)[:10]}", data_version=meta.get("data_version", ""),
-        height=h, width=w, metrics=metrics, extra={"checkpoint_sha256": ckpt_sha},
+        height=h, width=w, metrics=metrics,
+        extra={"checkpoint_sha256": ckpt_sha,
+               # how the threshold was chosen (the closed loop, or offline accuracy)
+               "threshold_rule": meta.get("threshold_rule", "best accuracy on the validation split"),
+               "water_invariance": evaluation.get("water_invariance"),
+               "accuracy_vs_truth": evaluation.get("accuracy_vs_truth")},
         input_size=(net.preprocess.height, net.preprocess.width), crop=net.preprocess.crop)
     print(f"export: {ONNX} ({ONNX.stat().st_size / 1e6:.1f} MB, opset {cfg['opset']}, parity checked on "
           f"{len(frames)} validation frames) + {card}; case gate {'passed' if cases['passed'] else 'FAILED'}")

@@ -1,19 +1,24 @@
-"""`train` stage: feature store + splits -> models/model.ckpt, metrics/train.json, training curves."""
+"""`train` stage: feature store + splits -> models/model.ckpt, metrics/train.json, training curves;
+then the decision threshold, chosen in the edge controller's closed loop (autosink.decision)."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from autosink.stages import write_metrics
-from autosink.training import HISTORY_COLUMNS, fit
+from autosink.training import HISTORY_COLUMNS, fit, load_trained
 
 STORE = Path("data/feature-store")
 GATE = Path("reports/data_validation/verdict.json")
+CKPT = Path("models/model.ckpt")
 METRICS = Path("metrics/train.json")
 HISTORY = Path("metrics/train/history.csv")
+DECISION = Path("metrics/train/decision.csv")
 
 
 def check_data_gate(path: Path = GATE) -> None:
@@ -25,20 +30,73 @@ def check_data_gate(path: Path = GATE) -> None:
         raise ValueError(f"{path}: the data validation gate failed; fix the data or set validate.enforce=false")
 
 
+def replay_pairs(params: dict, progress: bool = True):
+    """The base model's rendered kitchens to mix into fine-tuning (``train.replay``), or None."""
+    r = params["train"].get("replay") or {}
+    if not float(r.get("share") or 0) > 0 or str(params["model"].get("weights")) in ("none", "imagenet"):
+        return None, 0.0
+    from autosink.base import PairDataset, base_sessions, render_pairs
+    from autosink.model import build_preprocess
+
+    sessions = base_sessions(params["sim"], {**params["base"], "users": int(r["users"])}, "train")
+    pairs = render_pairs(sessions, build_preprocess(params["model"], params["data"]), int(r.get("every", 1)),
+                         progress, desc="replay")
+    return PairDataset(pairs, "random"), float(r["share"])
+
+
+def choose_in_loop(params: dict, ckpt: Path = CKPT, progress: bool = True) -> dict:
+    """Choose the threshold on the tuning sessions through the edge's controller; store it in
+    the checkpoint (which evaluate, the case gate and the export read) and return the choice."""
+    from autosink.decision import choose, pair_probabilities, sweep, tune_scripts
+    from autosink.sim.session import wants_water
+    from autosink.water import controller_config
+
+    d = params["train"].get("decision") or {}
+    water = params["water"]
+    net, _ = load_trained(ckpt)
+    scripts = tune_scripts({**params["sim"], "fps": float(water["fps"]),
+                            "dishes_per_session": water["dishes_per_session"]}, int(d.get("sessions", 8)))
+    probs = pair_probabilities(net, scripts, progress=progress)
+    needs = [[wants_water(st) for st in s.states] for s in scripts]
+    rows = sweep(probs, needs, controller_config(water), float(water["fps"]), float(water["flow_l_min"]))
+    best, why = choose(rows, float(d.get("max_withheld_pct", 3.0)), float(d.get("max_false_offs_per_10min", 1.0)))
+    DECISION.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(DECISION, index=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state["autosink"]["threshold_accuracy"] = state["autosink"]["threshold"]
+    state["autosink"]["threshold"] = float(best["threshold"])
+    state["autosink"]["threshold_rule"] = f"closed loop on {len(scripts)} tuning sessions: {why}"
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, ckpt)
+    return {"threshold": float(best["threshold"]), "rule": state["autosink"]["threshold_rule"],
+            "tuning": {k: best[k] for k in ("withheld_pct", "litres", "false_offs_per_10min", "savings_pct")}}
+
+
 def run(params: dict, progress: bool = True) -> dict:
     check_data_gate()
     version_file = STORE / "version.json"
     data_version = json.loads(version_file.read_text())["version"] if version_file.exists() else ""
-    result = fit(params, store_dir=STORE, progress=progress, data_version=data_version)
+    replay, share = replay_pairs(params, progress)
+    result = fit(params, store_dir=STORE, out_ckpt=CKPT, progress=progress, data_version=data_version,
+                 replay=replay, replay_share=share)
     if not result:  # a DDP worker other than rank 0: rank 0 writes the results
         return result
     history = result.pop("history")
     HISTORY.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(history, columns=list(HISTORY_COLUMNS)).to_csv(HISTORY, index=False)
     result["data_version"] = data_version
+    result["threshold_accuracy"] = result["threshold"]
+    if params["train"].get("threshold") == "closed-loop":
+        decision = choose_in_loop(params, CKPT, progress)
+        result["threshold"] = decision["threshold"]
+        result["threshold_rule"] = decision["rule"]
+        result["tuning"] = decision["tuning"]
     write_metrics(METRICS, dict(result))
     val = result["val"]
     print(f"train: {result['backbone']} {result['epochs']} epochs (best {result['best_epoch']}), "
           f"{result['images_per_s']:.0f} images/s; val accuracy {val['accuracy']:.3f} f1 {val['f1']:.3f} "
-          f"at threshold {result['threshold']:.2f} -> models/model.ckpt")
+          f"at threshold {result['threshold_accuracy']:.2f} -> models/model.ckpt")
+    if "threshold_rule" in result:
+        print(f"train: threshold {result['threshold']:.2f}, {result['threshold_rule']}")
     return result

@@ -1,0 +1,190 @@
+"""The base model: starting weights trained on rendered sessions, for ``train`` to fine-tune.
+
+The earlier system fine-tuned a pretrained network; ImageNet weights cannot be downloaded
+everywhere, and a few hundred feedback frames cannot teach a network from scratch to see a dish
+under a spout. So the sample's base is trained on the simulator's own sessions: kitchens drawn
+from the ``base`` seed stream (disjoint from the lake, the held-out benchmark sessions, the case
+sets and the decision-tuning sessions), labelled by the need itself
+(:func:`autosink.sim.session.wants_water`: a held dish under the spout), not by feedback.
+
+**Counterfactual water.** Every frame is rendered twice, with the water running and without
+(same scene, same noise), and each training step shows one of the two at random, with the same
+label. The stream under the faucet then carries no information about the label, so the model
+cannot learn to keep its own decision (water runs -> "water needed"). Validation scores both
+renders.
+
+For a real deployment the base is whatever the team trained last (``model.weights`` names any
+checkpoint); :func:`fit_base` is what the ``base`` stage runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from autosink.model import Preprocess
+
+__all__ = ["base_sessions", "render_pairs", "PairDataset", "BaseDataModule"]
+
+
+def base_sessions(sim_cfg: dict, base_cfg: dict, split: str) -> list:
+    """The session scripts of the base model's ``train`` or ``val`` kitchens (``base`` stream;
+    the val kitchens are users after the train ones, so the two never share a kitchen)."""
+    from autosink.sim.lake import with_defaults
+    from autosink.sim.session import make_sessions
+
+    n_train, n_val = int(base_cfg["users"]), int(base_cfg["val_users"])
+    cfg = with_defaults({**sim_cfg, "users": n_train + n_val,
+                         "sessions_per_user": int(base_cfg["sessions_per_user"]), "deviant_users": 0.0})
+    sessions = make_sessions(cfg, "base")
+    keep = range(n_train) if split == "train" else range(n_train, n_train + n_val)
+    return [s for s in sessions if s.user.index in keep]
+
+
+def _render_chunk(args: tuple) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+    """Render and shrink one chunk of scenes, water off and on (runs in a worker process)."""
+    from autosink.sim.scene import render
+    from autosink.sim.session import label_of, wants_water
+
+    states, preprocess = args
+    torch.set_num_threads(1)
+    out = []
+    for water in (False, True):
+        frames = np.stack([render(replace(st, water_on=water)) for st in states])
+        with torch.no_grad():
+            x = preprocess.resize(torch.from_numpy(frames))
+        out.append((x * 255.0).round().clamp(0, 255).to(torch.uint8))
+    return (out[0], out[1], np.array([float(wants_water(st)) for st in states], np.float32),
+            np.array([label_of(st) for st in states], np.int64), np.array([stratum(st) for st in states], np.int64))
+
+
+def stratum(state) -> int:
+    """The kind of scene a frame shows: washing step x held dish under the spout x hand under
+    the spout x scrubber in view (32 strata). Rare kinds (bare hands rinsing under the spout, a
+    dish scrubbed where it lies) are what a model gets wrong when it only sees common ones."""
+    from autosink.sim.session import STEPS
+
+    return (STEPS.index(state.step) * 8 + 4 * int(state.dish_held and state.dish_in_roi)
+            + 2 * int(state.hand_in_roi) + int(state.scrubber_visible))
+
+
+def render_pairs(sessions: list, preprocess: Preprocess, every: int = 1, progress: bool = False,
+                 desc: str = "rendering", workers: int | None = None) -> dict[str, Any]:
+    """Every ``every``-th frame of each session, rendered with the water off and on and shrunk by
+    the network's own resize, stored as uint8 (a quarter of float32's memory; the rounding is
+    below the colour jitter of augmentation). Rendering is spread over ``workers`` processes
+    (default: every core); the result does not depend on how many.
+
+    Returns ``off`` and ``on`` (uint8 ``[N, 3, h, w]``), ``label`` (float ``[N]``, the need),
+    ``truth`` (int ``[N]``, the v1 label, -1 = ignore), ``stratum`` (:func:`stratum`) and
+    ``session`` (``[N]`` index).
+    """
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
+    indexed = [(k, st) for k, s in enumerate(sessions) for st in s.states[::max(1, int(every))]]
+    states = [st for _, st in indexed]
+    chunks = [(states[i:i + 128], preprocess) for i in range(0, len(states), 128)]
+    workers = max(1, min(int(workers or os.cpu_count() or 1), len(chunks)))
+    bar = tqdm(total=len(states), desc=desc, unit="frame", disable=not progress, leave=False)
+    parts = []
+    if workers == 1:
+        for c in chunks:
+            parts.append(_render_chunk(c))
+            bar.update(len(c[0]))
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            for part in pool.map(_render_chunk, chunks):
+                parts.append(part)
+                bar.update(len(part[2]))
+    bar.close()
+    empty = torch.empty(0, 3, preprocess.height, preprocess.width, dtype=torch.uint8)
+    return {"off": torch.cat([p[0] for p in parts]) if parts else empty,
+            "on": torch.cat([p[1] for p in parts]) if parts else empty,
+            "label": np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32),
+            "truth": np.concatenate([p[3] for p in parts]) if parts else np.zeros(0, np.int64),
+            "stratum": np.concatenate([p[4] for p in parts]) if parts else np.zeros(0, np.int64),
+            "session": np.array([k for k, _ in indexed], np.int64)}
+
+
+class PairDataset(Dataset):
+    """``(image [3, h, w] float in [0, 1], label, index)``.
+
+    ``mode="random"``: each draw shows the water-off or the water-on render at random (training);
+    ``mode="both"``: the dataset holds every render once, off then on (validation).
+    """
+
+    def __init__(self, pairs: dict[str, Any], mode: str = "random", augment=None) -> None:
+        if mode not in ("random", "both"):
+            raise ValueError(f"mode must be random or both, got {mode!r}")
+        self.off, self.on, self.mode, self.augment = pairs["off"], pairs["on"], mode, augment
+        y = torch.from_numpy(np.asarray(pairs["label"], np.float32))
+        self.n = len(y)
+        self.labels = y if mode == "random" else torch.cat([y, y])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        if self.mode == "random":
+            src = self.on if torch.rand(()) < 0.5 else self.off
+            x = src[i]
+        else:
+            x = self.off[i] if i < self.n else self.on[i - self.n]
+        return x.float() / 255.0, self.labels[i], i  # the loader's collate augments whole batches
+
+
+class BaseDataModule(pl.LightningDataModule):
+    """Train and val loaders over rendered pairs (the same interface :func:`autosink.training.fit`
+    uses of :class:`~autosink.frames.WaterDataModule`: ``datasets``, ``pos_weight``, loaders)."""
+
+    def __init__(self, train_pairs: dict, val_pairs: dict, train_cfg: dict, stratify: float = 0.0) -> None:
+        super().__init__()
+        from autosink.frames import build_augment
+
+        self.cfg = train_cfg
+        # draw weight of a frame ~ (frames of its stratum) ** -stratify: 0 = as rendered, 1 = every
+        # kind of scene equally often, 0.5 = in between
+        counts = np.bincount(train_pairs["stratum"]) if stratify > 0 else None
+        self.weights = None if counts is None else counts[train_pairs["stratum"]].astype(float) ** -float(stratify)
+        self.datasets = {"train": PairDataset(train_pairs, "random", build_augment(train_cfg.get("augment"))),
+                         "val": PairDataset(val_pairs, "both")}
+
+    def setup(self, stage: str | None = None) -> None:
+        pass
+
+    @property
+    def pos_weight(self) -> float:
+        y = self.datasets["train"].labels
+        if self.weights is not None:  # the labels as the sampler draws them
+            w = torch.from_numpy(self.weights)
+            pos, neg = float((w * y.double()).sum()), float((w * (1 - y.double())).sum())
+            return neg / pos if pos else 1.0
+        pos = float(y.sum())
+        return float((len(y) - pos) / pos) if pos else 1.0
+
+    def _loader(self, name: str, train: bool) -> DataLoader:
+        from autosink.frames import AugmentCollate
+
+        ds = self.datasets[name]
+        generator = torch.Generator().manual_seed(int(self.cfg.get("seed", 0)))
+        collate = AugmentCollate(ds.augment) if train and ds.augment is not None else None
+        sampler = None
+        if train and self.weights is not None:
+            sampler = WeightedRandomSampler(self.weights.tolist(), num_samples=len(ds), replacement=True,
+                                            generator=generator)
+        return DataLoader(ds, batch_size=int(self.cfg["batch_size"]), shuffle=train and sampler is None,
+                          sampler=sampler, generator=generator if train else None, num_workers=0, collate_fn=collate)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
