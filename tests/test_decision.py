@@ -61,13 +61,13 @@ def test_each_frame_shows_the_water_the_valve_left():
 
 def test_replay_goes_through_the_controllers_smoothing_and_dwell():
     need = need_of((4, 6), (4, 0))
-    smooth = replay(perfect(need), 0.5, ControllerConfig(smoothing=0.5, min_on_s=0.01, min_off_s=0.01), FPS)
+    smooth = replay(perfect(need), 0.5, ControllerConfig(on_threshold=0.6, off_threshold=0.4, smoothing=0.5, min_on_s=0.01, min_off_s=0.01), FPS)
     # EMA 0.5: 0.5 < 0.6 on the first needed frame, 0.75 on the second; closes at 0.25 <= 0.4
     assert smooth.tolist() == [False] * 5 + [True] * 6 + [False] * 3
-    dwell = replay(perfect(need), 0.5, ControllerConfig(smoothing=1.0, min_on_s=3.0, min_off_s=0.01), FPS)
+    dwell = replay(perfect(need), 0.5, ControllerConfig(on_threshold=0.6, off_threshold=0.4, smoothing=1.0, min_on_s=3.0, min_off_s=0.01), FPS)
     assert dwell.tolist() == [False] * 4 + [True] * 6 + [False] * 4  # 6 frames at 2 fps = 3 s: no hold needed
     short = need_of((2, 2), (6, 0))
-    held = replay(perfect(short), 0.5, ControllerConfig(smoothing=1.0, min_on_s=3.0, min_off_s=0.01), FPS)
+    held = replay(perfect(short), 0.5, ControllerConfig(on_threshold=0.6, off_threshold=0.4, smoothing=1.0, min_on_s=3.0, min_off_s=0.01), FPS)
     assert held.tolist() == [False] * 2 + [True] * 6 + [False] * 2  # min_on 3 s holds it open
 
 

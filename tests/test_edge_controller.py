@@ -386,7 +386,7 @@ def test_config_unknown_keys_are_named():
 
 
 @pytest.mark.parametrize("bad, match", [
-    ({"on_threshold": 0.3}, "off_threshold < on_threshold"),
+    ({"on_threshold": 0.15}, "off_threshold < on_threshold"),
     ({"off_threshold": -0.1}, "off_threshold"),
     ({"on_threshold": 1.5}, "on_threshold <= 1"),
     ({"smoothing": 0.0}, "smoothing"),

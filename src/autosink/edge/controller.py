@@ -73,7 +73,7 @@ class ControllerConfig:
     # chosen in the closed loop (README "Water savings"): at 2 fps a smoothing of 0.5 alone kept
     # the water off for the first frame of every need, 12% of the needed water with a perfect model
     on_threshold: float = 0.55     # hysteresis: open when the smoothed probability >= this
-    off_threshold: float = 0.35    # close when it falls <= this
+    off_threshold: float = 0.2     # close when it falls <= this (a wide band: fewer false-offs)
     smoothing: float = 0.75        # EMA weight of the newest probability (1.0 = no smoothing)
     min_on_s: float = 1.0          # minimum dwell once opened (unless a fault or the user closes)
     min_off_s: float = 1.0         # minimum dwell once closed before the model may reopen

@@ -62,7 +62,7 @@ DEFAULT_CONFIG: dict[str, dict[str, Any]] = {
     "camera": {"source": "picamera2", "fps": 5.0, "read_timeout_s": 0.5, "reopen_after_s": 10.0},
     "model": {"path": "models/production/model.onnx", "threads": 2, "reload_check_s": 5.0,
               "selftest_png": "", "selftest_max_s": 1.0},
-    "controller": {"on_threshold": 0.55, "off_threshold": 0.35, "smoothing": 0.75, "min_on_s": 1.0, "min_off_s": 1.0,
+    "controller": {"on_threshold": 0.55, "off_threshold": 0.2, "smoothing": 0.75, "min_on_s": 1.0, "min_off_s": 1.0,
                    "max_open_s": 60.0, "stale_frame_s": 1.0, "forced_on_hold_s": 10.0},
     "valve": {"kind": "gpio:17", "active_high": True, "flow_l_min": 6.0},
     "inputs": {"faucet": "gpio:27", "button": "gpio:22", "pull_up": True, "debounce_s": 0.05,
