@@ -20,11 +20,9 @@ threshold is chosen by replaying sessions through :class:`autosink.edge.controll
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Mapping
 
 import numpy as np
-import torch
 
 __all__ = ["tune_scripts", "pair_probabilities", "replay", "sweep", "choose", "DEFAULT_THRESHOLDS"]
 
@@ -42,24 +40,13 @@ def tune_scripts(sim_cfg: Mapping[str, Any], sessions: int) -> list:
 
 def pair_probabilities(net, scripts: list, batch_size: int = 32, progress: bool = False) -> list[np.ndarray]:
     """Per session ``[frames, 2]``: the network's probability on the water-off and water-on
-    render of every frame (the full serving graph)."""
+    render of every frame (:func:`autosink.evaluation.predict_water_on_off`)."""
     from tqdm import tqdm
 
-    from autosink.sim.scene import render
+    from autosink.evaluation import predict_water_on_off
 
-    net.eval()
-    out = []
-    for s in tqdm(scripts, desc="decision sessions", unit="session", disable=not progress, leave=False):
-        cols = []
-        for water in (False, True):
-            ps = []
-            for start in range(0, len(s.states), batch_size):
-                frames = np.stack([render(replace(st, water_on=water)) for st in s.states[start:start + batch_size]])
-                with torch.no_grad():
-                    ps.append(net(torch.from_numpy(frames)).numpy())
-            cols.append(np.concatenate(ps))
-        out.append(np.stack(cols, 1))
-    return out
+    return [predict_water_on_off(net, s.states, batch_size)
+            for s in tqdm(scripts, desc="decision sessions", unit="session", disable=not progress, leave=False)]
 
 
 def replay(p: np.ndarray, threshold: float, controller, fps: float) -> np.ndarray:

@@ -16,7 +16,8 @@ from autosink.frames import read_frame
 from autosink.model import WaterNet
 from autosink.training import binary_metrics
 
-__all__ = ["predict_paths", "evaluate_table", "curve_tables", "truth_report", "VISIBLE_STATE"]
+__all__ = ["predict_paths", "evaluate_table", "curve_tables", "truth_report", "VISIBLE_STATE",
+           "predict_water_on_off", "water_invariance"]
 
 #: What a single frame shows of the scene, in the simulator's truth files: everything the v1
 #: label convention looks at except the washing step (pre-rinse / detergent / rinse).
@@ -105,35 +106,46 @@ def truth_report(table: pd.DataFrame, p: np.ndarray, threshold: float, truth_dir
     }
 
 
+def predict_water_on_off(net: WaterNet, states: list, batch_size: int = 32, progress: bool = False,
+                         desc: str = "water on/off pairs") -> np.ndarray:
+    """``[N, 2]``: the network's probability (full serving graph) on each scene rendered with the
+    water off (column 0) and running (column 1), the same scene and noise otherwise."""
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from autosink.sim.scene import render
+
+    out = {False: [], True: []}
+    net.eval()
+    with torch.no_grad():
+        for start in tqdm(range(0, len(states), batch_size), desc=desc, unit="batch", disable=not progress,
+                          leave=False):
+            chunk = states[start:start + batch_size]
+            for water in (False, True):
+                frames = np.stack([render(replace(st, water_on=water)) for st in chunk])
+                out[water].append(net(torch.from_numpy(frames)).numpy())
+    if not states:
+        return np.zeros((0, 2), np.float32)
+    return np.stack([np.concatenate(out[False]), np.concatenate(out[True])], 1)
+
+
 def water_invariance(net: WaterNet, sessions: list, threshold: float, every: int = 1, batch_size: int = 32,
                      progress: bool = False) -> dict:
     """Does the model decide from the water it caused? Every ``every``-th frame of ``sessions``
     (held-out kitchens) is rendered twice, the same scene with the water running and without,
-    and both go through the full serving graph.
+    and both go through the full serving graph (:func:`predict_water_on_off`).
 
     ``mean_abs_diff``: mean |p(water on) - p(water off)| over the pairs (0 = the stream carries
     no weight). ``accuracy_water_off`` / ``accuracy_water_on``: against the truth (frames the v1
     convention does not ignore); water-off is the frame the model sees when it must open the
     valve. ``pairs``: how many scenes.
     """
-    from dataclasses import replace
-
-    from tqdm import tqdm
-
-    from autosink.sim.scene import render
     from autosink.sim.session import label_of
 
     states = [st for s in sessions for st in s.states[::max(1, int(every))]]
-    p = {False: [], True: []}
-    net.eval()
-    with torch.no_grad():
-        for start in tqdm(range(0, len(states), batch_size), desc="water on/off pairs", unit="batch",
-                          disable=not progress, leave=False):
-            chunk = states[start:start + batch_size]
-            for water in (False, True):
-                frames = np.stack([render(replace(st, water_on=water)) for st in chunk])
-                p[water].append(net(torch.from_numpy(frames)).numpy())
-    off, on = np.concatenate(p[False]), np.concatenate(p[True])
+    p = predict_water_on_off(net, states, batch_size, progress)
+    off, on = p[:, 0], p[:, 1]
     truth = np.array([label_of(st) for st in states])
     known = truth >= 0
 
