@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import time
-from datetime import datetime, timedelta, timezone
 
 import cv2
 import numpy as np
@@ -252,10 +251,8 @@ def test_the_card_describes_the_file(exported):
     assert card["threshold"] == meta["threshold"] and card["backbone"] == "resnet18"
     assert card["version"] == "test-v1" and card["data_version"] == "fs-test"
     assert card["opset"] == 18 and card["input_size"] == [32, 32] and card["crop"] == [0, 0, W, H]
-    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?|unknown", card["git_revision"])
-    assert card["git_revision"] == git_revision()
-    created = datetime.fromisoformat(card["created"].replace("Z", "+00:00"))
-    assert created.tzinfo is not None and abs(datetime.now(timezone.utc) - created) < timedelta(hours=1)
+    # nothing that differs between machines, clones or runs: the card is a DVC output
+    assert "created" not in card and "git_revision" not in card
     assert card["metrics"]["auroc"] is None and card["metrics"]["n"] == 8  # strict JSON: NaN -> null
     assert card["metrics"]["val"]["accuracy"] == pytest.approx(meta["val"]["accuracy"])
     assert card["checkpoint"] == "model.ckpt"

@@ -33,6 +33,15 @@ def test_fleet_rounds_are_new_sessions_of_the_lake_households():
     assert len(fleet_scripts(SIM, 1, households=2)) == 2
 
 
+def test_a_lighting_regime_relights_the_same_fleet_sessions():
+    plain, lit = fleet_scripts(SIM, 1), fleet_scripts({**SIM, "regime": "warm-dim"}, 1)
+    for a, b in zip(plain, lit):  # the same people doing the same things, only the light differs
+        assert a.dishwashing_id == b.dishwashing_id and len(a.states) == len(b.states)
+        assert a.look != b.look and b.look.gain < a.look.gain and b.look.cast[2] < a.look.cast[2]
+        assert [st.step for st in a.states] == [st.step for st in b.states]
+    assert [s.look for s in fleet_scripts({**SIM, "regime": "warm-dim"}, 1)] == [s.look for s in lit]
+
+
 def _project(tmp_path, repo_root, bias: float):
     project = tmp_path / "project"
     write_tiny_model(project / "models/production/model.onnx", scale=0.0, bias=bias)
@@ -77,8 +86,13 @@ def test_user_closes_a_model_that_never_closes(tmp_path, repo_root):
 
 def test_settings_are_checked():
     assert LoopSettings(rounds=1, min_case_accuracy=0.5, overrides=["train.lr=0.01"]).compose_args("x=1") == [
-        "data=real", "validate_model.min_gain=0.02", "validate_model.min_accuracy=0.5", "train.lr=0.01", "x=1"]
-    for bad in ({"rounds": 0}, {"households": 0}, {"weak_epochs": 0}, {"min_case_accuracy": 1.5}, {"min_gain": -1}):
+        "data=real", "validate_model.min_gain=0.02", "water.regime=none", "validate_model.min_accuracy=0.5",
+        "train.lr=0.01", "x=1"]
+    assert "model.weights=none" not in LoopSettings().start_args()  # default: start from the base model
+    assert "model.weights=none" in LoopSettings(start="weak").start_args()
+    assert "water.regime=warm-dim" in LoopSettings(regime="warm-dim").compose_args()
+    for bad in ({"rounds": 0}, {"households": 0}, {"weak_epochs": 0}, {"min_case_accuracy": 1.5}, {"min_gain": -1},
+                {"start": "scratch"}, {"regime": "disco"}):
         with pytest.raises(ValueError):
             LoopSettings(**bad)
     assert yaml.safe_dump(asdict(LoopSettings()))  # the report records the settings as plain data

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
+import yaml
 import pytest
 
 from autosink.bench import clone_episode, copy_project, run
@@ -52,6 +53,11 @@ def tree_digest(folder: Path) -> dict[str, str]:
 
 def metrics(root: Path, name: str) -> dict:
     return json.loads((root / "metrics" / f"{name}.json").read_text())
+
+
+def run_record(root: Path, stage: str) -> dict:
+    """What the stage's last run did (runs/stages/: work counters and times, not DVC outputs)."""
+    return json.loads((root / "runs/stages" / f"{stage}.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +101,15 @@ def test_repro_runs_every_stage_then_nothing(project):
     assert train["epochs"] == 1 and 0 < train["threshold"] < 1
     base = metrics(root, "base")  # the base model trained on its own rendered kitchens
     assert base["epochs"] == 1 and base["train_pairs"] > 0 and (root / "models/base/model.ckpt").stat().st_size
-    # the threshold was chosen in the closed loop, and the choice is on record
-    assert train["threshold_rule"].startswith("closed loop") and len(pd.read_csv(root / "metrics/train/decision.csv")) > 5
+    # the threshold was chosen in the closed loop, and the choice is on record (in the model card)
+    assert json.loads((root / "models/model.json").read_text())["threshold_rule"].startswith("closed loop")
+    assert len(pd.read_csv(root / "metrics/train/decision.csv")) > 5 and "tuning_withheld_pct" in train
+    # metrics hold numbers only; measured times live outside DVC's outputs
+    assert all(isinstance(v, (int, float)) for k, v in {**train, **base}.items() if k != "wandb_run_id")
+    # the wandb run that logged the training is on record, in the metrics and the model card
+    assert train["wandb_run_id"].startswith("train-") and list((root / "wandb").glob(f"*-{train['wandb_run_id']}"))
+    assert json.loads((root / "models/model.json").read_text())["wandb_run_id"] == train["wandb_run_id"]
+    assert run_record(root, "train")["images_per_s"] > 0
     inv = ev["water_invariance"]
     assert inv["pairs"] > 0 and 0 <= inv["mean_abs_diff"] <= 1 and 0 <= inv["accuracy_water_off"] <= 1
     assert ev["n"] == prep["test"]["frames"] and {"accuracy", "f1", "auroc"} <= set(ev)
@@ -128,14 +141,27 @@ def test_repro_runs_every_stage_then_nothing(project):
     run(["git", "commit", "-q", "-m", "repro"], root, env)
 
 
+def test_a_fresh_clone_reproduces_every_output_byte_for_byte(project, tmp_path):
+    """The committed dvc.lock is what a fresh run makes: a git clone in another folder (other
+    absolute paths, new mtimes, a new wandb run) reruns the whole pipeline and every DVC output
+    hash, metrics file and the model card come out identical, so git sees no change."""
+    root, env, _ = project
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+    out = run(["dvc", "repro"], clone, env)
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in out
+    assert run(["git", "status", "--porcelain"], clone, env) == "", run(["git", "diff", "--stat"], clone, env)
+
+
 def test_human_label_reruns_label_stage_only_for_that_episode(project):
     root, env, _ = project
     episode = sorted((root / "data/extracted/episodes").glob("*.json"))[0].stem
     write_human_labels(root / "data/labels" / f"{episode}.csv", {0: 1, 1: 1})
     out = run(["dvc", "repro"], root, env)
     assert "Running stage 'label'" in out and "Running stage 'extract'" not in out
-    lab = metrics(root, "labels")
-    assert lab["episodes_relabelled"] == 1 and lab["frames_human"] == 2
+    lab, work = metrics(root, "labels"), run_record(root, "label")
+    assert work["episodes_relabelled"] == 1 and lab["frames_human"] == 2
     (root / "data/labels" / f"{episode}.csv").unlink()
     run(["dvc", "repro"], root, env)
     run(["git", "add", "-A"], root, env)
@@ -185,7 +211,7 @@ def test_closed_loop_round_records_retrains_gates_and_promotes(project, tmp_path
     regression check) to exercise promotion; the gate's rules have their own tests."""
     root, env, _ = project
     work, out_json, out_png = tmp_path / "loop", tmp_path / "loop.json", tmp_path / "loop.png"
-    log = run(["autosink", "loop", "--rounds", "1", "--households", "1", "--workdir", str(work),
+    log = run(["autosink", "loop", "--rounds", "1", "--households", "1", "--workdir", str(work), "--regime", "warm-dim",
                "--min-case-accuracy", "0", "--set", "validate_model.max_regression=null",
                "--set", "validate_model.min_frames=1",
                "--json", str(out_json), "--plot", str(out_png)], root, env)
@@ -202,7 +228,9 @@ def test_closed_loop_round_records_retrains_gates_and_promotes(project, tmp_path
     production = json.loads((copy / "models/production/model.json").read_text())
     assert production["model_sha256"] == cand["sha256"] == report["final"]["sha256"]
     history = run(["git", "log", "--format=%s"], copy, env)
-    assert "loop round 1: promote" in history and "loop round 0: weak starting model" in history
+    assert "loop round 1: promote" in history and "loop round 0: starting model (base)" in history
+    # the fleet's kitchens and the held-out water sessions under the new light
+    assert yaml.safe_load((copy / "params.yaml").read_text())["water"]["regime"] == "warm-dim"
     assert "round 1" in log and "candidate" in log
     assert cv2.imread(str(out_png)).shape[0] > 100
 
@@ -220,8 +248,8 @@ def test_real_lake_switch_is_incremental_and_quarantines(project):
     (lake / "20310101_000000.zip").write_bytes(b"not a zip at all")
     run(["dvc", "add", "data/data-lake"], root, env)
     out = run(["dvc", "repro"], root, env)
-    ext, lab = metrics(root, "extract"), metrics(root, "labels")
-    assert (ext["episodes_extracted"], ext["episodes_reused"]) == (1, n_before), ext
+    ext, work, lab = metrics(root, "extract"), run_record(root, "extract"), run_record(root, "label")
+    assert (work["episodes_extracted"], work["episodes_reused"]) == (1, n_before), work
     assert ext["episodes_ok"] == n_before + 1 and ext["episodes_quarantined"] == 1
     assert (lab["episodes_relabelled"], lab["episodes_reused"]) == (1, n_before), lab
     record = json.loads((root / "data/extracted/quarantine/20310101_000000.json").read_text())

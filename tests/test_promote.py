@@ -74,6 +74,8 @@ def test_refuses_failed_gate_listing_failures(plain: Path) -> None:
         promote(plain)
     assert "tap_on_hands: accuracy 0.71 < 0.90" in str(e.value)
     assert "dishes_in_sink: accuracy 0.55 < 0.85" in str(e.value)
+    # and the way forward: what to look at, what to change, how to try the candidate anyway
+    assert "next steps" in str(e.value) and "python edge/run.py --model models/model.onnx" in str(e.value)
     assert not (plain / "models" / "production").exists()
 
 

@@ -73,6 +73,13 @@ def stratum(state) -> int:
             + 2 * int(state.hand_in_roi) + int(state.scrubber_visible))
 
 
+def stratum_weights(strata: np.ndarray, power: float) -> np.ndarray:
+    """Draw weight per frame ~ (frames of its stratum) ** -power: 0 = as rendered, 1 = every kind
+    of scene equally often, 0.5 = in between."""
+    strata = np.asarray(strata, np.int64)
+    return np.bincount(strata)[strata].astype(float) ** -float(power)
+
+
 def render_pairs(sessions: list, preprocess: Preprocess, every: int = 1, progress: bool = False,
                  desc: str = "rendering", workers: int | None = None) -> dict[str, Any]:
     """Every ``every``-th frame of each session, rendered with the water off and on and shrunk by
@@ -121,10 +128,12 @@ class PairDataset(Dataset):
     ``mode="both"``: the dataset holds every render once, off then on (validation).
     """
 
-    def __init__(self, pairs: dict[str, Any], mode: str = "random", augment=None) -> None:
+    def __init__(self, pairs: dict[str, Any], mode: str = "random", augment=None, stratify: float = 0.0) -> None:
         if mode not in ("random", "both"):
             raise ValueError(f"mode must be random or both, got {mode!r}")
         self.off, self.on, self.mode, self.augment = pairs["off"], pairs["on"], mode, augment
+        #: draw weight per frame (:func:`stratum_weights`), None: every frame alike
+        self.weights = stratum_weights(pairs["stratum"], stratify) if stratify > 0 else None
         y = torch.from_numpy(np.asarray(pairs["label"], np.float32))
         self.n = len(y)
         self.labels = y if mode == "random" else torch.cat([y, y])
@@ -150,12 +159,9 @@ class BaseDataModule(pl.LightningDataModule):
         from autosink.frames import build_augment
 
         self.cfg = train_cfg
-        # draw weight of a frame ~ (frames of its stratum) ** -stratify: 0 = as rendered, 1 = every
-        # kind of scene equally often, 0.5 = in between
-        counts = np.bincount(train_pairs["stratum"]) if stratify > 0 else None
-        self.weights = None if counts is None else counts[train_pairs["stratum"]].astype(float) ** -float(stratify)
-        self.datasets = {"train": PairDataset(train_pairs, "random", build_augment(train_cfg.get("augment"))),
+        self.datasets = {"train": PairDataset(train_pairs, "random", build_augment(train_cfg.get("augment")), stratify),
                          "val": PairDataset(val_pairs, "both")}
+        self.weights = self.datasets["train"].weights
 
     def setup(self, stage: str | None = None) -> None:
         pass

@@ -96,6 +96,12 @@ def _metrics(root: Path, name: str) -> dict:
     return json.loads((root / "metrics" / f"{name}.json").read_text())
 
 
+def _run_record(root: Path, stage: str) -> dict:
+    from autosink.stages import RUNS
+
+    return json.loads((root / RUNS / f"{stage}.json").read_text())
+
+
 def incremental(repo_root: Path, sizes: list[int], work: Path) -> list[dict]:
     """Time `dvc repro validate_data` after adding one episode to lakes of each size (real-data mode,
     `dvc add`ed lake): the data pipeline, whose cost should track the new data, not the lake.
@@ -133,7 +139,7 @@ def incremental(repo_root: Path, sizes: list[int], work: Path) -> list[dict]:
         t0 = time.perf_counter()
         run(["dvc", "repro", "validate_data"], root, env)
         again = time.perf_counter() - t0
-        ext, lab = _metrics(root, "extract"), _metrics(root, "labels")
+        ext, lab = _run_record(root, "extract"), _run_record(root, "label")
         results.append({
             "episodes": size, "frames": frames, "full_repro_s": round(first, 2), "dvc_add_s": round(add_s, 2),
             "repro_after_one_s": round(again, 2), "extracted": ext["episodes_extracted"],

@@ -149,7 +149,8 @@ def cmd_bench_all(args: argparse.Namespace) -> int:
 def cmd_loop(args: argparse.Namespace) -> int:
     from autosink.loop import LoopSettings, main_loop
 
-    settings = LoopSettings(rounds=args.rounds, households=args.households, weak_epochs=args.weak_epochs,
+    settings = LoopSettings(rounds=args.rounds, households=args.households, start=args.start, regime=args.regime,
+                            weak_epochs=args.weak_epochs,
                             min_case_accuracy=args.min_case_accuracy, min_gain=args.min_gain, overrides=args.set)
     return main_loop(settings, args.workdir, args.json, args.plot)
 
@@ -256,19 +257,24 @@ def build_parser() -> argparse.ArgumentParser:
     loop = sub.add_parser(
         "loop", help="the retraining loop, closed: edge + simulated users -> lake -> dvc repro -> gate -> promote",
         description="In a copy of this project (under --workdir; your workspace gets only the report files): "
-                    "put a deliberately "
-                    "weak model in production, then per round run the sample lake's households through the "
+                    "put a first model in production (--start), then per round run the sample lake's households through the "
                     "edge runtime with the production model and a simulated user who corrects it, upload the "
                     "recorded episodes to the lake, `dvc add` + `dvc repro`, and `autosink promote` the "
                     "candidate if the gate passes. Prints per round the case accuracies and the held-out "
                     "water metrics; writes metrics/loop.json and reports/loop_rounds.png. Each round trains "
                     "a model: minutes per round.")
-    loop.add_argument("--rounds", type=int, default=2, help="rounds after the weak start (default 2)")
+    loop.add_argument("--rounds", type=int, default=2, help="rounds after the start (default 2)")
+    loop.add_argument("--start", choices=("base", "weak"), default="base",
+                      help="the model serving round 1: base = the default recipe (the base model fine-tuned on the "
+                           "sample lake); weak = trained from scratch for --weak-epochs (default base)")
+    loop.add_argument("--regime", default="none",
+                      help="lighting of the fleet's kitchens and of the held-out water sessions: none, warm-dim or "
+                           "cold-glare (src/autosink/sim/session.py REGIMES; default none)")
     loop.add_argument("--workdir", type=Path, default=Path("runs/loop"),
                       help="where the copy lives; must not exist or be empty (default runs/loop)")
     loop.add_argument("--households", type=int, default=None,
                       help="households in the fleet: the first N users of the sample lake (default all)")
-    loop.add_argument("--weak-epochs", type=int, default=1, help="training epochs of the weak start model (default 1)")
+    loop.add_argument("--weak-epochs", type=int, default=1, help="training epochs of the --start weak model (default 1)")
     loop.add_argument("--min-case-accuracy", type=float, default=None,
                       help="the gate's per-case floor in the copy (default: validate_model.min_accuracy)")
     loop.add_argument("--min-gain", type=float, default=0.02,

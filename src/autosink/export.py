@@ -31,7 +31,6 @@ import subprocess
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -349,10 +348,10 @@ def write_model_card(onnx_path: StrPath, *, backbone: str, threshold: float, ver
     if len(dims) != 4 or dims[1:] != [int(height), int(width), 3]:
         raise ValueError(f"{onnx_path}: graph input is {dims}, the card would say [N, {height}, {width}, 3]")
     fields: dict[str, Any] = {
+        # no creation time or git revision: the card is a DVC output and must come out the same on
+        # every machine and clone (`autosink promote` records when and from which commit)
         "data_version": str(data_version),
-        "git_revision": git_revision(),
         "opset": opset,
-        "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         "metrics": _jsonable(dict(metrics), "metrics"),
         "input_size": None if input_size is None else [int(v) for v in input_size],
         "crop": None if crop is None else [int(v) for v in crop],

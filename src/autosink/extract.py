@@ -9,8 +9,7 @@ hard links (DVC copies every linked file of a persisted output before each run, 
 would make every run cost the size of the lake).
 
 Incremental by construction (the ``extract`` stage's output is ``persist: true``): each
-episode's record keeps the sha256 of the file it came from (and its size and mtime, to
-skip rehashing), so an unchanged episode is never re-validated, a changed one is redone,
+episode's record keeps the sha256 of the file it came from, so an unchanged episode is never re-validated, a changed one is redone,
 and one that left the lake is dropped. A bad episode is quarantined with its reasons (a
 record under ``quarantine/``; the raw file stays untouched in the lake) while the others
 go through.
@@ -82,31 +81,9 @@ def _write_json(path: Path, obj: dict) -> None:
     atomic_write(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
-class _Fingerprint:
-    """sha256 of a lake file, with a shortcut: same size and mtime as last time -> same hash."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        st = path.stat()
-        self.stat = [st.st_size, st.st_mtime_ns] if path.is_file() else None
-        self._sha: str | None = None
-
-    @property
-    def sha256(self) -> str:
-        if self._sha is None:
-            self._sha = sha256_source(self.path)
-        return self._sha
-
-    def matches(self, record: dict | None, checked: dict) -> bool:
-        """Same file, checked the same way (frame size, validator code) as recorded?"""
-        if not record or record.get("checked") != checked:
-            return False
-        if self.stat is not None and record.get("stat") == self.stat:
-            return True
-        return record.get("sha256") == self.sha256
-
-    def record(self) -> dict:
-        return {"source": self.path.as_posix(), "sha256": self.sha256, "stat": self.stat}
+def _same(record: dict | None, sha256: str, checked: dict) -> bool:
+    """Same file content, checked the same way (frame size, validator code) as recorded?"""
+    return bool(record) and record.get("checked") == checked and record.get("sha256") == sha256
 
 
 def _frame_rows(key: str, src: Path) -> list[dict]:
@@ -175,14 +152,17 @@ def extract_lake(
         tqdm.write(f"quarantined {quarantined[key][0]}")
     rows: dict[str, list[dict]] = {}
     for key, src in tqdm(sorted(sources.items()), desc="extract", unit="episode", disable=not progress):
-        fp = _Fingerprint(src)
+        # by content only (no sizes or mtimes: the records are a DVC output and must come out the
+        # same on every machine); hashing the sample lake takes well under a second
+        sha = sha256_source(src)
+        record = {"source": src.as_posix(), "sha256": sha}
         ep_file, q_file = episodes_dir / f"{key}.json", quarantine_dir / f"{key}.json"
         done, q = _read_json(ep_file), _read_json(q_file)
-        if fp.matches(done, checked):
+        if _same(done, sha, checked):
             rows[key] = [{**row, "source": src.as_posix()} for row in done["frames"]]  # the lake may have moved
             reused += 1
             continue
-        if fp.matches(q, checked):  # same bad file as last time: same verdict, no rework
+        if _same(q, sha, checked):  # same bad file as last time: same verdict, no rework
             quarantined[key] = q["reasons"]
             reused += 1
             continue
@@ -191,13 +171,13 @@ def extract_lake(
         if problems:
             reasons = [str(p) for p in problems]
             quarantined[key] = reasons
-            _write_json(q_file, {**fp.record(), "checked": checked, "reasons": reasons})
+            _write_json(q_file, {**record, "checked": checked, "reasons": reasons})
             more = f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""
             tqdm.write(f"quarantined {src}: {reasons[0]}{more}")
             continue
         q_file.unlink(missing_ok=True)
         rows[key] = _frame_rows(key, src)
-        _write_json(ep_file, {**fp.record(), "checked": checked, "frames": rows[key]})
+        _write_json(ep_file, {**record, "checked": checked, "frames": rows[key]})
         extracted += 1
 
     table = [row for key in sorted(rows) for row in rows[key]]

@@ -329,7 +329,9 @@ class WaterDataModule(pl.LightningDataModule):
                 weights = np.ones(len(labels))
             if self.replay is not None:  # old data mixed in: replay_share of the draws
                 weights = weights / weights.sum() * (1.0 - self.replay_share)
-                weights = np.concatenate([weights, np.full(len(self.replay), self.replay_share / len(self.replay))])
+                rw = getattr(self.replay, "weights", None)  # e.g. scene-stratified (PairDataset)
+                rw = np.ones(len(self.replay)) if rw is None else np.asarray(rw, float)
+                weights = np.concatenate([weights, rw / rw.sum() * self.replay_share])
                 ds = ConcatDataset([ds, self.replay])
             sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(ds), replacement=True,
                                             generator=generator)

@@ -5,15 +5,22 @@
 touched. The copy runs the real-data configuration (``data=real``), as a deployment does: its
 lake ``data/data-lake`` is a `dvc add`-ed folder, seeded with the sample lake's episodes.
 
-Setup (round 0): a deliberately weak model (``train.max_epochs`` = ``--weak-epochs``) is
-trained by `dvc repro`, then promoted whatever its case accuracies (the gate's floor is 0 for
-this one promotion only): it serves the fleet in round 1.
+Setup (round 0): `dvc repro` trains the first model, which is promoted whatever its case
+accuracies (the gate's floor is 0 for this one promotion only) and serves the fleet in round 1.
+``--start base`` (default): the default recipe, the base model fine-tuned on the sample lake
+(the copy reuses this workspace's base model when it is current, so it is not retrained).
+``--start weak``: a deliberately weak model, trained from scratch for ``--weak-epochs``.
+
+``--regime`` (:data:`autosink.sim.session.REGIMES`) moves the fleet's kitchens to another
+lighting (say, new LED strips in every kitchen): the fleet's sessions and the held-out water
+sessions (``water.regime``) are rendered under it, while the base model, the sample lake and the
+case sets stay as they were. Feedback then has to teach the model kitchens the base never saw.
 
 Each round:
 
 1. **Edge.** The fleet, the households of the sample lake (``--households``: the first K
    users), washes dishes once more: one new session each (the lake's seed stream, session
-   index 2, 3, ...: same people and kitchens, new days). Every session runs through the edge's
+   index 2, 3, ...: same people and kitchens, new days, lit by ``--regime``). Every session runs through the edge's
    own runtime (:func:`autosink.water.run_session`: EdgeRuntime, Controller, Recorder) with the
    production ONNX model and a simulated user who corrects it at the faucet
    (:class:`autosink.water.SimUserFeedback`), who holds the button while they want water (so
@@ -48,10 +55,12 @@ from typing import Any
 import numpy as np
 
 from autosink.bench import copy_project, run
+from autosink.stages import RUNS
 
 __all__ = ["LoopSettings", "fleet_scripts", "collect_round", "run_loop", "format_round", "plot_rounds"]
 
 PRODUCTION = Path("models/production")
+BASE = Path("models/base/model.ckpt")
 
 
 @dataclass
@@ -60,6 +69,8 @@ class LoopSettings:
 
     rounds: int = 2
     households: int | None = None
+    start: str = "base"
+    regime: str = "none"
     weak_epochs: int = 1
     min_case_accuracy: float | None = None
     min_gain: float = 0.02
@@ -70,6 +81,12 @@ class LoopSettings:
             raise ValueError(f"--rounds must be >= 1, got {self.rounds}")
         if self.households is not None and self.households < 1:
             raise ValueError(f"--households must be >= 1, got {self.households}")
+        if self.start not in ("base", "weak"):
+            raise ValueError(f"--start must be base or weak, got {self.start!r}")
+        from autosink.sim.session import REGIMES
+
+        if self.regime not in REGIMES:
+            raise ValueError(f"--regime must be one of {', '.join(REGIMES)}, got {self.regime!r}")
         if self.weak_epochs < 1:
             raise ValueError(f"--weak-epochs must be >= 1, got {self.weak_epochs}")
         if self.min_case_accuracy is not None and not 0.0 <= self.min_case_accuracy <= 1.0:
@@ -82,7 +99,14 @@ class LoopSettings:
         """Hydra overrides for the copy's params.yaml: real data, the gate's climb rule (and floor),
         the user's, then ``extra``."""
         floor = [] if self.min_case_accuracy is None else [f"validate_model.min_accuracy={self.min_case_accuracy}"]
-        return ["data=real", f"validate_model.min_gain={self.min_gain}", *floor, *self.overrides, *extra]
+        return ["data=real", f"validate_model.min_gain={self.min_gain}", f"water.regime={self.regime}", *floor,
+                *self.overrides, *extra]
+
+    def start_args(self) -> list[str]:
+        """Overrides of the round-0 repro: the first model is promoted whatever its cases."""
+        weak = [] if self.start == "base" else ["model.weights=none", f"train.max_epochs={self.weak_epochs}",
+                                                 "train.early_stopping_patience=0"]
+        return [*weak, "validate_model.min_accuracy=0.0", "validate_model.min_frames=1"]
 
 
 # --------------------------------------------------------------------------- the fleet (edge side)
@@ -125,7 +149,7 @@ def collect_round(project: Path, params: dict, round_index: int, spool: Path, ho
     ccfg = replace(controller_config(wcfg, project), forced_on_hold_s=1.0 / float(wcfg["fps"]))
     lake = project / params["data"]["lake"]
     uploader = Uploader(spool, FolderTarget(lake))
-    scripts = fleet_scripts(params["sim"], round_index, households)
+    scripts = fleet_scripts({**params["sim"], "regime": wcfg["regime"]}, round_index, households)
     totals = {k: 0 for k in COUNT_KEYS}
     interventions = 0
     for script in tqdm(scripts, desc=f"round {round_index}: fleet sessions", disable=not progress, unit="session"):
@@ -200,7 +224,7 @@ def _commit(project: Path, env: dict, message: str) -> None:
 
 
 def setup(root: Path, workdir: Path, settings: LoopSettings, progress: bool = True) -> tuple[Path, dict]:
-    """The copy, its lake (the sample lake's episodes, `dvc add`-ed) and the weak model in
+    """The copy, its lake (the sample lake's episodes, `dvc add`-ed) and the first model in
     production. Returns (project dir, environment for its commands)."""
     project = workdir / "project"
     project.mkdir(parents=True)
@@ -215,11 +239,15 @@ def setup(root: Path, workdir: Path, settings: LoopSettings, progress: bool = Tr
     for zip_path in sorted((project / data["sim_lake"]).glob("*.zip")):
         shutil.copy2(zip_path, lake / zip_path.name)
     run(["dvc", "add", data["lake"]], project, env)
-    say(f"loop: round 0: training the deliberately weak model ({settings.weak_epochs} epoch(s)) with dvc repro")
-    _repro(project, env, settings, f"train.max_epochs={settings.weak_epochs}", "train.early_stopping_patience=0",
-           "validate_model.min_accuracy=0.0", "validate_model.min_frames=1")
+    if (root / BASE).is_file():  # dvc repro keeps it if it is current (same code, params and lock), else retrains
+        (project / BASE).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / BASE, project / BASE)
+    first = ("the default recipe (the base model fine-tuned on the sample lake)" if settings.start == "base"
+             else f"a deliberately weak model ({settings.weak_epochs} epoch(s) from scratch)")
+    say(f"loop: round 0: training {first} with dvc repro")
+    _repro(project, env, settings, *settings.start_args())
     run(["autosink", "promote"], project, env)
-    _commit(project, env, "loop round 0: weak starting model")
+    _commit(project, env, f"loop round 0: starting model ({settings.start})")
     return project, env
 
 
@@ -246,7 +274,7 @@ def run_loop(root: Path, workdir: Path, settings: LoopSettings, progress: bool =
         run(["dvc", "add", params["data"]["lake"]], project, env)
         _repro(project, env, settings)
         candidate = model_report(project)
-        extract = _json(project / "metrics/extract.json")
+        extract = {**_json(project / "metrics/extract.json"), **_json(project / RUNS / "extract.json")}
         promoted = candidate["gate_passed"]
         if promoted:
             run(["autosink", "promote"], project, env)

@@ -69,6 +69,16 @@ def _write_training_features(root: Path, dest: Path) -> None:
 CANDIDATE = {"model.onnx": MODELS / "model.onnx", "model.json": MODELS / "model.json",
              "model.ckpt": MODELS / "model.ckpt"}
 CASES = Path("metrics/cases.json")
+#: what a user can do when the gate refused the candidate
+NEXT_STEPS = """next steps:
+  - see why: the per-case lines `dvc repro validate_model` printed (frames, accuracy, Wilson interval),
+    metrics/cases.json; the held-out water numbers in metrics/water.json
+  - more or better data: new episodes in the lake, or review the unsure labels (`autosink labeler`),
+    then `dvc repro`
+  - another recipe: `dvc exp run -S train.max_epochs=4` (or -S base.users=240, -S model=resnet18, ...),
+    compare with `dvc exp show`, keep the winner with `dvc exp apply <name>`, then `autosink promote`
+  - try the candidate at a sink anyway, without promoting it:
+    python edge/run.py --model models/model.onnx --camera episode:<a lake episode .zip> --valve fake --fps 0"""
 PRODUCTION = MODELS / "production"
 PREVIOUS = MODELS / "previous"
 RECORD = "promotion.json"
@@ -280,7 +290,7 @@ def _check_candidate(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if cases.get("passed") is not True:
         failures = cases.get("failures") or ["(no failures listed)"]
         raise PromotionError(f"the candidate failed the case gate ({CASES}):\n"
-                             + "\n".join(f"  - {f}" for f in failures))
+                             + "\n".join(f"  - {f}" for f in failures) + "\n" + NEXT_STEPS)
     return card, cases
 
 
@@ -389,7 +399,7 @@ def promote(root: Path, *, experiment: str | None = None, push: bool = True,
 
     record = {
         "promoted_at": _now(), "experiment": _experiment(root, experiment),
-        "git_revision": _git(root, "rev-parse", "HEAD"), "card_git_revision": card.get("git_revision"),
+        "git_revision": _git(root, "rev-parse", "HEAD"), "training_fingerprint": card.get("training_fingerprint"),
         "data_version": card.get("data_version"), "version": version, "model_sha256": sha,
         "checkpoint_sha256": card.get("checkpoint_sha256"), "backbone": card.get("backbone"),
         "threshold": card.get("threshold"), "gate": _gate_summary(cases),

@@ -14,13 +14,16 @@ continues from it; a finished run or a different fingerprint starts afresh.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -196,9 +199,11 @@ class ThroughputCallback(pl.Callback):
         self.seconds += self.epoch_seconds[-1]
 
 
-def make_logger(cfg: dict, save_dir: Path):
-    """WandbLogger per ``train.wandb`` (mode auto: online with WANDB_API_KEY, else offline), or None."""
-    from autosink.validation.tracking import resolve_mode
+def make_logger(cfg: dict, save_dir: Path, job_type: str = "train", key: str = ""):
+    """WandbLogger per ``train.wandb`` (mode auto: online with WANDB_API_KEY, else offline), or None.
+    Named, grouped and tagged by :func:`autosink.validation.tracking.run_identity` (``key``: the
+    run's fingerprint)."""
+    from autosink.validation.tracking import resolve_mode, run_identity
 
     w = cfg.get("wandb") or {}
     mode, why = resolve_mode(w.get("mode", "auto"))
@@ -211,14 +216,42 @@ def make_logger(cfg: dict, save_dir: Path):
     save_dir.mkdir(parents=True, exist_ok=True)
     # Lightning refuses log_model with offline=True, yet an offline wandb run records artifacts
     # locally (`wandb sync` uploads them later): so the mode goes to wandb.init directly.
-    return WandbLogger(project=w.get("project", "autosink"), save_dir=str(save_dir), offline=False, mode=mode,
-                       log_model=bool(w.get("log_model", True)), job_type="train")
+    logger = WandbLogger(project=w.get("project", "autosink"), save_dir=str(save_dir), offline=False, mode=mode,
+                         log_model=bool(w.get("log_model", True)), **run_identity(job_type, key))
+    # Lightning always passes anonymous=None, which wandb >= 0.19 warns about on every run
+    logger._wandb_init.pop("anonymous", None)
+    return logger
+
+
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's "Tip: try installing <product>" lines (printed on every fit)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("\U0001f4a1 Tip:")
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Silence the notices that are noise on every run, and only those: the product adverts, a
+    resumable checkpoint folder "exists and is not empty" (it is kept on purpose), and a
+    deprecation inside Lightning itself."""
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    adverts = _NoAdverts()
+    rank_zero.addFilter(adverts)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+            yield
+    finally:
+        rank_zero.removeFilter(adverts)
 
 
 def fit(params: dict, splits_dir: str | Path = "data/splits", store_dir: str | Path = "data/feature-store",
         ckpt_dir: str | Path = "models/checkpoints", out_ckpt: str | Path = "models/model.ckpt",
         logger: Any = "config", progress: bool = True, extra_callbacks: list | None = None,
-        data_version: str = "", datamodule: Any = None, replay: Any = None, replay_share: float = 0.0) -> dict:
+        data_version: str = "", datamodule: Any = None, replay: Any = None, replay_share: float = 0.0,
+        job_type: str = "train") -> dict:
     """Train per ``params`` (model, data, train groups); write ``out_ckpt``; return the summary.
 
     ``logger="config"`` builds the wandb logger from ``train.wandb``; pass None for none.
@@ -261,19 +294,22 @@ def fit(params: dict, splits_dir: str | Path = "data/splits", store_dir: str | P
     if patience > 0:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience))
     if logger == "config":
-        logger = make_logger(cfg, Path(cfg.get("wandb", {}).get("dir", ".")))
-    trainer = pl.Trainer(
-        max_epochs=int(cfg["max_epochs"]), accelerator=str(cfg.get("accelerator", "auto")),
-        devices=cfg.get("devices", "auto"), strategy=str(cfg.get("strategy", "auto")),
-        num_nodes=int(cfg.get("num_nodes", 1)), precision=cfg.get("precision", "32-true"),
-        limit_train_batches=cfg.get("limit_train_batches", 1.0), limit_val_batches=cfg.get("limit_val_batches", 1.0),
-        deterministic=bool(cfg.get("deterministic", False)), callbacks=callbacks, logger=logger or False,
-        enable_progress_bar=progress, enable_model_summary=progress, log_every_n_steps=1,
-        num_sanity_val_steps=0, default_root_dir=str(ckpt_dir),
-    )
-    started = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=resume)
-    seconds = time.perf_counter() - started
+        logger = make_logger(cfg, Path(cfg.get("wandb", {}).get("dir", ".")), job_type, fingerprint)
+    # a limit of 1.0 is the default; passing it makes Lightning print that it was configured
+    limits = {k: cfg.get(k) if cfg.get(k, 1.0) != 1.0 else None for k in ("limit_train_batches", "limit_val_batches")}
+    with _quiet_lightning():
+        trainer = pl.Trainer(
+            max_epochs=int(cfg["max_epochs"]), accelerator=str(cfg.get("accelerator", "auto")),
+            devices=cfg.get("devices", "auto"), strategy=str(cfg.get("strategy", "auto")),
+            num_nodes=int(cfg.get("num_nodes", 1)), precision=cfg.get("precision", "32-true"),
+            **limits,
+            deterministic=bool(cfg.get("deterministic", False)), callbacks=callbacks, logger=logger or False,
+            enable_progress_bar=progress, enable_model_summary=progress, log_every_n_steps=1,
+            num_sanity_val_steps=0, default_root_dir=str(ckpt_dir),
+        )
+        started = time.perf_counter()
+        trainer.fit(module, datamodule=dm, ckpt_path=resume)
+        seconds = time.perf_counter() - started
     if trainer.is_global_zero:  # a finished run is not resumed: a forced rerun trains afresh
         atomic_write(stamp, json.dumps({"fingerprint": fingerprint, "complete": True}) + "\n")
 
@@ -293,8 +329,13 @@ def fit(params: dict, splits_dir: str | Path = "data/splits", store_dir: str | P
     threshold = choose_threshold(p, y) if thr_cfg in ("auto", "accuracy", "closed-loop") else float(thr_cfg)
     val_metrics = binary_metrics(p, y, threshold)
 
+    # the result keeps what inference, fine-tuning and the card need; the trainer's state stays in
+    # ckpt_dir for resuming (its callbacks hold absolute paths: this file is a DVC output and must
+    # come out byte-identical on every machine)
+    ckpt = {k: ckpt[k] for k in RESULT_KEYS if k in ckpt}
+    run_id = getattr(getattr(logger, "experiment", None), "id", None) if logger is not None else None
     ckpt["autosink"] = {"threshold": threshold, "data_version": data_version, "fingerprint": fingerprint,
-                        "best_epoch": int(ckpt.get("epoch", -1)), "val": val_metrics}
+                        "best_epoch": int(ckpt.get("epoch", -1)), "val": val_metrics, "wandb_run_id": run_id}
     out_ckpt.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_ckpt.with_name(out_ckpt.name + ".tmp")
     torch.save(ckpt, tmp)
@@ -306,12 +347,16 @@ def fit(params: dict, splits_dir: str | Path = "data/splits", store_dir: str | P
         val={k: v for k, v in val_metrics.items() if k != "confusion"}, train_frames=len(dm.datasets["train"]),
         images_per_s=speed.images / speed.seconds if speed.seconds else float("nan"),
         epoch_s=float(np.mean(speed.epoch_seconds)) if speed.epoch_seconds else float("nan"),
-        seconds=seconds, resumed=resume is not None, parameters=count_parameters(module),
+        seconds=seconds, resumed=resume is not None, parameters=count_parameters(module), wandb_run_id=run_id,
     )
     result["history"] = history.rows
     if logger is not None and hasattr(logger, "experiment"):
         logger.experiment.summary.update({"threshold": threshold, **{f"val_best/{k}": v for k, v in result["val"].items()}})
     return result
+
+
+#: what :func:`fit` keeps of Lightning's checkpoint in ``out_ckpt``
+RESULT_KEYS = ("epoch", "global_step", "pytorch-lightning_version", "state_dict", "hparams_name", "hyper_parameters")
 
 
 def load_trained(path: str | Path) -> tuple[WaterNet, dict]:

@@ -118,6 +118,7 @@ DEFAULTS: dict[str, Any] = {
     "fps": 2.0,
     "seed": 20240706,
     "dishes_per_session": [3, 5],
+    "regime": "none",
     "ir_off_delay_s": 0.0,
     "threads": 1,
     "plot_session": 0,
@@ -167,7 +168,8 @@ def heldout_scripts(cfg: Mapping[str, Any]) -> list[SessionScript]:
     depends on its index only)."""
     cfg = with_water_defaults(cfg)
     sim = with_defaults({"seed": int(cfg["seed"]), "users": int(cfg["sessions"]), "sessions_per_user": 1,
-                         "dishes_per_session": cfg["dishes_per_session"], "fps": float(cfg["fps"])})
+                         "dishes_per_session": cfg["dishes_per_session"], "fps": float(cfg["fps"]),
+                         "regime": str(cfg["regime"])})
     return make_sessions(sim, "heldout")
 
 

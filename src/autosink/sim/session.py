@@ -221,6 +221,38 @@ def drift_look(rng: np.random.Generator, base: Look) -> Look:
     )
 
 
+#: Lighting regimes a fleet's kitchens can move to (``autosink loop --regime``, ``water.regime``):
+#: applied to every session's look after its daily drift, with no random draw, so the same
+#: seed gives the same sessions, only lit differently. ``none``: the kitchens as sampled (the
+#: lake, the base model's kitchens, the case sets). The others lie outside the lighting the
+#: base model was trained on (gain 0.35-1.3, colour cast 0.9-1.1 per channel).
+REGIMES = {
+    "none": {},
+    # warm under-cabinet LEDs, the room light off: dim, orange, dark corners, a noisier camera
+    "warm-dim": {"gain": 0.55, "cast": (1.22, 1.0, 0.7), "vignette": 0.3, "noise": 2.5},
+    # a cold daylight panel over the sink: bright, blue, a broad glare on the basin
+    "cold-glare": {"gain": 1.35, "cast": (0.8, 0.95, 1.2), "glare": (320.0, 200.0, 140.0, 110.0)},
+}
+
+
+def apply_regime(look: Look, regime: str = "none") -> Look:
+    """``look`` under a lighting regime of :data:`REGIMES` (``gain`` multiplies; ``cast``
+    multiplies per channel; ``vignette`` and ``noise`` are floors; ``glare`` replaces)."""
+    if regime not in REGIMES:
+        raise ValueError(f"unknown lighting regime {regime!r} (known: {', '.join(REGIMES)})")
+    r = REGIMES[regime]
+    if not r:
+        return look
+    return replace(
+        look,
+        gain=look.gain * r.get("gain", 1.0),
+        cast=tuple(c * m for c, m in zip(look.cast, r.get("cast", (1.0, 1.0, 1.0)))),  # type: ignore[arg-type]
+        vignette=max(look.vignette, r.get("vignette", 0.0)),
+        noise=max(look.noise, r.get("noise", 0.0)),
+        glare=r.get("glare", look.glare),
+    )
+
+
 def sample_dish(rng: np.random.Generator, kind: str | None = None) -> Dish:
     if kind is None:
         kinds = list(_DISH_P)
@@ -593,7 +625,7 @@ def make_session(user: UserProfile, index: int, cfg: dict, start: datetime, stre
     seed = int(cfg["seed"])
     ss = np.random.SeedSequence([seed, STREAMS[stream], 2, user.index, index])
     rng = np.random.default_rng(ss)
-    look = drift_look(rng, user.look)
+    look = apply_regime(drift_look(rng, user.look), str(cfg.get("regime") or "none"))
     fps = float(cfg["fps"])
     b = _Builder(rng, user, look, fps)
     if rng.random() < user.habits.p_resting_dish:

@@ -11,7 +11,7 @@ import torch
 
 from autosink.base import BaseDataModule, base_sessions, render_pairs
 from autosink.model import build_preprocess
-from autosink.stages import write_metrics
+from autosink.stages import write_metrics, write_run_record
 from autosink.training import HISTORY_COLUMNS, fit
 
 CKPT = Path("models/base/model.ckpt")
@@ -35,17 +35,20 @@ def run(params: dict, progress: bool = True) -> dict:
                                  desc=f"base {split}") for split in ("train", "val")}
     dm = BaseDataModule(pairs["train"], pairs["val"], p["train"], float(params["base"].get("stratify", 0.0)))
     result = fit(p, splits_dir=CKPT.parent / "no-splits", ckpt_dir=CKPT.parent / "checkpoints", out_ckpt=CKPT,
-                 progress=progress, datamodule=dm, data_version="sim-base")
+                 progress=progress, datamodule=dm, data_version="sim-base", job_type="base")
     if not result:  # a DDP worker other than rank 0
         return result
     history = result.pop("history")
     HISTORY.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(history, columns=list(HISTORY_COLUMNS)).to_csv(HISTORY, index=False)
-    result.pop("seconds", None)
     result["train_pairs"] = int(len(pairs["train"]["label"]))
     result["val_pairs"] = int(len(pairs["val"]["label"]))
-    write_metrics(METRICS, result)
     v = result["val"]
+    write_metrics(METRICS, {"val_accuracy": v["accuracy"], "val_auroc": v["auroc"], "val_f1": v["f1"],
+                            "epochs": result["epochs"], "best_epoch": result["best_epoch"],
+                            "train_pairs": result["train_pairs"]})
+    write_run_record("base", result)
     print(f"base: {result['backbone']} {result['epochs']} epochs on {result['train_pairs']} rendered frames "
-          f"(water on and off); val accuracy {v['accuracy']:.3f} auroc {v['auroc']:.3f} -> {CKPT}")
+          f"(water on and off, {result['images_per_s']:.0f} images/s, {result['seconds']:.0f} s); val accuracy "
+          f"{v['accuracy']:.3f} auroc {v['auroc']:.3f} -> {CKPT}")
     return result

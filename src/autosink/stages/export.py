@@ -49,6 +49,8 @@ def run(params: dict, progress: bool = True) -> dict:
         version=f"{net.backbone_name}-{sha256_file(ONNX)[:10]}", data_version=meta.get("data_version", ""),
         height=h, width=w, metrics=metrics,
         extra={"checkpoint_sha256": ckpt_sha,
+               # what trained it: parameters + training code + splits, and the wandb run that logged it
+               "training_fingerprint": meta.get("fingerprint"), "wandb_run_id": meta.get("wandb_run_id"),
                # how the threshold was chosen (the closed loop, or offline accuracy)
                "threshold_rule": meta.get("threshold_rule", "best accuracy on the validation split"),
                "water_invariance": evaluation.get("water_invariance"),

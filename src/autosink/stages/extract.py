@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from autosink.extract import extract_lake
-from autosink.stages import write_metrics
+from autosink.stages import write_metrics, write_run_record
 
 OUT_DIR = Path("data/extracted")
 METRICS = Path("metrics/extract.json")
@@ -19,7 +19,10 @@ def run(params: dict, progress: bool = True) -> dict:
         progress=progress,
     )
     metrics = result.metrics()
+    # the work this run did depends on what an earlier run left, not on the data: not a metric
+    work = {k: metrics.pop(k) for k in ("episodes_extracted", "episodes_reused", "episodes_removed")}
     write_metrics(METRICS, metrics)
+    write_run_record("extract", {**work, "quarantined": result.quarantined})
     print(
         f"extract: {result.episodes_ok} episodes ok ({result.episodes_extracted} new or changed, "
         f"{result.episodes_reused} reused), {result.episodes_quarantined} quarantined, {result.frames} frames"

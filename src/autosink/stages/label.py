@@ -12,7 +12,7 @@ import pandas as pd
 
 from autosink.featurestore import build_feature_store
 from autosink.labels import IGNORE, LabelRules
-from autosink.stages import write_metrics
+from autosink.stages import write_metrics, write_run_record
 
 EXTRACTED = Path("data/extracted")
 HUMAN_LABELS = Path("data/labels")
@@ -62,14 +62,14 @@ def run(params: dict, progress: bool = True) -> dict:
         "frames_ignored": int(per_class["-1"]),
         "frames_human": int((manifest["source"] == "human").sum()),
         "per_class": per_class,
-        "episodes_relabelled": work["episodes_relabelled"],
-        "episodes_reused": work["episodes_reused"],
         "human_label_files_orphaned": work["human_label_files_orphaned"],
         # The simulator's hidden truth scores only the sample lake's episodes.
         **(agreement_with_truth(manifest, Path(cfg["truth_dir"])) if params["data"]["source"] == "sample"
            else {"truth_episodes": 0}),
     }
     write_metrics(METRICS, metrics)
+    # the work this run did depends on what an earlier run left, not on the data: not a metric
+    write_run_record("label", {k: work[k] for k in ("episodes_relabelled", "episodes_reused")})
     print(f"label: {metrics['frames']} frames in {metrics['episodes']} episodes "
           f"({work['episodes_relabelled']} relabelled, {work['episodes_reused']} reused), "
           f"{metrics['frames_review']} to review, feature store {work['version']}"

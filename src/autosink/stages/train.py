@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from autosink.stages import write_metrics
+from autosink.stages import write_metrics, write_run_record
 from autosink.training import HISTORY_COLUMNS, fit, load_trained
 
 STORE = Path("data/feature-store")
@@ -41,7 +41,7 @@ def replay_pairs(params: dict, progress: bool = True):
     sessions = base_sessions(params["sim"], {**params["base"], "users": int(r["users"])}, "train")
     pairs = render_pairs(sessions, build_preprocess(params["model"], params["data"]), int(r.get("every", 1)),
                          progress, desc="replay")
-    return PairDataset(pairs, "random"), float(r["share"])
+    return PairDataset(pairs, "random", stratify=float(r.get("stratify") or 0.0)), float(r["share"])
 
 
 def choose_in_loop(params: dict, ckpt: Path = CKPT, progress: bool = True) -> dict:
@@ -92,8 +92,14 @@ def run(params: dict, progress: bool = True) -> dict:
         result["threshold"] = decision["threshold"]
         result["threshold_rule"] = decision["rule"]
         result["tuning"] = decision["tuning"]
-    write_metrics(METRICS, dict(result))
-    val = result["val"]
+    val, tuning = result["val"], result.get("tuning") or {}
+    # what a person compares across experiments, and the wandb run that logged it (the threshold
+    # rule and the data version are in the model card; everything else in runs/stages/train.json)
+    write_metrics(METRICS, {"val_accuracy": val["accuracy"], "threshold": result["threshold"],
+                            "tune_withheld_pct": tuning.get("withheld_pct"),
+                            "tune_false_offs": tuning.get("false_offs_per_10min"),
+                            "wandb_run_id": result.get("wandb_run_id")})
+    write_run_record("train", result)
     print(f"train: {result['backbone']} {result['epochs']} epochs (best {result['best_epoch']}), "
           f"{result['images_per_s']:.0f} images/s; val accuracy {val['accuracy']:.3f} f1 {val['f1']:.3f} "
           f"at threshold {result['threshold_accuracy']:.2f} -> models/model.ckpt")

@@ -13,7 +13,9 @@ import json
 from pathlib import Path
 
 from autosink.fileio import atomic_write
+from autosink.stages import write_run_record
 from autosink.validation import DataValidationError, Paths, failure_message, validate
+from autosink.validation.core import RUN_KEYS
 
 PATHS = Paths()
 #: The verdict alone, what `train` depends on: unlike the metrics (which count cache hits), it
@@ -27,6 +29,7 @@ def run(params: dict, progress: bool = True) -> dict:
                "feature_store_version": summary["feature_store_version"],
                "checks": {c["name"]: c["passed"] for c in summary["checks"].values()}}
     atomic_write(VERDICT, json.dumps(verdict, indent=2, sort_keys=True) + "\n")
+    write_run_record("validate_data", {k: summary.get(k) for k in RUN_KEYS})
     for check in summary["checks"].values():
         print(f"validate: {'ok  ' if check['passed'] else 'FAIL'} {check['name']}: {check['message']}")
     drift = summary["drift_share"]

@@ -1,7 +1,7 @@
 """Data validation between the feature store and training (issue 5).
 
 - ``features``: per-image features (brightness, contrast, sharpness, colour cast, ROI brightness
-  and objectness, saturation, size, readability, 16x16 average hash), cached by path+size+mtime.
+  and objectness, saturation, size, readability, 16x16 average hash), cached by path + content hash.
 - ``drift``: evidently 0.7 report (DataDriftPreset + DataSummaryPreset) vs. a reference.
 - ``checks``: the checks and their thresholds (``validate.checks.*``).
 - ``tracking``: the summary to wandb (offline unless configured and keyed).

@@ -46,6 +46,10 @@ class Paths:
     metrics: Path = Path("metrics/data_validation.json")
 
 
+#: summary keys that describe this run, not the data: the stage's run record, not the metrics
+RUN_KEYS = ("features_computed", "features_reused", "wandb_mode", "seconds")
+
+
 def _counts(labels: pd.Series, classes=("0", "1")) -> dict[str, int]:
     vc = labels.astype(int).astype(str).value_counts()
     return {c: int(vc.get(c, 0)) for c in classes}
@@ -158,8 +162,10 @@ def validate(params: dict, paths: Paths = Paths(), progress: bool = True) -> dic
         "features_computed": cache_counts["computed"],
         "features_reused": cache_counts["reused"],
     }
+    # before wandb: the record never depends on the tracker; nor on what an earlier run left in
+    # the cache or on this machine's environment (RUN_KEYS: in the run record, see the stage)
+    _write_json_atomic(paths.metrics, {k: v for k, v in summary.items() if k not in RUN_KEYS})
     summary["wandb_mode"] = resolve_mode(cfg.get("wandb", {}).get("mode"))[0]
-    _write_json_atomic(paths.metrics, summary)  # before wandb: the record never depends on the tracker
     tracking = log_to_wandb(summary, frames, labels, cfg, FEATURES)
     if tracking.get("run_dir"):  # printed, not stored: it changes every run
         print(f"validate: wandb {tracking['mode']} run in {tracking['run_dir']}")

@@ -26,7 +26,9 @@ effect size, not a p-value. Frames of one episode are strongly correlated, so p-
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -87,6 +89,26 @@ def _stattest_decisions(ref: pd.DataFrame, cur: pd.DataFrame, method: str | None
     return out
 
 
+#: the random and time-based ids evidently gives every widget and script variable
+_IDS = re.compile(r"(?<![0-9a-fA-F])(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})"
+                  r"(?![0-9a-fA-F])")
+
+
+def stable_ids(html: str) -> str:
+    """The same page with every id replaced, consistently, by one derived from its order of first
+    appearance: the report is a DVC output, so the same data must give the same bytes."""
+    ids: dict[str, str] = {}
+
+    def new_id(m: re.Match) -> str:
+        old = m.group(0)
+        if old not in ids:
+            h = hashlib.sha256(f"autosink-report-id-{len(ids)}".encode()).hexdigest()[:32]
+            ids[old] = h if len(old) == 32 else f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        return ids[old]
+
+    return _IDS.sub(new_id, html)
+
+
 def _save_html(snapshot, path: Path) -> None:
     """evidently's save_html ignores pathlib.Path (it writes nothing): pass str, via a temp file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,6 +116,7 @@ def _save_html(snapshot, path: Path) -> None:
     snapshot.save_html(str(tmp))
     if not tmp.exists():
         raise RuntimeError(f"evidently wrote no HTML to {tmp}")
+    tmp.write_text(stable_ids(tmp.read_text(encoding="utf-8")), encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -1,4 +1,4 @@
-"""Per-image features for data validation, cached by path + file size + mtime.
+"""Per-image features for data validation, cached by path + content hash.
 
 Every feature is computed on a copy downscaled to ``work_width`` pixels wide (INTER_AREA), so a
 frame costs little more than its PNG decode and the numbers do not depend on the camera
@@ -21,8 +21,9 @@ Features (one row per frame; ``FEATURES`` are the ones the drift report compares
   the frames, dishes under running water included, share one of a few 8x8 hashes across
   episodes), while 16x16 tells the scenes apart and still matches re-encoded or identical frames.
 
-The cache (``data/validation/image_features.csv``) is reused row by row when a frame's path,
-size and mtime match, and as a whole only when the feature settings are unchanged (they are
+The cache (``data/validation/image_features.csv``) is reused row by row when a frame's path
+and sha256 match (content, not mtime: the cache is a DVC output and must come out the same on
+every machine; hashing the sample store takes under a second), and as a whole only when the feature settings are unchanged (they are
 stored beside it in ``image_features.key.json``).
 """
 
@@ -39,13 +40,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from autosink.fileio import atomic_write
+from autosink.fileio import atomic_write, sha256_file
 
 FEATURES = [
     "brightness", "contrast", "sharpness", "cast_rg", "cast_bg",
     "roi_brightness", "roi_objectness", "saturated",
 ]
-KEY_COLUMNS = ["path", "size", "mtime_ns"]
+KEY_COLUMNS = ["path", "sha256"]
 CACHE_COLUMNS = KEY_COLUMNS + ["readable", "width", "height", *FEATURES, "ahash", "error"]
 FEATURES_VERSION = 1  # bump when a feature's definition changes: every cached row is recomputed
 
@@ -127,12 +128,12 @@ def file_features(path: Path, cfg: FeatureConfig) -> dict:
     return image_features(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), cfg)
 
 
-def _stat(path: Path) -> tuple[int, int]:
+def _digest(path: Path) -> str:
+    """sha256 of the file ("" when it cannot be read: its features then say why)."""
     try:
-        st = path.stat()
+        return sha256_file(path)
     except OSError:
-        return -1, -1
-    return int(st.st_size), int(st.st_mtime_ns)
+        return ""
 
 
 def _cache_key(cfg: FeatureConfig) -> dict:
@@ -149,7 +150,7 @@ def read_cache(path: Path, cfg: FeatureConfig) -> pd.DataFrame:
     key = key_file(path)
     if not path.exists() or not key.exists() or json.loads(key.read_text()) != _cache_key(cfg):
         return pd.DataFrame(columns=CACHE_COLUMNS)
-    table = pd.read_csv(path, dtype={"path": str, "ahash": str, "error": str}, keep_default_na=False,
+    table = pd.read_csv(path, dtype={"path": str, "sha256": str, "ahash": str, "error": str}, keep_default_na=False,
                         na_values={f: ["", "nan"] for f in FEATURES})
     if list(table.columns) != CACHE_COLUMNS:  # another feature set: recompute everything
         return pd.DataFrame(columns=CACHE_COLUMNS)
@@ -166,13 +167,13 @@ def compute_features(paths: list[str], store_dir: Path, cache_file: Path, cfg: F
                      progress: bool = True, workers: int | None = None) -> tuple[pd.DataFrame, dict]:
     """Features of every frame in ``paths`` (relative to ``store_dir``), reusing ``cache_file``.
 
-    A cached row is reused when its path, file size and mtime (ns) all match; the cache is
+    A cached row is reused when its path and content hash match; the cache is
     rewritten (atomically) with exactly the rows of ``paths``, so frames that left the store
     leave the cache too. Returns the table (in ``paths`` order) and counts.
     """
     cache = read_cache(cache_file, cfg)
-    cached = {(r.path, int(r.size), int(r.mtime_ns)): i for i, r in enumerate(cache[KEY_COLUMNS].itertuples())}
-    keys = [(p, *_stat(store_dir / p)) for p in paths]
+    cached = {(r.path, r.sha256): i for i, r in enumerate(cache[KEY_COLUMNS].itertuples())}
+    keys = [(p, _digest(store_dir / p)) for p in paths]
     reuse = [cached.get(k) for k in keys]
     todo = [i for i, r in enumerate(reuse) if r is None]
     workers = workers or min(8, os.cpu_count() or 1)
@@ -185,7 +186,7 @@ def compute_features(paths: list[str], store_dir: Path, cache_file: Path, cfg: F
         if r is not None:
             rows[i] = records[r]
     for i, feats in zip(todo, computed):
-        rows[i] = {"path": keys[i][0], "size": keys[i][1], "mtime_ns": keys[i][2], **feats}
+        rows[i] = {"path": keys[i][0], "sha256": keys[i][1], **feats}
     table = pd.DataFrame(rows, columns=CACHE_COLUMNS)
     table["readable"] = table["readable"].astype(bool)
     key_file(cache_file).unlink(missing_ok=True)  # no key while the table and key disagree

@@ -10,6 +10,8 @@ reported and never fails the stage: the metrics JSON and the HTML report are the
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -17,6 +19,10 @@ import numpy as np
 import pandas as pd
 
 MODES = ("online", "offline", "disabled")
+
+
+def _config_key(cfg: dict) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def resolve_mode(configured: str | None, env: dict | None = None) -> tuple[str, str | None]:
@@ -34,6 +40,25 @@ def resolve_mode(configured: str | None, env: dict | None = None) -> tuple[str, 
     return mode, None
 
 
+def run_identity(job_type: str, key: str, env: dict | None = None) -> dict:
+    """``wandb.init`` arguments that trace a run back to its DVC experiment and git revision.
+
+    name ``<experiment>-<job_type>`` (the experiment: ``DVC_EXP_NAME``, which `dvc exp run` sets,
+    else ``workspace``), group = the experiment, tags ``[experiment, git-<revision>]``, and an id
+    derived from ``key`` (what defines the run, e.g. the training fingerprint): the id is recorded
+    in the model card, a DVC output that must come out the same on every machine, so the same
+    inputs give the same id and a rerun resumes that run (``resume="allow"``).
+    """
+    from autosink.export import git_revision
+
+    env = os.environ if env is None else env
+    experiment = env.get("DVC_EXP_NAME") or "workspace"
+    revision = git_revision()
+    return {"name": f"{experiment}-{job_type}", "group": experiment, "job_type": job_type,
+            "tags": [experiment, f"git-{revision[:12]}" + ("-dirty" if revision.endswith("-dirty") else "")],
+            "id": f"{job_type}-{key[:16]}", "resume": "allow"}
+
+
 def log_to_wandb(summary: dict, frames: pd.DataFrame, labels: pd.DataFrame, cfg: dict,
                  features: list[str]) -> dict:
     """Log one run (job_type data-validation). Returns {mode, run_dir or error}."""
@@ -48,10 +73,10 @@ def log_to_wandb(summary: dict, frames: pd.DataFrame, labels: pd.DataFrame, cfg:
 
         run_dir = Path(w.get("dir") or ".")
         run_dir.mkdir(parents=True, exist_ok=True)
-        run = wandb.init(project=w.get("project", "autosink"), mode=mode, dir=str(run_dir),
-                         job_type="data-validation", config={"validate": cfg},
-                         tags=[str(summary.get("feature_store_version", "unknown"))],
-                         settings=wandb.Settings(silent=True, console="off"))
+        ident = run_identity("data-validation", f"{summary.get('feature_store_version')}-{_config_key(cfg)}")
+        ident["tags"].append(str(summary.get("feature_store_version", "unknown")))
+        run = wandb.init(project=w.get("project", "autosink"), mode=mode, dir=str(run_dir), config={"validate": cfg},
+                         settings=wandb.Settings(silent=True, console="off"), **ident)
         label_table = wandb.Table(dataframe=labels[["name", "split", "label", "count"]])
         checks = wandb.Table(columns=["name", "passed", "value", "threshold", "message"],
                              data=[[c["name"], c["passed"], str(c["value"]), str(c["threshold"]), c["message"]]
