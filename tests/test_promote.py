@@ -25,7 +25,7 @@ CASES = {"tap_on_hands": {"accuracy": 0.96, "frames": 40}, "dishes_in_sink": {"a
 def make_candidate(root: Path, version: str, *, scale: float = 100.0, passed: bool = True,
                    failures: tuple[str, ...] = (), judged: str | None = None, card_sha: str | None = None,
                    card_ckpt: str | None = None) -> dict:
-    """Write models/model.onnx, model.json, model.ckpt and metrics/cases.json as the pipeline would."""
+    """Write models/model.onnx, model.json, model.ckpt and reports/cases.json as the pipeline would."""
     models = root / "models"
     onnx = write_tiny_model(models / "model.onnx", card=False, scale=scale)
     ckpt = models / "model.ckpt"
@@ -36,10 +36,10 @@ def make_candidate(root: Path, version: str, *, scale: float = 100.0, passed: bo
         model_sha256=card_sha or onnx_sha, backbone="tiny-roi-brightness", version=version,
         threshold=0.4, data_version="data-abc123", git_revision="0123abcd", metrics={"test_f1": 0.91},
         checkpoint_sha256=card_ckpt or ckpt_sha))
-    (root / "metrics").mkdir(parents=True, exist_ok=True)
+    (root / "reports").mkdir(parents=True, exist_ok=True)
     production = root / "models" / "production" / "model.onnx"  # the champion the gate compared with
     champion = {"model_sha256": sha256_file(production)} if production.is_file() else None
-    (root / "metrics" / "cases.json").write_text(json.dumps(
+    (root / "reports" / "cases.json").write_text(json.dumps(
         {"passed": passed, "failures": list(failures), "checkpoint_sha256": judged or ckpt_sha, "cases": CASES,
          "champion": champion}))
     return {"onnx": onnx_sha, "ckpt": ckpt_sha, "version": version}
@@ -58,11 +58,11 @@ def plain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_refuses_missing_candidate(plain: Path) -> None:
     make_candidate(plain, "v-a")
     (plain / "models" / "model.ckpt").unlink()
-    (plain / "metrics" / "cases.json").unlink()
+    (plain / "reports" / "cases.json").unlink()
     with pytest.raises(PromotionError) as e:
         promote(plain)
     msg = str(e.value)
-    assert "models/model.ckpt" in msg and "metrics/cases.json" in msg and "models/model.onnx" not in msg
+    assert "models/model.ckpt" in msg and "reports/cases.json" in msg and "models/model.onnx" not in msg
     assert "dvc repro" in msg
     assert not (plain / "models" / "production").exists()
 
@@ -92,8 +92,8 @@ def test_refuses_a_verdict_against_another_production_model(plain: Path) -> None
     make_candidate(plain, "v-a")
     promote(plain)
     make_candidate(plain, "v-b", scale=50.0)
-    cases = json.loads((plain / "metrics" / "cases.json").read_text())
-    (plain / "metrics" / "cases.json").write_text(json.dumps({**cases, "champion": None}))
+    cases = json.loads((plain / "reports" / "cases.json").read_text())
+    (plain / "reports" / "cases.json").write_text(json.dumps({**cases, "champion": None}))
     with pytest.raises(PromotionError, match=r"compared the candidate with production model none.*validate_model"):
         promote(plain)
 

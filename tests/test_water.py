@@ -189,7 +189,11 @@ def test_always_on_model_saves_nothing_and_withholds_nothing(always_on):
 
 
 def test_always_off_model_withholds_all_needed_water(always_off):
-    metrics, _ = always_off
+    metrics, run = always_off
+    # it "saves" every litre, and the verdict fails it for that
+    headline = json.loads((run / "metrics/water.json").read_text())
+    assert headline["savings_pct"] == 100.0 and headline["withheld_pct"] == 100.0 and headline["passed"] is False
+    assert metrics["total"]["missed_needs_pct"] == 100.0  # no need got any water
     _check_consistent(metrics)
     for m in [metrics["total"], *metrics["sessions"].values()]:
         assert m["withheld_s"] == pytest.approx(m["need_s"]) and m["withheld_pct"] == pytest.approx(100.0)
@@ -200,7 +204,11 @@ def test_always_off_model_withholds_all_needed_water(always_off):
 
 def test_stage_writes_metrics_csv_and_plot(always_on):
     metrics, run = always_on
-    assert json.loads((run / "metrics/water.json").read_text()) == metrics
+    assert json.loads((run / "reports/water.json").read_text()) == metrics
+    # the headline: savings beside the withheld water, the false-offs and the verdict
+    headline = json.loads((run / "metrics/water.json").read_text())
+    assert headline["passed"] is True and headline["withheld_pct"] == 0.0  # always on withholds nothing
+    assert headline["savings_pct"] == round(metrics["total"]["savings_pct"], 4) and "false_offs_per_10min" in headline
     with open(run / "metrics/water/session.csv") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CSV_COLUMNS

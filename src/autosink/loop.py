@@ -39,12 +39,13 @@ Each round:
    ``min_gain`` with no worse worst case is promoted, so the fleet can climb from the weak start.
 
 The rounds are compared on what stays fixed: the case sets and the held-out water sessions
-(`metrics/cases.json`, `metrics/water.json` of the repro that produced each model). Test
+(`reports/cases.json`, `reports/water.json` of the repro that produced each model). Test
 accuracy is reported too, but each round draws its test split from a different lake.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -55,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from autosink.bench import copy_project, run
-from autosink.stages import RUNS
+from autosink.stages import REPORTS, RUNS
 
 __all__ = ["LoopSettings", "fleet_scripts", "collect_round", "run_loop", "format_round", "plot_rounds"]
 
@@ -189,7 +190,8 @@ def _params(project: Path) -> dict:
 
 def model_report(project: Path) -> dict:
     """What the latest `dvc repro` in the copy says about its candidate."""
-    ev, cases, water, train = (_json(project / "metrics" / f"{n}.json") for n in ("eval", "cases", "water", "train"))
+    ev, cases, water = (_json(project / REPORTS / f"{n}.json") for n in ("eval", "cases", "water"))
+    train = _json(project / RUNS / "train.json")
     card = _json(project / "models/model.json")
     acc = {name.split("-")[0]: round(float(c["accuracy"]), 3) for name, c in (cases.get("cases") or {}).items()}
     total = water.get("total", {})
@@ -204,13 +206,10 @@ def model_report(project: Path) -> dict:
 
 
 def water_summary(total: dict) -> dict:
-    """The held-out water numbers the loop compares (``metrics/water.json``'s ``total``), plus the
-    share of need stretches that got no water at all (a model that never opens has no false-offs)."""
-    out = {k: total.get(k) for k in ("savings_pct", "withheld_pct", "false_offs_per_10min", "valve_switches_per_min",
-                                      "litres_autosink", "litres_oracle", "missed_needs", "need_stretches")}
-    n = total.get("need_stretches")
-    out["missed_needs_pct"] = round(100.0 * total["missed_needs"] / n, 2) if n else None
-    return out
+    """The held-out water numbers the loop compares (``reports/water.json``'s ``total``)."""
+    return {k: total.get(k) for k in ("savings_pct", "withheld_pct", "missed_needs_pct", "false_offs_per_10min",
+                                      "valve_switches_per_min", "litres_autosink", "litres_oracle", "missed_needs",
+                                      "need_stretches")}
 
 
 def _repro(project: Path, env: dict, settings: LoopSettings, *extra: str) -> None:
@@ -221,6 +220,19 @@ def _repro(project: Path, env: dict, settings: LoopSettings, *extra: str) -> Non
 def _commit(project: Path, env: dict, message: str) -> None:
     run(["git", "add", "-A"], project, env)
     run(["git", "commit", "-q", "-m", message], project, env)
+
+
+def _reuse_output(root: Path, project: Path, path: Path) -> None:
+    """Put this workspace's ``path`` (a DVC output) into the copy and its DVC cache. `dvc repro`
+    then keeps it when it is current (same code, parameters and hash as the copy's dvc.lock) and
+    reruns its stage otherwise: reusing it never skips a change."""
+    src = root / path
+    if not src.is_file():
+        return
+    md5 = hashlib.md5(src.read_bytes()).hexdigest()  # DVC 3's hash of a file
+    for dst in (project / path, project / ".dvc/cache/files/md5" / md5[:2] / md5[2:]):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
 
 
 def setup(root: Path, workdir: Path, settings: LoopSettings, progress: bool = True) -> tuple[Path, dict]:
@@ -239,9 +251,7 @@ def setup(root: Path, workdir: Path, settings: LoopSettings, progress: bool = Tr
     for zip_path in sorted((project / data["sim_lake"]).glob("*.zip")):
         shutil.copy2(zip_path, lake / zip_path.name)
     run(["dvc", "add", data["lake"]], project, env)
-    if (root / BASE).is_file():  # dvc repro keeps it if it is current (same code, params and lock), else retrains
-        (project / BASE).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(root / BASE, project / BASE)
+    _reuse_output(root, project, BASE)
     first = ("the default recipe (the base model fine-tuned on the sample lake)" if settings.start == "base"
              else f"a deliberately weak model ({settings.weak_epochs} epoch(s) from scratch)")
     say(f"loop: round 0: training {first} with dvc repro")

@@ -68,7 +68,7 @@ def _write_training_features(root: Path, dest: Path) -> None:
 
 CANDIDATE = {"model.onnx": MODELS / "model.onnx", "model.json": MODELS / "model.json",
              "model.ckpt": MODELS / "model.ckpt"}
-CASES = Path("metrics/cases.json")
+CASES = Path("reports/cases.json")  # the gate's verdict (metrics/cases.json: its headline numbers)
 #: what a user can do when the gate refused the candidate
 NEXT_STEPS = """next steps:
   - see why: the per-case lines `dvc repro validate_model` printed (frames, accuracy, Wilson interval),

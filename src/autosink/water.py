@@ -120,6 +120,7 @@ DEFAULTS: dict[str, Any] = {
     "dishes_per_session": [3, 5],
     "regime": "none",
     "ir_off_delay_s": 0.0,
+    "max_withheld_pct": 5.0,
     "threads": 1,
     "plot_session": 0,
     "controller_from": "edge/config.toml",
@@ -373,6 +374,8 @@ def derive(counts: Mapping[str, float], flow_l_min: float) -> dict[str, Any]:
         # withholding, so read it with withheld_pct
         "savings_of_oracle_pct": _r(100.0 * (lo - la) / (lo - lor)) if lo > lor else None,
         "withheld_pct": _r(100.0 * c["withheld_s"] / c["need_s"]) if c["need_s"] > 0 else None,
+        # needs that got no water at all (a model that never opens has no false-offs)
+        "missed_needs_pct": _r(100.0 * c["missed_needs"] / c["need_stretches"]) if c["need_stretches"] else None,
         "false_offs_per_10min": _r(c["false_offs"] / (dur / 600.0)) if dur > 0 else None,
         "valve_switches_per_min": _r(c["valve_switches"] / (dur / 60.0)) if dur > 0 else None,
         "ir_switches_per_min": _r(c["ir_switches"] / (dur / 60.0)) if dur > 0 else None,

@@ -8,13 +8,17 @@ import pandas as pd
 
 from autosink.evaluation import curve_tables, evaluate_table, predict_paths, truth_report, water_invariance
 from autosink.frames import read_split
-from autosink.stages import write_metrics
+from autosink.stages import REPORTS, write_results
 from autosink.training import load_trained
 
 CKPT = Path("models/model.ckpt")
 STORE = Path("data/feature-store")
 TEST = Path("data/splits/test.csv")
 METRICS = Path("metrics/eval.json")
+REPORT = REPORTS / "eval.json"
+#: the headline (the rest, per-episode accuracy and the truth report included, is in REPORT)
+#: (feedback-label accuracy and AUROC there too: the headline must fit a 120-column `dvc metrics show`)
+KEYS = ("accuracy_vs_truth", "f1", "water_invariance.mean_abs_diff", "water_invariance.accuracy_water_off")
 PLOTS = Path("metrics/eval")
 
 
@@ -44,9 +48,9 @@ def run(params: dict, progress: bool = True) -> dict:
         frame.to_csv(PLOTS / f"{name}.csv", index=False)
     table.assign(p_water=p.round(6), predicted=(p >= metrics["threshold"]).astype(int)).to_csv(
         PLOTS / "predictions.csv", index=False)
-    write_metrics(METRICS, metrics)
+    write_results("eval", metrics, KEYS)
     print(f"evaluate: {metrics['n']} held-out frames: accuracy {metrics['accuracy']:.3f}, f1 {metrics['f1']:.3f}, "
-          f"auroc {metrics['auroc']:.3f}, worst episode {metrics['worst_episode_accuracy']:.2f} -> {METRICS}")
+          f"auroc {metrics['auroc']:.3f}, worst episode {metrics['worst_episode_accuracy']:.2f} -> {METRICS}, {REPORT}")
     if "truth" in metrics:
         t = metrics["truth"]
         print(f"evaluate: against the simulator's truth: labels agree {t['label_agreement']}, model "

@@ -20,8 +20,8 @@ from autosink.training import load_trained
 
 CKPT = Path("models/model.ckpt")
 ONNX = Path("models/model.onnx")
-EVAL = Path("metrics/eval.json")
-CASES = Path("metrics/cases.json")
+EVAL = Path("reports/eval.json")
+CASES = Path("reports/cases.json")
 STORE = Path("data/feature-store")
 VAL = Path("data/splits/val.csv")
 

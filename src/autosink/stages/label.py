@@ -12,12 +12,14 @@ import pandas as pd
 
 from autosink.featurestore import build_feature_store
 from autosink.labels import IGNORE, LabelRules
-from autosink.stages import write_metrics, write_run_record
+from autosink.stages import write_results, write_run_record
 
 EXTRACTED = Path("data/extracted")
 HUMAN_LABELS = Path("data/labels")
 STORE = Path("data/feature-store")
 METRICS = Path("metrics/labels.json")
+#: the headline (reports/labels.json: also the per-class counts, the feature store version, ...)
+KEYS = ("episodes", "frames", "frames_labeled", "frames_review", "frames_human", "auto_label_agreement")
 
 
 def agreement_with_truth(manifest: pd.DataFrame, truth_dir: Path) -> dict:
@@ -67,7 +69,7 @@ def run(params: dict, progress: bool = True) -> dict:
         **(agreement_with_truth(manifest, Path(cfg["truth_dir"])) if params["data"]["source"] == "sample"
            else {"truth_episodes": 0}),
     }
-    write_metrics(METRICS, metrics)
+    write_results("labels", metrics, KEYS)
     # the work this run did depends on what an earlier run left, not on the data: not a metric
     write_run_record("label", {k: work[k] for k in ("episodes_relabelled", "episodes_reused")})
     print(f"label: {metrics['frames']} frames in {metrics['episodes']} episodes "

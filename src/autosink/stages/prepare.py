@@ -7,11 +7,13 @@ from pathlib import Path
 import pandas as pd
 
 from autosink.split import make_splits
-from autosink.stages import write_metrics
+from autosink.stages import write_results
 
 MANIFEST = Path("data/feature-store/manifest.csv")
 OUT_DIR = Path("data/splits")
 METRICS = Path("metrics/prepare.json")
+#: the headline (reports/prepare.json: also the per-class counts and the grouping)
+KEYS = ("train.frames", "train.groups", "val.frames", "val.groups", "test.frames", "test.groups")
 
 
 def run(params: dict, progress: bool = True) -> dict:
@@ -30,7 +32,7 @@ def run(params: dict, progress: bool = True) -> dict:
             "groups": int(table[cfg["group_by"]].nunique()),
             "per_class": {str(c): int((table["label"] == c).sum()) for c in (0, 1)},
         }
-    write_metrics(METRICS, metrics)
+    write_results("prepare", metrics, KEYS)
     print("prepare: " + ", ".join(f"{s} {metrics[s]['frames']} frames / {metrics[s]['groups']} groups"
                                   for s in splits))
     return metrics

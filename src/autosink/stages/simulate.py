@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autosink.stages import write_metrics
+from autosink.stages import write_results
 
 TRUTH_DIR = Path("data/sim-truth")
 CASES_DIR = Path("data/cases")
 METRICS = Path("metrics/simulate.json")
+#: the headline (reports/simulate.json: everything simulate_lake reports)
+KEYS = ("users", "sessions", "episodes", "frames", "overrides", "lake_mb", "majority_baseline_accuracy")
 
 
 def run(params: dict, progress: bool = True) -> dict:
@@ -16,7 +18,7 @@ def run(params: dict, progress: bool = True) -> dict:
 
     metrics = simulate_lake(dict(params["sim"]), Path(params["data"]["sim_lake"]), TRUTH_DIR, CASES_DIR,
                             progress=progress)
-    write_metrics(METRICS, metrics)
+    write_results("simulate", metrics, KEYS)
     print(
         f"simulate: {metrics['episodes']} episodes, {metrics['frames']} frames, "
         f"trivial baseline accuracy {metrics['trivial_baseline_accuracy']:.3f}"

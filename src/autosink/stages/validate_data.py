@@ -36,7 +36,7 @@ def run(params: dict, progress: bool = True) -> dict:
     print(f"validate: {summary['n_frames']} frames ({summary['features_computed']} computed, "
           f"{summary['features_reused']} from cache), drift share "
           f"{'n/a' if drift is None else f'{drift:.2f}'} vs. {summary['drift']['reference']['kind']} reference, "
-          f"{summary['seconds']:.1f} s -> {PATHS.html}, {PATHS.metrics}")
+          f"{summary['seconds']:.1f} s -> {PATHS.html}, {PATHS.metrics}, {PATHS.report}")
     if not summary["passed"]:
         if summary["enforced"]:
             raise DataValidationError(failure_message(summary))

@@ -1,4 +1,5 @@
-"""`validate_model` stage: the trained model on every case set -> metrics/cases.json (the gate).
+"""`validate_model` stage: the trained model on every case set -> reports/cases.json (the gate's
+verdict, which `autosink promote` reads) and metrics/cases.json (its headline numbers).
 
 Each ``CASEnn-<label>-<desc>/`` folder under ``validate_model.cases_dir`` is scored with the
 candidate (models/model.ckpt, the same graph the export ships) and, when there is one, with the
@@ -16,12 +17,13 @@ import torch
 
 from autosink.cases import evaluate_cases, format_report, gate, list_cases, onnx_predictor
 from autosink.fileio import sha256_file
-from autosink.stages import write_metrics
+from autosink.stages import REPORTS, write_results
 from autosink.training import load_trained
 
 CKPT = Path("models/model.ckpt")
 PRODUCTION = Path("models/production/model.onnx")
-METRICS = Path("metrics/cases.json")
+REPORT = REPORTS / "cases.json"
+KEYS = ("passed", "cases_passed", "cases_total", "worst_case_accuracy", "mean_case_accuracy")
 
 
 def run(params: dict, progress: bool = True) -> dict:
@@ -43,7 +45,11 @@ def run(params: dict, progress: bool = True) -> dict:
     result = gate(challenger, champion, cfg)
     result.update(checkpoint_sha256=sha256_file(CKPT), threshold=float(meta["threshold"]), champion=champion_info,
                   backbone=net.backbone_name)
-    write_metrics(METRICS, result)
+    accuracy = [c["accuracy"] for c in result["cases"].values()]
+    metrics = {"cases_passed": sum(bool(c["passed"]) for c in result["cases"].values()), "cases_total": len(accuracy),
+               "worst_case_accuracy": min(accuracy, default=None),
+               "mean_case_accuracy": sum(accuracy) / len(accuracy) if accuracy else None}
+    write_results("cases", {**result, **metrics}, KEYS)
     print(format_report(result))
     if champion is None:
         print("validate_model: no production model yet (models/production/model.onnx): no regression check")

@@ -43,9 +43,12 @@ class Paths:
     cache: Path = Path("data/validation/image_features.csv")
     html: Path = Path("reports/data_validation.html")
     plots: Path = Path("reports/data_validation")
-    metrics: Path = Path("metrics/data_validation.json")
+    metrics: Path = Path("metrics/data_validation.json")  # the headline numbers (HEADLINE)
+    report: Path = Path("reports/data_validation.json")   # the whole summary: every check's message
 
 
+#: what metrics/data_validation.json holds: the numbers to compare across experiments
+HEADLINE = ("passed", "checks_failed", "n_frames", "n_unreadable", "n_episodes", "drift_share")
 #: summary keys that describe this run, not the data: the stage's run record, not the metrics
 RUN_KEYS = ("features_computed", "features_reused", "wandb_mode", "seconds")
 
@@ -164,7 +167,9 @@ def validate(params: dict, paths: Paths = Paths(), progress: bool = True) -> dic
     }
     # before wandb: the record never depends on the tracker; nor on what an earlier run left in
     # the cache or on this machine's environment (RUN_KEYS: in the run record, see the stage)
-    _write_json_atomic(paths.metrics, {k: v for k, v in summary.items() if k not in RUN_KEYS})
+    summary["checks_failed"] = sum(not c["passed"] for c in summary["checks"].values())
+    _write_json_atomic(paths.report, {k: v for k, v in summary.items() if k not in RUN_KEYS})
+    _write_json_atomic(paths.metrics, {k: summary[k] for k in HEADLINE})
     summary["wandb_mode"] = resolve_mode(cfg.get("wandb", {}).get("mode"))[0]
     tracking = log_to_wandb(summary, frames, labels, cfg, FEATURES)
     if tracking.get("run_dir"):  # printed, not stored: it changes every run
