@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help env repro test test-fast bench params check-params remote lock clean-env
+.PHONY: help env repro test test-fast bench plots params check-params remote lock clean-env
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ test-fast: env  ## unit tests only (skips the end-to-end DVC runs)
 
 bench: env  ## print benchmarks, write metrics/bench.json (BENCH_ARGS=--quick skips the minutes-long one)
 	autosink bench all $(BENCH_ARGS)
+
+plots: env  ## dvc plots show as one page that draws offline: runs/plots/index.html
+	autosink plots
 
 params: env  ## recompose params.yaml from conf/ (what `dvc exp run` does)
 	autosink params compose

@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
     p.add_argument("--user-id", help="user_id written into episodes (default: the host name)")
     p.add_argument("--no-inputs", action="store_true", help="ignore the GPIO reed switch and button")
+    p.add_argument("--replay-user", action="store_true",
+                   help="with --camera episode:<zip>: the episode's recorded faucet states act as the user's hand "
+                        "(button where they forced water on, handle closed where they stopped it), so the run "
+                        "records feedback episodes as the Pi did")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
     p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     p.add_argument("--close-valve", action="store_true",
@@ -171,10 +175,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from autosink.edge.camera import CameraError
     from autosink.edge.inference import ModelError
-    from autosink.edge.runtime import build_runtime
+    from autosink.edge.runtime import build_runtime, replay_user
 
     try:
-        runtime = build_runtime(cfg, max_frames=args.max_frames)
+        feedback = None
+        if args.replay_user:
+            cfg, feedback = replay_user(cfg)
+        runtime = build_runtime(cfg, max_frames=args.max_frames, feedback=feedback)
     except (ConfigError, ModelError, CameraError, ValueError, OSError, ImportError) as e:
         log.error("cannot start: %s", e)
         return 2

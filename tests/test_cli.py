@@ -14,7 +14,7 @@ SUBCOMMANDS = [[], ["simulate"], ["extract"], ["label"], ["label", "build"], ["l
                ["params", "compose"], ["params", "check"], ["remote"], ["remote", "init"],
                ["bench"], ["bench", "incremental"], ["bench", "train"], ["base"], ["train"], ["evaluate"],
                ["validate-model"], ["export"], ["promote"], ["water"],
-               ["bench", "edge"], ["bench", "all"], ["loop"]]
+               ["bench", "edge"], ["bench", "all"], ["loop"], ["plots"]]
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "autosink")

@@ -72,6 +72,42 @@ def test_user_corrects_a_model_that_never_opens_and_the_lake_gets_the_episodes(t
     assert forced > 0
 
 
+def _overridden(path) -> list[bytes]:
+    """The decoded pixels of every frame where the faucet differed from the model, in order."""
+    import zipfile
+
+    import cv2
+
+    ep = read_episode(path)
+    with zipfile.ZipFile(path) as z:
+        return [cv2.imdecode(np.frombuffer(z.read(it.image), np.uint8), cv2.IMREAD_COLOR).tobytes()
+                for it in ep.meta.interactions if it.model_output != it.magnetic_status]
+
+
+def test_replaying_an_episode_with_its_user_records_the_same_overrides(tmp_path, repo_root):
+    """The edge demo that records (edge/run.py --camera episode:<zip> --replay-user): the same
+    frames, the same model and the recorded faucet states as the user's hand give an episode the
+    lake accepts, overridden on exactly the frames the original was."""
+    from autosink.edge.runtime import SimClock, build_runtime, load_config, merge_config, replay_user
+    from autosink.episode import check_episode
+
+    project, params = _project(tmp_path, repo_root, bias=-10.0)  # never opens: the user forces water
+    collect_round(project, params, 1, tmp_path / "spool", progress=False)
+    original = max(sorted((project / "data/data-lake").glob("*.zip")), key=lambda p: len(_overridden(p)))
+    assert _overridden(original)
+    cfg = merge_config(load_config(repo_root / "edge/config.toml"), {
+        "model": {"path": str(project / "models/production/model.onnx")},
+        "camera": {"source": f"episode:{original}", "fps": 2.0}, "valve": {"kind": "fake"},
+        "recorder": {"spool": str(tmp_path / "replay-spool")}, "upload": {"to": ""}})
+    cfg, feedback = replay_user(cfg)
+    build_runtime(cfg, clock=SimClock(), feedback=feedback, background=False, install_signals=False).run()
+    (replayed,) = sorted((tmp_path / "replay-spool").glob("*.zip"))
+    assert check_episode(replayed) == []  # what `autosink lake check` runs
+    assert _overridden(replayed) == _overridden(original)
+    with pytest.raises(ValueError, match="episode:<zip>"):
+        replay_user(merge_config(cfg, {"camera": {"source": "folder:/tmp"}}))
+
+
 def test_user_closes_a_model_that_never_closes(tmp_path, repo_root):
     project, params = _project(tmp_path, repo_root, bias=10.0)
     params["water"]["controller"] = {"max_open_s": 1e6}

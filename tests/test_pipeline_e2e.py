@@ -169,6 +169,43 @@ def test_a_fresh_clone_reproduces_every_output_byte_for_byte(project, tmp_path):
     assert run(["git", "status", "--porcelain"], clone, env) == "", run(["git", "diff", "--stat"], clone, env)
 
 
+def _drawn_charts(page_file: Path) -> list[int]:
+    """Open the page in headless Chromium with the network cut; the inked pixels of each chart."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("no `chromium` on PATH (apt-get install -y chromium)")
+    ink = """() => Array.from(document.querySelectorAll('canvas')).map(c => {
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && Math.min(d[i], d[i + 1], d[i + 2]) < 200) n++;
+        return n; })"""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_context(offline=True).new_page()
+            page.goto(page_file.resolve().as_uri())
+            page.wait_for_timeout(2000)
+            return page.evaluate(ink)
+        finally:
+            browser.close()
+
+
+def test_plots_page_draws_offline(project, tmp_path):
+    """`autosink plots` (make plots): every plot draws with no network; DVC's own page does not."""
+    root, env, _ = project
+    try:
+        run(["autosink", "plots", "-o", str(tmp_path / "plots")], root, env)
+    except RuntimeError as e:
+        if "cannot download" in str(e):
+            pytest.skip(f"the npm registry is out of reach and nothing is cached: {e}")
+        raise
+    charts = _drawn_charts(tmp_path / "plots/index.html")
+    declared = yaml.safe_load((root / "dvc.yaml").read_text())["plots"]
+    assert len(charts) == len(declared) and all(n > 500 for n in charts), charts
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "cdn")], root, env)
+    assert _drawn_charts(tmp_path / "cdn/index.html") == []  # scripts from a CDN: blank offline
+
+
 def test_human_label_reruns_label_stage_only_for_that_episode(project):
     root, env, _ = project
     episode = sorted((root / "data/extracted/episodes").glob("*.json"))[0].stem
@@ -218,6 +255,40 @@ def test_push_delete_cache_pull(project):
     assert tree_digest(root / "data/data-lake") == before
     assert tree_digest(root / "data/feature-store") == store_before
     assert "up to date" in run(["dvc", "status"], root, env)
+
+
+def test_round_trip_push_clone_pull_and_an_older_snapshot(project, tmp_path):
+    """dvc push, then a second clone: `dvc pull` gives a complete workspace with `dvc status`
+    clean, and `git checkout <older rev> && dvc checkout` brings back that snapshot's data."""
+    root, env, _ = project
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "--allow-empty", "-m", "snapshot A"], root, env)
+    run(["dvc", "push"], root, env)
+    store_a = tree_digest(root / "data/feature-store")
+    episode = sorted((root / "data/extracted/episodes").glob("*.json"))[0].stem
+    write_human_labels(root / "data/labels" / f"{episode}.csv", {0: 1, 1: 1})  # snapshot B: other labels
+    run(["dvc", "repro"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "snapshot B"], root, env)
+    store_b = tree_digest(root / "data/feature-store")
+    assert store_b != store_a
+    run(["dvc", "push"], root, env)
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+    run(["autosink", "remote", "init"], clone, env)  # the same remote ($AUTOSINK_DVC_REMOTE)
+    run(["dvc", "pull"], clone, env)
+    assert "up to date" in run(["dvc", "status"], clone, env)
+    assert tree_digest(clone / "data/feature-store") == store_b
+    for path in ("models/model.onnx", "models/model.ckpt", "models/base/model.ckpt", "data/data-lake"):
+        assert (clone / path).exists(), path
+    run(["git", "checkout", "-q", "HEAD~1"], clone, env)
+    run(["dvc", "checkout"], clone, env)
+    assert tree_digest(clone / "data/feature-store") == store_a
+    assert "up to date" in run(["dvc", "status"], clone, env)
+    # back in the workspace: the labels of snapshot A again
+    (root / "data/labels" / f"{episode}.csv").unlink()
+    run(["dvc", "repro"], root, env)
 
 
 def test_closed_loop_round_records_retrains_gates_and_promotes(project, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -144,6 +145,20 @@ def cmd_bench_all(args: argparse.Namespace) -> int:
 
     return main_all(args.model, args.iterations, args.warmup, args.quick, args.sizes, args.batches, args.json,
                     args.keep)
+
+
+def cmd_plots(args: argparse.Namespace) -> int:
+    from autosink.config import project_root
+    from autosink.plots import show_plots
+
+    try:
+        page = show_plots(args.out, project_root())
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        detail = getattr(e, "stderr", "") or ""
+        print(f"autosink plots: {e}{(': ' + detail.strip()) if detail else ''}", file=sys.stderr)
+        return 1
+    print(f"plots: {page} (opens offline: the plotting scripts are inside the page)")
+    return 0
 
 
 def cmd_loop(args: argparse.Namespace) -> int:
@@ -286,6 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_argument("--json", type=Path, default=None, help="report file (default metrics/loop.json)")
     loop.add_argument("--plot", type=Path, default=None, help="plot file (default reports/loop_rounds.png)")
     loop.set_defaults(func=cmd_loop)
+
+    plots = sub.add_parser(
+        "plots", help="dvc plots show as one page that draws offline (the plotting scripts inlined)",
+        description="Run `dvc plots show` with an --html-template that carries vega, vega-lite and vega-embed "
+                    "inline (downloaded once from the npm registry, checked against its sha512, cached in "
+                    "~/.cache/autosink/vega or $AUTOSINK_VEGA_CACHE): the page needs no network.")
+    plots.add_argument("-o", "--out", type=Path, default=Path("runs/plots"),
+                       help="output folder for index.html (default runs/plots)")
+    plots.set_defaults(func=cmd_plots)
 
     lake = sub.add_parser("lake", help="inspect data-lake episodes", description="Inspect data-lake episodes.")
     lake_sub = lake.add_subparsers(dest="lake_command", required=True, metavar="COMMAND")

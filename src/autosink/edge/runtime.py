@@ -226,6 +226,43 @@ class GpioFeedback:
                     inp.close()
 
 
+class EpisodeFeedback:
+    """A recorded user's hand, replayed from a data-lake episode, frame by frame: where the user
+    had water the model did not give (``magnetic_status`` 1, ``model_output`` 0) the button is
+    pressed; where they stopped water the model gave (0 / 1) the handle is closed. With the same
+    episode as the camera (``--camera episode:<zip> --replay-user``) a run records feedback as the
+    Pi did: the README's demo, and a check that replaying an episode reproduces its overrides."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        from autosink.episode import read_episode
+
+        self.path = str(path)
+        self.actions = [(it.model_output, it.magnetic_status)
+                        for it in read_episode(path, check_frames=False).meta.interactions]
+
+    def __call__(self, ctx: FeedbackContext) -> UserInput:
+        if ctx.index >= len(self.actions):
+            return UserInput()
+        model_output, faucet = self.actions[ctx.index]
+        return UserInput(forced_on=bool(faucet and not model_output), closed=bool(model_output and not faucet))
+
+    def close(self) -> None:
+        pass
+
+
+def replay_user(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], EpisodeFeedback]:
+    """The config and feedback for replaying the user of the episode ``camera.source`` names
+    (``episode:<zip>``). The recorded faucet states already hold the water the Pi's controller
+    kept running after each button release, so the replay's own hold is cut to nothing: the
+    replayed presses then give exactly the recorded water."""
+    kind, _, path = str(cfg["camera"]["source"]).partition(":")
+    if kind != "episode" or not path:
+        raise ConfigError(f"replaying the user needs the camera to replay an episode (episode:<zip>), "
+                          f"got {cfg['camera']['source']!r}")
+    out = merge_config(cfg, {"controller": {"forced_on_hold_s": 1e-6}}, "replay")
+    return out, EpisodeFeedback(path)
+
+
 # --------------------------------------------------------------------------- stats
 
 
