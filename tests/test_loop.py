@@ -126,7 +126,8 @@ def test_settings_are_checked():
         "train.lr=0.01", "x=1"]
     assert "model.weights=none" not in LoopSettings().start_args()  # default: start from the base model
     assert "model.weights=none" in LoopSettings(start="weak").start_args()
-    assert "water.regime=warm-dim" in LoopSettings(regime="warm-dim").compose_args()
+    lit = LoopSettings(regime="warm-dim").compose_args()
+    assert "water.regime=warm-dim" in lit and "validate.enforce=false" in lit  # drift is the point there
     for bad in ({"rounds": 0}, {"households": 0}, {"weak_epochs": 0}, {"min_case_accuracy": 1.5}, {"min_gain": -1},
                 {"start": "scratch"}, {"regime": "disco"}):
         with pytest.raises(ValueError):

@@ -54,9 +54,8 @@ def choose_in_loop(params: dict, ckpt: Path = CKPT, progress: bool = True) -> di
     d = params["train"].get("decision") or {}
     water = params["water"]
     net, _ = load_trained(ckpt)
-    # the tuning kitchens are lit like the ones the model serves (water.regime, `autosink loop --regime`)
-    scripts = tune_scripts({**params["sim"], "fps": float(water["fps"]), "dishes_per_session": water["dishes_per_session"],
-                            "regime": water.get("regime", "none")}, int(d.get("sessions", 8)))
+    scripts = tune_scripts({**params["sim"], "fps": float(water["fps"]),
+                            "dishes_per_session": water["dishes_per_session"]}, int(d.get("sessions", 8)))
     probs = pair_probabilities(net, scripts, progress=progress)
     needs = [[wants_water(st) for st in s.states] for s in scripts]
     rows = sweep(probs, needs, controller_config(water), float(water["fps"]), float(water["flow_l_min"]))
