@@ -150,7 +150,10 @@ def read_cache(path: Path, cfg: FeatureConfig) -> pd.DataFrame:
     key = key_file(path)
     if not path.exists() or not key.exists() or json.loads(key.read_text()) != _cache_key(cfg):
         return pd.DataFrame(columns=CACHE_COLUMNS)
+    # round_trip: pandas' default float parser can be one ulp off, and a reused row must be
+    # written back with exactly the digits a fresh computation writes (the cache is a DVC output)
     table = pd.read_csv(path, dtype={"path": str, "sha256": str, "ahash": str, "error": str}, keep_default_na=False,
+                        float_precision="round_trip",
                         na_values={f: ["", "nan"] for f in FEATURES})
     if list(table.columns) != CACHE_COLUMNS:  # another feature set: recompute everything
         return pd.DataFrame(columns=CACHE_COLUMNS)
