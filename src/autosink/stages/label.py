@@ -17,7 +17,6 @@ from autosink.stages import write_results, write_run_record
 EXTRACTED = Path("data/extracted")
 HUMAN_LABELS = Path("data/labels")
 STORE = Path("data/feature-store")
-METRICS = Path("metrics/labels.json")
 #: the headline (reports/labels.json: also the per-class counts, the feature store version, ...)
 KEYS = ("episodes", "frames", "frames_labeled", "frames_review", "frames_human", "auto_label_agreement")
 

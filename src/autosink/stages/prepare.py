@@ -11,7 +11,6 @@ from autosink.stages import write_results
 
 MANIFEST = Path("data/feature-store/manifest.csv")
 OUT_DIR = Path("data/splits")
-METRICS = Path("metrics/prepare.json")
 #: the headline (reports/prepare.json: also the per-class counts and the grouping)
 KEYS = ("train.frames", "train.groups", "val.frames", "val.groups", "test.frames", "test.groups")
 

@@ -8,7 +8,6 @@ from autosink.stages import write_results
 
 TRUTH_DIR = Path("data/sim-truth")
 CASES_DIR = Path("data/cases")
-METRICS = Path("metrics/simulate.json")
 #: the headline (reports/simulate.json: everything simulate_lake reports)
 KEYS = ("users", "sessions", "episodes", "frames", "overrides", "lake_mb", "majority_baseline_accuracy")
 

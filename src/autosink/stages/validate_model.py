@@ -17,12 +17,11 @@ import torch
 
 from autosink.cases import evaluate_cases, format_report, gate, list_cases, onnx_predictor
 from autosink.fileio import sha256_file
-from autosink.stages import REPORTS, write_results
+from autosink.stages import write_results
 from autosink.training import load_trained
 
 CKPT = Path("models/model.ckpt")
 PRODUCTION = Path("models/production/model.onnx")
-REPORT = REPORTS / "cases.json"
 KEYS = ("passed", "cases_passed", "cases_total", "worst_case_accuracy", "mean_case_accuracy")
 
 
