@@ -4,16 +4,14 @@ mouse selection, saving, and the two-tab conflict. Skipped where no `chromium` i
 from __future__ import annotations
 
 import re
-import shutil
 import threading
 
 import pytest
 
 from autosink.labelapp import LabelData, LabelServer
 from autosink.labels import read_human_labels
+from tests.conftest import CHROMIUM
 from tests.test_labelapp_api import EP, build_project
-
-CHROMIUM = shutil.which("chromium")
 
 pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="no `chromium` on PATH (apt-get install -y chromium); "
@@ -21,18 +19,6 @@ pytestmark = [
 ]
 
 expect = pytest.importorskip("playwright.sync_api").expect
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
-    """Debian's Chromium instead of a Playwright download (no browser download is possible on these machines)."""
-    return {
-        **browser_type_launch_args,
-        "executable_path": CHROMIUM,
-        "headless": True,
-        "args": ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"],
-    }
 
 
 @pytest.fixture(scope="module")

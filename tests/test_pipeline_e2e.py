@@ -21,6 +21,7 @@ import pytest
 
 from autosink.bench import clone_episode, copy_project, run
 from autosink.labels import write_human_labels
+from tests.conftest import CHROMIUM
 
 pytestmark = pytest.mark.slow
 
@@ -171,41 +172,41 @@ def test_a_fresh_clone_reproduces_every_output_byte_for_byte(project, tmp_path):
     assert run(["git", "status", "--porcelain"], clone, env) == "", run(["git", "diff", "--stat"], clone, env)
 
 
-def _drawn_charts(page_file: Path) -> list[int]:
+def _drawn_charts(browser, page_file: Path) -> list[int]:
     """Open the page in headless Chromium with the network cut; the inked pixels of each chart."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("no `chromium` on PATH (apt-get install -y chromium)")
     ink = """() => Array.from(document.querySelectorAll('canvas')).map(c => {
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && Math.min(d[i], d[i + 1], d[i + 2]) < 200) n++;
         return n; })"""
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        try:
-            page = browser.new_context(offline=True).new_page()
-            page.goto(page_file.resolve().as_uri())
-            page.wait_for_timeout(2000)
-            return page.evaluate(ink)
-        finally:
-            browser.close()
+    context = browser.new_context(offline=True)
+    try:
+        page = context.new_page()
+        page.goto(page_file.resolve().as_uri())
+        page.wait_for_timeout(2000)
+        return page.evaluate(ink)
+    finally:
+        context.close()
 
 
-def test_plots_page_draws_offline(project, tmp_path):
+def test_plots_page_draws_offline(project, tmp_path, request):
     """`autosink plots` (make plots): every plot draws with no network; DVC's own page does not."""
     root, env, _ = project
+    pytest.importorskip("playwright.sync_api")
+    if CHROMIUM is None:
+        pytest.skip("no `chromium` on PATH (apt-get install -y chromium)")
+    # pytest-playwright's session browser: a second sync_playwright() beside it cannot start
+    browser = request.getfixturevalue("browser")
     try:
         run(["autosink", "plots", "-o", str(tmp_path / "plots")], root, env)
     except RuntimeError as e:
         if "cannot download" in str(e):
             pytest.skip(f"the npm registry is out of reach and nothing is cached: {e}")
         raise
-    charts = _drawn_charts(tmp_path / "plots/index.html")
+    charts = _drawn_charts(browser, tmp_path / "plots/index.html")
     declared = yaml.safe_load((root / "dvc.yaml").read_text())["plots"]
     assert len(charts) == len(declared) and all(n > 500 for n in charts), charts
     run(["dvc", "plots", "show", "-o", str(tmp_path / "cdn")], root, env)
-    assert _drawn_charts(tmp_path / "cdn/index.html") == []  # scripts from a CDN: blank offline
+    assert _drawn_charts(browser, tmp_path / "cdn/index.html") == []  # scripts from a CDN: blank offline
 
 
 def test_human_label_reruns_label_stage_only_for_that_episode(project):
@@ -216,10 +217,10 @@ def test_human_label_reruns_label_stage_only_for_that_episode(project):
     assert "Running stage 'label'" in out and "Running stage 'extract'" not in out
     lab, work = metrics(root, "labels"), run_record(root, "label")
     assert work["episodes_relabelled"] == 1 and lab["frames_human"] == 2
+    # without the human labels the pipeline's outputs are the committed ones again, byte for byte
     (root / "data/labels" / f"{episode}.csv").unlink()
     run(["dvc", "repro"], root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-q", "-m", "back"], root, env)
+    assert run(["git", "status", "--porcelain"], root, env) == "", run(["git", "diff", "--stat"], root, env)
 
 
 def test_exp_run_reruns_only_what_reads_the_key(project):
