@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 EDGE_DIR = Path(__file__).resolve().parent
@@ -30,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="autosink on the Raspberry Pi: camera -> ONNX model -> valve; saves a feedback episode "
                     "whenever the user overrides the model and uploads it to the data lake. Defaults come "
                     "from edge/config.toml; options given here win.",
-        epilog="SIGTERM/SIGINT close the valve and stop. Exit status: 0 stopped normally, 2 bad configuration "
-               "(model, camera, devices), 1 anything else (the valve is closed in every case). "
+        epilog="SIGTERM/SIGINT close the valve and stop (any number of them: later ones close it again and skip "
+               "the upload drain; the episode being recorded is still written). Exit status: 0 stopped normally "
+               "(signals included), 2 bad configuration (model, camera, devices), 1 anything else (the valve is "
+               "closed in every case). "
                "`python edge/run.py fetch --help`: fetch the production model (DVC or W&B).")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                    help="TOML config (default: %(default)s)")
@@ -145,6 +150,48 @@ def fetch_main(argv: list[str]) -> int:
     return {"installed": 0, "unchanged": 0, "refused": 3}.get(res.status, 1)
 
 
+_signals_outside_the_loop: list[str] = []
+
+
+def _note_signal(signum: int, _frame: object) -> None:
+    """SIGTERM/SIGINT while the loop is not running (start-up, after it stopped): noted, never
+    raised. At start-up the runtime then stops at once; afterwards the valve is already closed.
+    Raising here (Python's default for SIGINT) could abandon native threads mid-work, the abort
+    the runtime's own handler avoids (see autosink.edge.runtime)."""
+    _signals_outside_the_loop.append(signal.Signals(signum).name)
+
+
+def _install_signal_notes() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT first: Python's own handler for it raises
+            signal.signal(sig, _note_signal)
+
+
+def exit_now(code: int) -> None:
+    """Exit with ``code``, whatever signals still come.
+
+    SIGTERM/SIGINT are ignored from here on: the valve is closed and released, so there is
+    nothing left for them to stop, and Python's teardown would otherwise put back the default
+    action (the process would die of a signal sent during it). If a worker thread outlived the
+    shutdown (a writer past its timeout, a model still loading), the teardown is skipped:
+    Python ends such threads with ``pthread_exit``, which aborts the process when the thread is
+    inside OpenCV or onnxruntime (C++). Logs and streams are flushed first."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+    alive = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
+    if not alive:
+        sys.exit(code)
+    logging.getLogger("autosink.edge").warning("exiting with threads still running (%s): skipping teardown",
+                                               ", ".join(alive))
+    try:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["fetch"]:
@@ -153,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_frames is not None and args.max_frames < 0:
         print("edge/run.py: --max-frames must be >= 0", file=sys.stderr)
         return 2
+    _install_signal_notes()  # before the slow imports and the start-up: no signal may raise from here on
 
     from autosink.edge.runtime import ConfigError, close_valve_from_config, load_config, merge_config
 
@@ -185,9 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ModelError, CameraError, ValueError, OSError, ImportError) as e:
         log.error("cannot start: %s", e)
         return 2
+    if _signals_outside_the_loop:
+        log.info("%s received during start-up: stopping", _signals_outside_the_loop[0])
+        runtime.stop(_signals_outside_the_loop[0])
     try:
         runtime.run()
-    except KeyboardInterrupt:  # a second SIGINT/SIGTERM: the valve was closed on the way out
+    except KeyboardInterrupt:  # not from our handlers (they never raise); the valve was closed on the way out
         return 0
     except Exception:
         log.exception("edge runtime failed (valve closed)")
@@ -196,4 +247,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -82,3 +82,18 @@ def test_label_serve_refuses_network_bind_without_token(monkeypatch, capsys):
     monkeypatch.delenv("AUTOSINK_LABEL_TOKEN", raising=False)
     assert main(["label", "serve", "--host", "0.0.0.0", "--port", "0"]) == 2
     assert "token" in capsys.readouterr().err
+
+
+def test_lake_check_names_devices_fifos_and_sockets_at_once(tmp_path):
+    """`autosink lake check /dev/zero` read forever (GBs), a FIFO hung: now one BAD line each."""
+    from tests.special_files import WORDS, make_special, run_isolated
+
+    fifo, sock = make_special(tmp_path / "fifo.zip", "fifo"), make_special(tmp_path / "sock.zip", "socket")
+    res = run_isolated("import sys; from autosink.cli import main; sys.exit(main(sys.argv[1:]))",
+                       "lake", "check", "/dev/zero", str(fifo), str(sock), timeout=60)
+    assert res.returncode == 1, res.stderr
+    lines = sorted(res.stdout.splitlines())
+    why = "not a regular file (an episode is a zip file or a folder)"
+    assert lines == sorted(f"BAD  {name}  path: is {WORDS[kind]}, {why}"
+                           for name, kind in (("/dev/zero", "chardev"), (fifo, "fifo"), (sock, "socket")))
+    assert "0 ok, 3 bad" in res.stderr

@@ -162,6 +162,48 @@ def test_a_bad_download_is_refused_and_the_installed_model_stays(tmp_path, pi, s
     assert reloader.model.predict(BRIGHT) > 0.9  # and it keeps running
 
 
+_FETCH_SPECIALS = r"""
+import json, sys
+from autosink.edge.fetch import FolderSource, fetch_model, installed_model
+pi, fifo_target, shares = sys.argv[1], sys.argv[2], sys.argv[3:]
+out = {"results": [fetch_model(FolderSource(s), pi).to_dict() for s in shares],
+       "installed": installed_model(pi), "fifo_target": installed_model(fifo_target)}
+out["fresh"] = fetch_model(FolderSource(sys.argv[3] + "-good"), fifo_target).to_dict()
+print(json.dumps(out))
+"""
+
+
+def test_a_device_fifo_or_socket_in_the_download_is_refused_at_once(tmp_path, pi):
+    """Copying /dev/zero would fill the SD card, reading a FIFO would hang the fetch: refused,
+    naming the file and what it is; the installed model stays."""
+    from tests.special_files import KINDS, WORDS, make_special, run_isolated
+
+    shares = []
+    for kind in KINDS:
+        src = tmp_path / f"share-{kind}"
+        publish(src, "v2", bias=-3.0)
+        (src / "model.onnx").unlink()
+        shares.append((kind, make_special(src / "model.onnx", kind)))
+    src = tmp_path / "share-card"
+    publish(src, "v2", bias=-3.0)
+    (src / "model.json").unlink()
+    shares.append(("fifo", make_special(src / "model.json", "fifo")))
+    publish(tmp_path / f"share-{KINDS[0]}-good", "v3", bias=-3.0)
+    (tmp_path / "fifo-pi").mkdir()
+    fifo_target = make_special(tmp_path / "fifo-pi" / "model.onnx", "fifo")  # where a model should be installed
+    before = sha256_file(pi)
+    res = run_isolated(_FETCH_SPECIALS, str(pi), str(fifo_target), *(str(p.parent) for _, p in shares))
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    for (kind, path), r in zip(shares, out["results"]):
+        assert r["status"] == "refused" and r["file"] == path.name, r
+        assert r["message"] == f"{path}: is {WORDS[kind]}, not a regular file", r
+    assert out["installed"]["version"] == "v1" and sha256_file(pi) == before  # untouched
+    assert out["fifo_target"]["problem"] == f"{fifo_target}: is a FIFO (named pipe), not a regular file"
+    assert out["fresh"]["status"] == "installed" and out["fresh"]["new_version"] == "v3", out["fresh"]
+    assert fifo_target.is_file() and not fifo_target.is_fifo()  # the FIFO was replaced by the model
+
+
 def test_a_model_for_another_camera_resolution_is_refused_while_running(tmp_path, pi):
     src = tmp_path / "share"
     publish(src, "v2", height=240, width=320)

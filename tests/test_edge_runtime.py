@@ -1,7 +1,9 @@
 """Tests for the edge runtime (edge/run.py, autosink.edge.*, autosink.modelcard).
 
-Everything runs on a simulated clock (no sleeping) except the two subprocess tests that start
-``edge/run.py`` for real (import footprint, SIGTERM). The controller and devices have their own
+Everything runs on a simulated clock (no sleeping) except the subprocess tests that start
+``edge/run.py`` for real (import footprint, SIGTERM, a device as the camera) and the checks that
+point the edge at devices, FIFOs and sockets (in a child process with a time limit: a regression
+would hang). Repeated signals against ``run.py`` are in test_edge_signals.py. The controller and devices have their own
 tests; here they are used as they are, with the fake valve recording every change.
 """
 
@@ -259,6 +261,31 @@ def test_replay_cameras(tmp_path):
         open_camera("webcam:0", clock=clock.monotonic)
 
 
+def test_folder_source_skips_garbage_frames_and_the_stale_rule_still_closes(tmp_path, caplog):
+    """One undecodable image in the middle is skipped (logged with the source, index and file
+    name, counted) and the run goes on; a run of them longer than stale_frame_s closes the valve."""
+    caplog.set_level(logging.INFO)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    ok, png = cv2.imencode(".png", np.full((48, 64, 3), 90, np.uint8))
+    garbage = {11} | set(range(21, 31))  # one alone, then 10 in a row (2 s at 5 fps)
+    for i in range(1, 41):
+        (folder / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image" if i in garbage else png.tobytes())
+    clock = SimClock(T0)
+    cam = open_camera(f"folder:{folder}", clock=clock.monotonic)
+    valve = FakeValve()
+    rt = EdgeRuntime(camera=cam, model=Stub(lambda i: 0.95), valve=valve, clock=clock, fps=5.0,
+                     install_signals=False)
+    stats = rt.run()
+    assert stats.stop_reason == "end-of-source" and stats.frames == 40 - len(garbage)
+    assert cam.bad_frames == stats.bad_frames == len(garbage) and "bad_frames=11" in stats.line()
+    assert any(f"folder:{folder}: frame 10 (11.png) skipped: cannot decode image" in m for m in caplog.messages)
+    # open; the lone bad frame changes nothing; the 2 s without a good frame close it; back; exit
+    assert opens(valve) == [True, False, True, False]
+    closes = [m for m in caplog.messages if m.startswith("valve CLOSED")]
+    assert len(closes) == 1 and "stale-frame" in closes[0]
+
+
 def test_live_camera_thread_keeps_the_newest_frame_and_reports_stalls():
     from autosink.edge.camera import ThreadedCamera
 
@@ -378,6 +405,42 @@ def test_signal_during_operation_closes_the_valve(sig):
     assert signal.getsignal(sig) == before  # handlers restored
 
 
+def test_more_signals_during_the_shutdown_hurry_it_but_never_raise(tmp_path):
+    """Signals while the recorder writes the open episode (where a raising handler aborted the
+    process): the episode is finished, the valve stays closed, the upload drain is skipped."""
+    drains = []
+
+    class SignalledRecorder(Recorder):
+        def close(self, timeout: float = 10.0) -> None:
+            self.flush()  # the open episode goes to the writer thread...
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM):  # ...and signals come meanwhile
+                os.kill(os.getpid(), sig)
+            super().close(timeout)
+
+    class Uploader:
+        _thread = object()
+
+        def stop(self, drain_s: float = 0.0) -> None:
+            drains.append(drain_s)
+
+    def feedback(ctx):
+        if ctx.index == 15:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return UserInput(forced_on=ctx.index >= 5)
+
+    valve = FakeValve()
+    rec = SignalledRecorder(tmp_path / "spool", user_id="u", record_fps=0)
+    rt = runtime(frames_of(100, DARK), Stub(lambda i: 0.1), SimClock(T0), valve=valve, feedback=feedback,
+                 recorder=rec, uploader=Uploader(), install_signals=True)
+    stats = rt.run()  # no KeyboardInterrupt
+    assert stats.stop_reason == "SIGTERM" and rt._signals == 4 and drains == [0.0]
+    assert opens(valve) == [True, False] and valve.closed_cleanly
+    (episode,) = (tmp_path / "spool").glob("*.zip")
+    assert check_episode(episode) == [] and not list((tmp_path / "spool").glob(".*"))
+    water = [it.magnetic_status for it in read_episode(episode).meta.interactions]
+    assert water[-2:] == [1, 0]  # written up to the signal's frame, where the valve was already closed
+
+
 class Boom(BaseException):
     pass
 
@@ -470,6 +533,57 @@ def test_recorder_saves_pre_and_post_frames_around_an_override(tmp_path):
     assert meta.version == 2 and meta.user_id == "user_1234" and len(meta.dishwashing_id) == 10
     assert meta.dishwashing_start.tzinfo is not None and meta.dishwashing_start.microsecond == 0
     assert meta.dishwashing_start.replace(tzinfo=None) <= its[0].timestamp
+
+
+def read_as_the_earlier_system(path: Path) -> dict:
+    """An episode read by the construction rules of the earlier system's reader
+    (autosink_data_elt's JSONFileHandler.read_file): dataclasses that take exactly the v2 fields,
+    so any key more or less at the top level or in an interaction raises TypeError."""
+    from dataclasses import asdict, dataclass
+
+    @dataclass
+    class EltInteraction:
+        timestamp: str
+        model_output: int
+        arduino_output: int
+        magnetic_status: int
+        image: str
+
+    @dataclass
+    class EltEpisode:
+        version: int
+        user_id: str
+        dishwashing_id: str
+        dishwashing_start: str
+        interactions: list
+
+    with zipfile.ZipFile(path) as zf:
+        doc = json.loads(zf.read(f"{path.stem}.json"))
+    return asdict(EltEpisode(**{**doc, "interactions": [EltInteraction(**it) for it in doc["interactions"]]}))
+
+
+def test_the_controllers_hold_is_recorded_as_the_valve_not_the_users_wish(tmp_path):
+    """The user presses the button for 1 s against a model that never opens; the controller
+    keeps the water on 3 s after the release. The episode says so in the v2 fields' own meaning
+    (the earlier reader still reads it): magnetic_status 1 only while the user asked, the valve
+    (arduino_output) open through the hold, and the label stage ignores the held frames."""
+    from autosink.edge.controller import ControllerConfig
+    from autosink.labels import IGNORE, propagate
+
+    fps, pressed = 5.0, range(10, 15)
+    rec = Recorder(tmp_path / "spool", user_id="u", pre_s=1, post_s=5, record_fps=0, background=False)
+    rt = runtime(frames_of(60, DARK), Stub(lambda i: 0.0), SimClock(T0), fps=fps, recorder=rec,
+                 controller=ControllerConfig(forced_on_hold_s=3.0),
+                 feedback=lambda ctx: UserInput(forced_on=ctx.index in pressed))
+    rt.run()
+    [episode] = sorted((tmp_path / "spool").glob("*.zip"))
+    rows = read_as_the_earlier_system(episode)["interactions"]
+    m, s, v = (np.array([r[k] for r in rows]) for k in ("model_output", "magnetic_status", "arduino_output"))
+    assert not m.any() and s.sum() == len(pressed)  # the wish: exactly the pressed frames
+    held = (v == 1) & (s == 0)
+    assert held.sum() == pytest.approx(3.0 * fps, abs=1)  # the hold: the valve open, nobody asking
+    label = propagate(m, s, fps, arduino_output=v).label
+    assert (label[held] == IGNORE).all() and (label[s == 1] == 1).all()
 
 
 def test_recorder_merges_close_overrides_and_splits_far_ones(tmp_path):
@@ -788,6 +902,79 @@ def test_run_py_sigterm_closes_the_valve(tmp_path, model_path):
     text = "".join(seen)
     assert "SIGTERM received" in text and "valve closed (SIGTERM)" in text
     assert "stats: frames=" in text and "stop=SIGTERM" in text
+
+
+_OPEN_SPECIALS = r"""
+import json, sys, time
+from autosink.edge.camera import CameraError, open_camera
+from autosink.edge.inference import ModelError
+from autosink.edge.runtime import ConfigError, load_config, load_regular_model
+out = {"card": None}
+try:
+    load_regular_model(sys.argv[2], threads=1)
+except ModelError as e:
+    out["card"] = str(e)
+for p in sys.argv[3:]:
+    for what, fn in (("episode", lambda: open_camera("episode:" + p, clock=time.monotonic)),
+                     ("video", lambda: open_camera("video:" + p, clock=time.monotonic)),
+                     ("model", lambda: load_regular_model(p, threads=1)),
+                     ("config", lambda: load_config(p))):
+        try:
+            fn()
+            out[f"{what} {p}"] = "opened"
+        except (CameraError, ModelError, ConfigError) as e:
+            out[f"{what} {p}"] = str(e)
+cam = open_camera("folder:" + sys.argv[1], clock=time.monotonic)
+out["folder"] = [f.index for f in iter(lambda: cam.read(0.1), None)]
+print(json.dumps(out))
+"""
+
+
+def test_devices_fifos_and_sockets_are_never_opened_as_camera_model_or_config(tmp_path, model_path):
+    """An ``episode:``/``video:`` camera, a model (or its card) and a config that is a device, FIFO or
+    socket: a clear error at once naming it, not an endless read or a hang; in a ``folder:`` source
+    such an entry is not a frame."""
+    from tests.special_files import KINDS, WORDS, make_special, run_isolated
+
+    specials = {kind: make_special(tmp_path / f"x-{kind}.onnx", kind) for kind in KINDS}
+    card_fifo = tmp_path / "m" / "model.onnx"  # a good model whose card is a FIFO
+    card_fifo.parent.mkdir()
+    shutil.copy(model_path, card_fifo)
+    make_special(tmp_path / "m" / "model.json", "fifo")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    ok, png = cv2.imencode(".png", DARK)
+    (folder / "1.png").write_bytes(png.tobytes())
+    make_special(folder / "2.png", "fifo")
+    (folder / "3.png").write_bytes(png.tobytes())
+    paths = ["/dev/zero", *map(str, specials.values())]
+    res = run_isolated(_OPEN_SPECIALS, str(folder), str(card_fifo), *paths)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    for kind, path in [("chardev", "/dev/zero"), *((k, str(p)) for k, p in specials.items())]:
+        word = f"{path}: is {WORDS[kind]}, not a regular file"
+        assert out[f"episode {path}"] == f"episode:{path}: not a readable episode ({path}: path: is {WORDS[kind]}, " \
+                                         "not a regular file (an episode is a zip file or a folder))"
+        assert out[f"video {path}"] == f"video:{path}: is {WORDS[kind]}, not a regular file"
+        assert out[f"model {path}"] == f"{word} (expected the model's .onnx file)"
+        assert out[f"config {path}"] == word
+    assert out["card"] == f"{card_fifo.with_suffix('.json')}: is a FIFO (named pipe), not a regular file " \
+                          "(expected the model's card)"
+    assert out["folder"] == [0, 1]  # 1.png and 3.png; the FIFO is no frame (and logged)
+    assert "2.png (a FIFO (named pipe))" in res.stderr
+
+    # and edge/run.py says so and exits 2 (bad configuration) with the valve never opened
+    run = subprocess.run([sys.executable, str(RUN_PY), "--model", str(model_path), "--camera", "episode:/dev/zero",
+                          "--valve", "fake", "--spool", str(tmp_path / "spool")],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT, preexec_fn=_cap_memory)
+    assert run.returncode == 2 and "episode:/dev/zero: not a readable episode" in run.stderr, run.stderr
+    assert "is a character device, not a regular file" in run.stderr
+
+
+def _cap_memory() -> None:
+    from tests.special_files import _cap_memory as cap
+
+    cap()
 
 
 # --------------------------------------------------------------------------- end to end

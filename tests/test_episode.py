@@ -852,3 +852,46 @@ def test_full_lake_check_flow(tmp_path: Path) -> None:
         "OK   20240706_172540.zip  (1 frames, v2, user_1234)",
         "BAD  20240706_180000.zip  interactions[2].image: 3.png not found in the zip",
     ]
+
+
+# --------------------------------------------------------------------------- only regular files
+
+_CHECK_SPECIALS = r"""
+import json, sys
+from autosink.episode import EpisodeError, check_episode, find_episodes, read_episode
+lake, paths = sys.argv[1], sys.argv[2:]
+out = {"found": [str(p) for p in find_episodes([lake])], "checks": {}}
+for p in paths:
+    try:
+        read_episode(p)
+        raised = None
+    except EpisodeError as e:
+        raised = [e.field, str(e)]
+    out["checks"][p] = {"problems": [[e.field, str(e)] for e in check_episode(p)], "raised": raised}
+print(json.dumps(out))
+"""
+
+
+def test_devices_fifos_and_sockets_are_never_opened_as_episodes(good_zip: Path, tmp_path: Path) -> None:
+    """Reading /dev/zero never ended (GBs of memory), a FIFO blocked: each is now a clear verdict,
+    at once, naming the path and what it is; a lake walk finds them so they get one."""
+    from tests.special_files import KINDS, WORDS, make_special, run_isolated
+
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    (lake / good_zip.name).write_bytes(good_zip.read_bytes())
+    specials = {kind: make_special(lake / f"2024010{i + 1}_000000.zip", kind) for i, kind in enumerate(KINDS)}
+    folder = extract_episode(good_zip, lake / "20240301_000000").path
+    (folder / "2.png").unlink()
+    make_special(folder / "2.png", "fifo")  # an episode folder with a FIFO for a frame
+    res = run_isolated(_CHECK_SPECIALS, str(lake), "/dev/zero", *map(str, specials.values()), str(folder))
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert set(out["found"]) == {str(lake / good_zip.name), str(folder), *map(str, specials.values())}
+    for kind, path in [("chardev", "/dev/zero"), *((k, str(p)) for k, p in specials.items())]:
+        got = out["checks"][path]
+        assert got["problems"] == [got["raised"]], got
+        field, message = got["raised"]
+        assert field == "path" and message.startswith(f"{path}: path: is {WORDS[kind]}, not a regular file"), got
+    folder_problems = out["checks"][str(folder)]["problems"]
+    assert folder_problems[0] == ["2.png", f"{folder}: 2.png: not a regular file"], folder_problems

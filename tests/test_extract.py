@@ -99,3 +99,31 @@ def test_moved_lake_updates_the_references(tmp_path):
     result = extract_lake(moved, out, expected_size=None, progress=False)
     assert result.episodes_reused == 1
     assert pd.read_csv(out / "frames.csv")["source"].str.startswith(moved.as_posix()).all()
+
+
+_EXTRACT = r"""
+import json, sys
+from autosink.extract import extract_lake
+runs = [extract_lake(sys.argv[1], sys.argv[2], expected_size=None, progress=False) for _ in range(2)]
+print(json.dumps([{**r.metrics(), "quarantined": r.quarantined} for r in runs]))
+"""
+
+
+def test_devices_fifos_and_sockets_in_the_lake_are_quarantined(tmp_path):
+    """Never opened nor hashed (a FIFO would block the stage, /dev/zero never end): quarantined
+    with the reason, the good episodes go through, and the next run reuses the verdict."""
+    from tests.special_files import KINDS, WORDS, make_special, run_isolated
+
+    lake, out = _lake(tmp_path), tmp_path / "out"
+    specials = {kind: make_special(lake / f"2024010{i + 1}_000000.zip", kind) for i, kind in enumerate(KINDS)}
+    res = run_isolated(_EXTRACT, str(lake), str(out))
+    assert res.returncode == 0, res.stderr
+    first, second = json.loads(res.stdout.splitlines()[-1])  # (after the "quarantined ..." lines)
+    assert (first["episodes_ok"], first["episodes_quarantined"], first["frames"]) == (3, 3, 12)
+    assert (second["episodes_reused"], second["episodes_extracted"], second["episodes_quarantined"]) == (6, 0, 3)
+    for kind, path in specials.items():
+        (reason,) = first["quarantined"][path.stem]
+        assert reason.startswith(f"{path}: path: is {WORDS[kind]}, not a regular file"), reason
+        record = json.loads((out / "quarantine" / f"{path.stem}.json").read_text())
+        assert record["reasons"] == [reason] and record["sha256"] is None and record["source"] == path.as_posix()
+    assert len(pd.read_csv(out / "frames.csv")) == 12

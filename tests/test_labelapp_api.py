@@ -2,7 +2,9 @@
 
 Covers every endpoint and every refusal: 401 without the token when one is set, 403 on POST
 without the CSRF header or from a foreign origin, 400/404 on path tricks, 409 on a conflicting
-save, and refusing to start off loopback without a token.
+save, 4xx with a short message on any malformed body, a generic 500 (traceback in the server's
+log only), labels given for another file of the episode, two servers saving at once, and refusing
+to start off loopback without a token.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import logging
 import os
+import socket
 import subprocess
 import sys
+import textwrap
 import threading
 from contextlib import contextmanager
 from datetime import datetime
@@ -27,8 +32,12 @@ from autosink.episode import read_episode
 from autosink.extract import extract_lake
 from autosink.featurestore import build_feature_store
 from autosink.labelapp import LabelData, LabelServer
-from autosink.labelapp.server import CSRF_HEADER, TOKEN_ENV, resolve_token
-from autosink.labels import LabelRules, read_human_labels
+from autosink.labelapp.data import Conflict
+from autosink.labelapp.server import CSRF_HEADER, GENERIC_500, MAX_BODY, TOKEN_ENV, resolve_token
+from autosink.labels import (
+    HUMAN_HEADER, LabelRules, format_human_labels, human_labels_lock_path, parse_human_labels, read_human_label_file,
+    read_human_labels, write_human_labels,
+)
 from tests.lakes import make_episode
 
 TOKEN = "test-token-0123456789abcdef"
@@ -134,6 +143,13 @@ def client(server) -> Client:
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def episode_sha(project, episode: str = EP) -> str:
+    """The sha256 of the episode's lake zip (what extract recorded and label files must name)."""
+    sha = _sha(project["lake"] / f"{episode}.zip")
+    assert json.loads((project["extracted"] / "episodes" / f"{episode}.json").read_text())["sha256"] == sha
+    return sha
 
 
 # ---------------------------------------------------------------------------- pages and static files
@@ -281,7 +297,9 @@ def test_unreadable_labels_file_is_reported_not_hidden(client, labels_dir):
     labels_dir.mkdir(parents=True)
     (labels_dir / f"{EP}.csv").write_text("frame_index,label\n3,7\n")
     status, _, body = client.get(f"/api/episodes/{EP}")
-    assert status == 500 and "line 2" in json.loads(body)["error"]
+    error = json.loads(body)["error"]
+    assert status == 500 and "line 2" in error and f"{EP}.csv" in error
+    assert str(labels_dir) not in error  # named relative to the project, not by the server's path
     summary = {e["episode"]: e for e in client.json("/api/episodes")["episodes"]}[EP]
     assert "line 2" in summary["error"]
 
@@ -289,18 +307,21 @@ def test_unreadable_labels_file_is_reported_not_hidden(client, labels_dir):
 # ---------------------------------------------------------------------------- saving
 
 
-def test_save_writes_the_labels_file_and_returns_its_version(client, labels_dir):
+def test_save_writes_the_labels_file_and_returns_its_version(client, labels_dir, project):
     status, headers, body = client.save(EP, {"5": 1, "6": 1, "7": 0, "15": -1}, "none")
     assert status == 200, body
     assert headers["Cache-Control"] == "no-store"
     path = labels_dir / f"{EP}.csv"
     assert read_human_labels(path) == {5: 1, 6: 1, 7: 0, 15: -1}
-    assert path.read_text() == "frame_index,label\n5,1\n6,1\n7,0\n15,-1\n"
+    # The file names the episode file the labels were given for by its sha256.
+    assert path.read_text() == f"# episode sha256: {episode_sha(project)}\nframe_index,label\n5,1\n6,1\n7,0\n15,-1\n"
     saved = json.loads(body)
     assert saved["version"] == _sha(path) and saved["labels"] == 4 and saved["store"] == "stale"
+    assert saved["labels_check"] == "ok"
+    assert not human_labels_lock_path(path).exists()  # the lock file lives only while a save runs
     ep = client.json(f"/api/episodes/{EP}")
     assert ep["version"] == saved["version"] and ep["labels"] == {"5": 1, "6": 1, "7": 0, "15": -1}
-    assert ep["saved_at"] is not None
+    assert ep["saved_at"] is not None and ep["labels_check"] == "ok" and ep["warning"] is None
     summary = {e["episode"]: e for e in client.json("/api/episodes")["episodes"]}[EP]
     review = {f["index"] for f in ep["frames"] if f["review"]}
     assert summary["reviewed"] == len(review & {5, 6, 7, 15}) and summary["human"] == 4
@@ -391,6 +412,344 @@ def test_post_refusals_on_body_type_size_and_route(client, labels_dir):
     assert client.save("..%2f..%2fetc", {"1": 1}, "none")[0] in (400, 404)
     assert client.post("/api/episodes", {})[0] == 404
     assert not labels_dir.exists()
+
+
+# ---------------------------------------------------------------------------- malformed bodies
+
+NESTED = 100_000
+SAVE_URL = f"/api/episodes/{EP}/labels"
+MALFORMED = {
+    "nested arrays": b"[" * NESTED,
+    "nested arrays, closed": b"[" * NESTED + b"]" * NESTED,
+    "nested objects": b'{"a":' * NESTED + b"1" + b"}" * NESTED,
+    "nested in labels": b'{"version": "none", "labels": ' + b"[" * NESTED + b"]" * NESTED + b"}",
+    "nested in a label": b'{"version": "none", "labels": {"5": ' + b"[" * NESTED + b"]" * NESTED + b"}}",
+    "latin-1": '{"version": "none", "labels": {"5": 1}, "clé": 1}'.encode("latin-1"),
+    "utf-16": json.dumps({"version": "none", "labels": {"5": 1}}).encode("utf-16"),
+    "utf-8 bom": b"\xef\xbb\xbf" + json.dumps({"version": "none", "labels": {"5": 1}}).encode(),
+    "binary": bytes(range(256)) * 16,
+    "empty": b"",
+    "whitespace": b" \r\n\t ",
+    "truncated": b'{"version": "none", "labels": {"5": ',
+    "array": b"[]",
+    "array of pairs": b'[["version", "none"], ["labels", {"5": 1}]]',
+    "number": b"1",
+    "float": b"-1.5e308",
+    "huge float": b"1e999999",
+    "string": b'"{\\"version\\": \\"none\\", \\"labels\\": {}}"',
+    "null": b"null",
+    "true": b"true",
+    "NaN label": b'{"version": "none", "labels": {"5": NaN}}',
+    "huge integer label": b'{"version": "none", "labels": {"5": ' + b"9" * 100_000 + b"}}",
+    "huge frame index": b'{"version": "none", "labels": {"' + b"9" * 100_000 + b'": 1}}',
+    "lone surrogate": b'{"version": "none", "labels": {"\\ud800": 1}}',
+    "labels null": b'{"version": "none", "labels": null}',
+    "labels a string": b'{"version": "none", "labels": "5=1"}',
+    "no version": b'{"labels": {"5": 1}}',
+    "version a number": b'{"version": 1, "labels": {"5": 1}}',
+    "version not a sha": b'{"version": "' + b"x" * 5000 + b'", "labels": {"5": 1}}',
+    "an extra key": b'{"version": "none", "labels": {"5": 1}, "path": "../../etc/passwd"}',
+}
+# every route a body can be sent to: the save (the one that reads a body) and the refusals
+BODY_ROUTES = [("POST", SAVE_URL), ("POST", "/api/episodes/20990101_000000/labels"), ("POST", "/api/episodes"),
+               ("POST", f"/api/episodes/{EP}"), ("POST", "/"), ("PUT", SAVE_URL), ("PATCH", SAVE_URL),
+               ("DELETE", SAVE_URL)]
+LEAKS = (b"Traceback", b"File \"", b"Error:", b"Recursion", b"Exception", b"JSONDecode", b"Unicode", b"line ")
+
+
+def assert_short_refusal(status: int, headers: dict, body: bytes, route) -> None:
+    assert 400 <= status < 500, (route, status, body[:200])
+    assert len(body) < 400, (route, body[:400])
+    assert not any(leak in body for leak in LEAKS), (route, body)
+    if headers.get("Content-Type", "").startswith("application/json"):
+        answer = json.loads(body)
+        assert answer["status"] == status and 0 < len(answer["error"]) < 200
+
+
+@pytest.mark.parametrize("raw", MALFORMED.values(), ids=list(MALFORMED))
+def test_malformed_bodies_get_4xx_and_a_short_message(client, labels_dir, raw):
+    assert len(raw) <= MAX_BODY
+    json_headers = {"Content-Type": "application/json", CSRF_HEADER: client.server.csrf,
+                    "Origin": f"http://127.0.0.1:{client.server.port}"}
+    for method, path in BODY_ROUTES:
+        status, headers, body = client.request(method, path, raw, json_headers)
+        assert_short_refusal(status, headers, body, (method, path))
+        if (method, path) == ("POST", SAVE_URL):
+            assert status == 400, body
+    assert not labels_dir.exists()
+    assert client.get("/api/episodes")[0] == 200  # and the server serves on
+
+
+@pytest.mark.parametrize("size", [MAX_BODY + 1, 5 * MAX_BODY])
+def test_huge_body_gets_413_and_is_not_parsed(client, labels_dir, size):
+    raw = b'{"version": "none", "labels": {' + b" " * size + b"}}"
+    for method, path in BODY_ROUTES:
+        status, headers, body = client.request(method, path, raw, {
+            "Content-Type": "application/json", CSRF_HEADER: client.server.csrf})
+        assert_short_refusal(status, headers, body, (method, path))
+        if (method, path) == ("POST", SAVE_URL):
+            assert status == 413 and f"over {MAX_BODY} bytes" in json.loads(body)["error"]
+    assert not labels_dir.exists()
+    assert client.get("/api/episodes")[0] == 200
+
+
+def raw_exchange(server: LabelServer, head: bytes, body: bytes = b"", close_write: bool = False) -> bytes:
+    """Send bytes on a raw socket, return all the server answers until it closes (or 5 s)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(head + body)
+        if close_write:
+            sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):  # the refusals close the connection
+                answer += chunk
+        except TimeoutError:
+            pass
+        return answer
+
+
+def test_oversized_body_announced_with_expect_100_is_refused_before_it_is_sent(server):
+    head = (f"POST {SAVE_URL} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: application/json\r\n"
+            f"{CSRF_HEADER}: {server.csrf}\r\nContent-Length: {50 * MAX_BODY}\r\nExpect: 100-continue\r\n\r\n")
+    answer = raw_exchange(server, head.encode())
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in answer
+
+
+def test_body_shorter_than_its_length_gets_400_or_408(server, labels_dir, monkeypatch, caplog):
+    from autosink.labelapp.server import Handler
+
+    def head(path: str) -> bytes:
+        return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: application/json\r\n"
+                f"{CSRF_HEADER}: {server.csrf}\r\nContent-Length: 100\r\n\r\n").encode()
+
+    part = b'{"version": "none", "labels": {"5": 1}}'
+    answer = raw_exchange(server, head(SAVE_URL), part, close_write=True)  # the client stopped sending
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"shorter than its Content-Length" in answer
+    monkeypatch.setattr(Handler, "timeout", 0.3)  # the client keeps the connection open, silent
+    with caplog.at_level(logging.ERROR, logger="autosink.labelapp"):
+        answer = raw_exchange(server, head(SAVE_URL), part)
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"not received in time" in answer
+        answer = raw_exchange(server, head("/api/episodes"), part)  # a route that reads no body
+        assert answer.startswith(b"HTTP/1.1 404 ")
+    assert caplog.records == []  # a slow client is not a server error
+    assert not labels_dir.exists()
+
+
+def test_unexpected_errors_answer_a_generic_500_and_log_the_traceback(client, data, monkeypatch, caplog):
+    def boom(*args, **kwargs):
+        raise RuntimeError("secret detail at /srv/private/labels")
+
+    monkeypatch.setattr(data, "episodes", boom)
+    monkeypatch.setattr(data, "save", boom)
+    with caplog.at_level(logging.ERROR, logger="autosink.labelapp"):
+        for status, headers, body in (client.get("/api/episodes"), client.save(EP, {"5": 1}, "none")):
+            assert status == 500 and headers["Connection"] == "close"
+            assert json.loads(body) == {"error": GENERIC_500, "status": 500}
+            assert b"secret" not in body and b"RuntimeError" not in body
+    logged = [r for r in caplog.records if r.name == "autosink.labelapp"]
+    assert len(logged) == 2 and all(r.exc_info and "secret detail" in str(r.exc_info[1]) for r in logged)
+    assert "Traceback" in caplog.text
+    assert client.get(f"/api/episodes/{EP}")[0] == 200  # the server serves on
+
+
+def test_a_save_held_up_by_another_gets_503(client, data, monkeypatch, labels_dir):
+    def held(*args, **kwargs):
+        raise TimeoutError("lock held")
+
+    monkeypatch.setattr(data, "save", held)
+    status, _, body = client.save(EP, {"5": 1}, "none")
+    assert status == 503 and "another save" in json.loads(body)["error"] and b"lock held" not in body
+
+
+def test_a_labels_file_that_cannot_be_written_gets_503_without_paths(client, labels_dir, monkeypatch, caplog):
+    import errno
+
+    import autosink.labelapp.data as data_module
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(data_module, "write_human_labels", full)
+    with caplog.at_level(logging.ERROR, logger="autosink.labelapp"):
+        status, _, body = client.save(EP, {"5": 1}, "none")
+    assert status == 503 and json.loads(body)["error"] == "could not write the labels file: No space left on device"
+    assert str(labels_dir).encode() not in body and "Traceback" in caplog.text
+    assert not human_labels_lock_path(labels_dir / f"{EP}.csv").exists()
+
+
+def test_missing_extracted_data_gets_503_with_the_way_out(tmp_path):
+    empty = LabelData(tmp_path / "extracted", tmp_path / "labels", tmp_path / "store", root=tmp_path)
+    with running(empty) as s:
+        status, _, body = Client(s).get("/api/episodes")
+    error = json.loads(body)["error"]
+    assert status == 503 and "extracted/frames.csv" in error and "dvc repro" in error and str(tmp_path) not in error
+
+
+# ---------------------------------------------------------------------------- the episode the labels were given for
+
+
+def test_labels_given_for_another_file_of_the_episode_are_reported_not_loaded(client, labels_dir, project):
+    """A re-upload of the episode with other frames: the file's labels are not loaded as the
+    episode's (the page shows why); saving replaces them and records the episode's sha."""
+    path = labels_dir / f"{EP}.csv"
+    write_human_labels(path, {5: 1, 6: 0}, "0" * 64)
+    ep = client.json(f"/api/episodes/{EP}")
+    assert ep["labels"] == {} and ep["labels_check"] == "mismatch" and ep["stale_labels"] == 2
+    assert ep["labels_for_sha256"] == "0" * 64 and ep["episode_sha256"] == episode_sha(project)
+    assert "another file of this episode" in ep["warning"] and ep["version"] == _sha(path)
+    summary = {e["episode"]: e for e in client.json("/api/episodes")["episodes"]}[EP]
+    assert summary["human"] == 0 and summary["reviewed"] == 0 and summary["error"] is None
+    assert summary["labels_check"] == "mismatch" and "another file" in summary["warning"]
+    status, _, body = client.save(EP, {"7": 1}, ep["version"])
+    assert status == 200 and json.loads(body)["labels_check"] == "ok"
+    assert read_human_label_file(path).labels == {7: 1}
+    assert read_human_label_file(path).episode_sha256 == episode_sha(project)
+    assert client.json(f"/api/episodes/{EP}")["warning"] is None
+
+
+def test_older_labels_file_without_the_sha_loads_flagged_unverified(client, labels_dir, project):
+    labels_dir.mkdir(parents=True)
+    path = labels_dir / f"{EP}.csv"
+    path.write_text("frame_index,label\n5,1\n")
+    ep = client.json(f"/api/episodes/{EP}")
+    assert ep["labels"] == {"5": 1} and ep["labels_check"] == "unverified" and ep["stale_labels"] == 0
+    assert "records no episode sha256" in ep["warning"]
+    summary = {e["episode"]: e for e in client.json("/api/episodes")["episodes"]}[EP]
+    assert summary["human"] == 1 and summary["labels_check"] == "unverified"
+    assert client.save(EP, {"5": 1}, ep["version"])[0] == 200  # the same labels: the sha is recorded
+    assert path.read_text() == f"# episode sha256: {episode_sha(project)}\n{HUMAN_HEADER}\n5,1\n"
+    assert client.json(f"/api/episodes/{EP}")["labels_check"] == "ok"
+
+
+# ---------------------------------------------------------------------------- two servers, one labels folder
+
+
+def bits_to_labels(value: int) -> dict[int, int]:
+    """A counter in an episode's labels: frame i labelled 1 when bit i is set (20 frames: 2**20)."""
+    return {i: 1 for i in range(20) if value >> i & 1}
+
+
+def labels_to_bits(labels: dict[int, int]) -> int:
+    return sum(1 << i for i, v in labels.items() if v == 1)
+
+
+def check_complete_saves(path: Path, sha: str, stop: threading.Event, seen: list[int], bad: list[str]) -> None:
+    """Read the labels file over and over: every read must be exactly one save's text."""
+    while not stop.is_set():
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            continue
+        try:
+            doc = parse_human_labels(text)
+            assert doc.episode_sha256 == sha and format_human_labels(doc.labels, sha) == text
+            seen.append(labels_to_bits(doc.labels))
+        except (ValueError, AssertionError):
+            bad.append(text)
+
+
+def test_two_servers_saving_at_once_never_interleave(project, labels_dir):
+    """Two LabelData (what two servers hold) on one labels folder, saving from threads: each save
+    reads the counter the labels encode, adds one and saves with the version it read (409 and
+    retry on a conflict). With the file lock no increment is lost and the file is only ever one
+    complete save."""
+    servers = [LabelData(project["extracted"], labels_dir, project["store"], root=project["lake"].parent)
+               for _ in range(2)]
+    per_thread, threads = 15, 4
+    stop, seen, bad, errors = threading.Event(), [], [], []
+
+    def increment(data: LabelData) -> None:
+        try:
+            done = 0
+            while done < per_thread:
+                human = data.human(EP)
+                try:
+                    data.save(EP, bits_to_labels(labels_to_bits(human.labels) + 1), human.version)
+                    done += 1
+                except Conflict:
+                    pass
+        except Exception as e:  # noqa: BLE001: reported below
+            errors.append(repr(e))
+
+    reader = threading.Thread(target=check_complete_saves,
+                              args=(labels_dir / f"{EP}.csv", episode_sha(project), stop, seen, bad))
+    reader.start()
+    workers = [threading.Thread(target=increment, args=(servers[i % 2],)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    stop.set()
+    reader.join(10)
+    assert errors == [] and bad == []
+    assert labels_to_bits(read_human_labels(labels_dir / f"{EP}.csv")) == per_thread * threads
+    assert seen and seen == sorted(seen)  # the counter never went back
+    assert not human_labels_lock_path(labels_dir / f"{EP}.csv").exists()
+
+
+INCREMENT = textwrap.dedent("""
+    import sys
+    from autosink.labelapp import LabelData
+    from autosink.labelapp.data import Conflict
+    extracted, labels, store, root, episode, n = sys.argv[1:]
+    data = LabelData(extracted, labels, store, root=root)
+    print("ready", flush=True)
+    sys.stdin.readline()  # start together
+    done = 0
+    while done < int(n):
+        human = data.human(episode)
+        value = sum(1 << i for i, v in human.labels.items() if v == 1) + 1
+        try:
+            data.save(episode, {i: 1 for i in range(20) if value >> i & 1}, human.version)
+            done += 1
+        except Conflict:
+            pass
+""")
+
+
+def test_two_server_processes_saving_at_once_lose_nothing(project, labels_dir, repo_root):
+    """The same race between processes (two `autosink label serve` on one checkout): only the
+    file lock (not a thread lock) can keep a check-then-write whole across them."""
+    per_process = 25
+    args = [str(project["extracted"]), str(labels_dir), str(project["store"]), str(project["lake"].parent), EP,
+            str(per_process)]
+    procs = [subprocess.Popen([sys.executable, "-c", INCREMENT, *args], cwd=repo_root, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    stop, seen, bad = threading.Event(), [], []
+    reader = threading.Thread(target=check_complete_saves,
+                              args=(labels_dir / f"{EP}.csv", episode_sha(project), stop, seen, bad))
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready", p.stderr.read()
+        reader.start()
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+    finally:
+        stop.set()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    reader.join(10)
+    assert bad == []
+    assert labels_to_bits(read_human_labels(labels_dir / f"{EP}.csv")) == 2 * per_process
+    assert seen == sorted(seen)
+
+
+def test_a_save_waits_for_the_lock_another_holds(data, labels_dir):
+    from autosink.labels import human_labels_lock
+
+    path = labels_dir / f"{EP}.csv"
+    with human_labels_lock(path):
+        assert human_labels_lock_path(path).exists()
+        with pytest.raises(TimeoutError):
+            data.save(EP, {5: 1}, "none", lock_timeout=0.2)
+    assert not path.exists()
+    assert data.save(EP, {5: 1}, "none").labels == {5: 1}
 
 
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS"])

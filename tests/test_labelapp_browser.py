@@ -1,5 +1,6 @@
 """The labeling app in a real headless Chromium (Debian's, via pytest-playwright): keyboard labelling,
-mouse selection, saving, and the two-tab conflict. Skipped where no `chromium` is installed."""
+mouse selection, saving, the two-tab conflict, and labels given for another file of the episode.
+Skipped where no `chromium` is installed."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import threading
 import pytest
 
 from autosink.labelapp import LabelData, LabelServer
-from autosink.labels import read_human_labels
+from autosink.labels import read_human_label_file, read_human_labels, write_human_labels
 from tests.conftest import CHROMIUM
-from tests.test_labelapp_api import EP, build_project
+from tests.test_labelapp_api import EP, build_project, episode_sha
 
 pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="no `chromium` on PATH (apt-get install -y chromium); "
@@ -55,7 +56,7 @@ def open_episode(page, url: str) -> None:
     expect(page.locator("#frame")).to_have_attribute("src", re.compile(r"/img/.+/frame/\d+\.png"))
 
 
-def test_label_a_range_with_the_keyboard_and_save(page, app):
+def test_label_a_range_with_the_keyboard_and_save(page, app, project):
     url, csv = app
     errors = watch_errors(page)
     open_episode(page, url)
@@ -75,7 +76,7 @@ def test_label_a_range_with_the_keyboard_and_save(page, app):
     expect(page.locator("#status")).to_contain_text("Saved 4 labels")
     expect(page.locator("#dirty")).to_be_hidden()
     assert read_human_labels(csv) == {5: 1, 6: 1, 7: 1, 8: 1}
-    assert csv.read_text() == "frame_index,label\n5,1\n6,1\n7,1\n8,1\n"
+    assert csv.read_text() == f"# episode sha256: {episode_sha(project)}\nframe_index,label\n5,1\n6,1\n7,1\n8,1\n"
     # The list now shows the episode as reviewed.
     page.get_by_role("link", name="Episodes").click()
     row = page.locator(f'#episode-rows tr[data-episode="{EP}"]')
@@ -149,3 +150,26 @@ def test_second_tab_saving_stale_labels_is_told_and_can_reapply(page, app):
     expect(tab2.locator("#status")).to_contain_text("Saved 2 labels")
     assert read_human_labels(csv) == {0: 0, 19: 1}
     assert [e for e in errors if "409 (Conflict)" not in e] == []  # Chromium logs the expected 409
+
+
+def test_labels_for_another_file_of_the_episode_are_shown_as_such_and_replaced_on_save(page, app, project):
+    url, csv = app
+    errors = watch_errors(page)
+    write_human_labels(csv, {0: 1, 1: 1, 2: 1}, "0" * 64)  # given for a file the lake no longer holds
+    page.goto(url)
+    row = page.locator(f'#episode-rows tr[data-episode="{EP}"]')
+    expect(row.locator("td").nth(6)).to_have_text("labels for another file of this episode: not applied")
+    expect(row.locator("td").nth(5)).to_have_text("0")
+    page.get_by_role("link", name=EP).click()
+    banner = page.locator("#banner")
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("3 labels given for another file of this episode")
+    expect(page.locator("#strip .cell .lane.h.none")).to_have_count(20)  # none of them shown as labels
+    expect(page.locator("#save-btn")).to_have_class(re.compile("attention"))
+    page.locator("#strip").focus()
+    page.keyboard.press("s")  # no change made: saving still replaces them (with no labels)
+    expect(page.locator("#status")).to_contain_text("Saved 0 labels")
+    expect(banner).to_be_hidden()
+    doc = read_human_label_file(csv)
+    assert doc.labels == {} and doc.episode_sha256 == episode_sha(project)
+    assert errors == []

@@ -61,6 +61,13 @@ def report(root: Path, name: str) -> dict:
     return json.loads((root / "reports" / f"{name}.json").read_text())
 
 
+def label_episode(root: Path, labels: dict[int, int]) -> str:
+    """Human labels for the first extracted episode, stamped with its lake file's sha256 (as the labeler saves)."""
+    record = sorted((root / "data/extracted/episodes").glob("*.json"))[0]
+    write_human_labels(root / "data/labels" / f"{record.stem}.csv", labels, json.loads(record.read_text())["sha256"])
+    return record.stem
+
+
 def run_record(root: Path, stage: str) -> dict:
     """What the stage's last run did (runs/stages/: work counters and times, not DVC outputs)."""
     return json.loads((root / "runs/stages" / f"{stage}.json").read_text())
@@ -211,8 +218,7 @@ def test_plots_page_draws_offline(project, tmp_path, request):
 
 def test_human_label_reruns_label_stage_only_for_that_episode(project):
     root, env, _ = project
-    episode = sorted((root / "data/extracted/episodes").glob("*.json"))[0].stem
-    write_human_labels(root / "data/labels" / f"{episode}.csv", {0: 1, 1: 1})
+    episode = label_episode(root, {0: 1, 1: 1})
     out = run(["dvc", "repro"], root, env)
     assert "Running stage 'label'" in out and "Running stage 'extract'" not in out
     lab, work = metrics(root, "labels"), run_record(root, "label")
@@ -272,8 +278,7 @@ def test_round_trip_push_clone_pull_and_an_older_snapshot(project, tmp_path):
     run(["git", "commit", "-q", "--allow-empty", "-m", "snapshot A"], root, env)
     run(["dvc", "push"], root, env)
     store_a = tree_digest(root / "data/feature-store")
-    episode = sorted((root / "data/extracted/episodes").glob("*.json"))[0].stem
-    write_human_labels(root / "data/labels" / f"{episode}.csv", {0: 1, 1: 1})  # snapshot B: other labels
+    episode = label_episode(root, {0: 1, 1: 1})  # snapshot B: other labels
     run(["dvc", "repro"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-q", "-m", "snapshot B"], root, env)

@@ -245,3 +245,49 @@ def test_the_edge_controller_is_in_the_loop(tmp_path, repo_root):
     low = write_tiny_model(tmp_path / "low" / "model.onnx", scale=0.0, bias=math.log(0.6 / 0.4), threshold=0.7)
     metrics, _ = run_benchmark({**cfg, "model": str(low)}, progress=False)
     assert metrics["total"]["open_s"] == 0 and metrics["model"]["threshold"] == 0.7
+
+
+class _Tap:
+    """In the recorder's place: every frame's (model_output, magnetic_status, valve)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, int, int]] = []
+
+    def add(self, t, wall, image, model_output, magnetic_status, valve=0) -> None:
+        self.rows.append((int(model_output), int(magnetic_status), int(bool(valve))))
+
+    def close(self, *a, **k) -> None:
+        pass
+
+
+def test_the_pis_hold_after_a_release_is_not_labelled_as_the_users_wish(tmp_path, base_params, repo_root):
+    """A model that never opens, simulated users pressing the button while they want water, and
+    the Pi's 10 s hold after each release: the label stage must not read the held water as wanted
+    (issue 17: when the hold was recorded as the user's state, every unwanted open frame came out
+    labelled 1); the held frames are ignored, neither wanted nor unwanted."""
+    from dataclasses import replace
+
+    from autosink.edge.inference import load_model
+    from autosink.labels import IGNORE, propagate
+    from autosink.sim.session import wants_water
+    from autosink.water import SimUserFeedback, run_session
+
+    model = load_model(write_tiny_model(tmp_path / "off.onnx", scale=0.0, bias=-10.0))
+    cfg = {**base_params["water"], "controller_from": str(repo_root / "edge" / "config.toml")}
+    ccfg = replace(controller_config(cfg), forced_on_hold_s=10.0)
+    wanted = unwanted_open = as_wish = held = 0
+    for script in heldout_scripts(cfg)[:3]:
+        tap = _Tap()
+        run_session(script, model, ccfg, feedback=SimUserFeedback(script), recorder=tap)
+        m, s, v = (np.array(c) for c in zip(*tap.rows))
+        need = np.array([wants_water(st) for st in script.states])
+        unwanted = (v == 1) & ~need
+        label = propagate(m, s, float(script.fps), arduino_output=v).label
+        wanted += int(((label == 1) & need).sum())
+        unwanted_open += int(unwanted.sum())
+        as_wish += int(((label == 1) & unwanted).sum())
+        hold = (v == 1) & (s == 0)
+        assert (label[hold] == IGNORE).all()
+        held += int(hold.sum())
+    assert wanted > 50 and unwanted_open > 20 and held >= unwanted_open
+    assert as_wish == 0

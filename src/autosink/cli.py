@@ -71,7 +71,8 @@ def cmd_lake_check(args: argparse.Namespace) -> int:
     for path in paths:
         problems = check_episode(path, check_frames=not args.no_frames, expected_size=size)
         bad += bool(problems)
-        print(format_verdict(path, problems))
+        whole = problems and problems[0].field == "path"  # the path itself is wrong (a device, a FIFO): in full
+        print(format_verdict(path, problems, name=str(path) if whole else None))
         if args.verbose:
             for problem in problems[1:]:
                 print(f"       {problem}")

@@ -33,7 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from autosink.fileio import fsync_dir, json_type
+from autosink.fileio import NotRegularFileError, fsync_dir, json_type, open_regular
 
 __all__ = [
     "FRAME_WIDTH", "FRAME_HEIGHT", "VERSIONS", "EpisodeError", "Interaction", "EpisodeMeta",
@@ -97,8 +97,17 @@ class EpisodeError(ValueError):
 class Interaction:
     """One saved frame and what the system and the user did at that moment.
 
-    ``timestamp`` is the Pi's naive local time (second precision); ``arduino_output`` exists
-    only in version 2; ``user_label``/``validation`` are added later by the labeling tool.
+    ``timestamp`` is the Pi's naive local time (second precision); ``user_label``/``validation``
+    are added later by the labeling tool. What the fields mean (the earlier system's reader takes
+    exactly these keys, so meaning is carried in them, never in new ones):
+
+    * ``model_output``: what the model decided, without the user;
+    * ``magnetic_status``: the water the user wanted: the faucet as their hand left it, or the
+      model's water they let run. Where the Pi's controller alone kept water running after a
+      button release (its ``forced_on_hold_s``), autosink's edge writes the model's decision here;
+    * ``arduino_output`` (version 2 only): the valve the Pi commanded, 1 open. The earlier Pis
+      always wrote 0. ``arduino_output`` 1 with ``magnetic_status`` 0 is water nobody asked for:
+      the label stage ignores those frames (:func:`autosink.labels.propagate`, rule 6).
     """
 
     timestamp: datetime
@@ -515,11 +524,20 @@ class _ZipSource:
 
     def __init__(self, path: Path) -> None:
         try:
-            self._zf = zipfile.ZipFile(path)
-        except zipfile.BadZipFile as e:
-            raise EpisodeError(str(path), "zip", f"not a zip file or corrupt ({e})") from None
-        except _ZIP_ERRORS as e:
+            self._f = open_regular(path)
+        except NotRegularFileError as e:
+            raise EpisodeError(str(path), "path", _not_regular_problem(e.kind)) from None
+        except OSError as e:
             raise EpisodeError(str(path), "zip", f"cannot open ({type(e).__name__}: {e})") from None
+        try:
+            self._zf = zipfile.ZipFile(self._f)
+        except BaseException as e:
+            self._f.close()
+            if isinstance(e, zipfile.BadZipFile):
+                raise EpisodeError(str(path), "zip", f"not a zip file or corrupt ({e})") from None
+            if isinstance(e, _ZIP_ERRORS):
+                raise EpisodeError(str(path), "zip", f"cannot open ({type(e).__name__}: {e})") from None
+            raise
         infos = self._zf.infolist()
         self._infos = {i.filename: i for i in infos}
         self.members = [
@@ -535,7 +553,10 @@ class _ZipSource:
             raise _Bad(f"corrupt member ({type(e).__name__}: {e})") from None
 
     def close(self) -> None:
-        self._zf.close()
+        try:
+            self._zf.close()
+        finally:
+            self._f.close()  # a ZipFile does not close a file object it was given
 
     def __enter__(self) -> _ZipSource:
         return self
@@ -563,11 +584,11 @@ class _DirSource:
         self.members.sort(key=lambda m: m.name)
 
     def read(self, name: str) -> bytes:
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
         try:
-            fd = os.open(self.path / name, flags)
-            with os.fdopen(fd, "rb") as f:
+            with open_regular(self.path / name, follow_symlinks=False) as f:  # a member swapped for a FIFO
                 return _read_limited(f)
+        except NotRegularFileError as e:
+            raise _Bad(_not_regular_problem(e.kind)) from None
         except OSError as e:
             raise _Bad(f"cannot read ({e.strerror})") from None
 
@@ -581,7 +602,12 @@ class _DirSource:
         pass
 
 
+def _not_regular_problem(kind: str) -> str:
+    return f"is {kind}, not a regular file (an episode is a zip file or a folder)"
+
+
 def _open_source(path: Path) -> _ZipSource | _DirSource:
+    """Only a folder or a regular file is opened (a FIFO would block, ``/dev/zero`` never end)."""
     if path.is_dir():
         return _DirSource(path)
     if not path.exists():
@@ -920,10 +946,21 @@ def extract_episode(path: StrPath, dest_dir: StrPath, *, check_frames: bool = Tr
 # --------------------------------------------------------------------------- discovery / reporting
 
 
+def _is_special(entry: os.DirEntry | Path) -> bool:
+    """A device, FIFO or socket (a Path: symlinks followed; a DirEntry: not), found so that it
+    gets a verdict instead of being skipped in silence."""
+    try:
+        mode = entry.stat(follow_symlinks=False).st_mode if isinstance(entry, os.DirEntry) else entry.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode))
+
+
 def _is_episode_dir(path: Path) -> bool:
     try:
         with os.scandir(path) as entries:
-            return any(e.name.endswith(".json") and _STEM_RE.fullmatch(e.name[:-5]) and e.is_file(follow_symlinks=False)
+            return any(e.name.endswith(".json") and _STEM_RE.fullmatch(e.name[:-5])
+                       and (e.is_file(follow_symlinks=False) or _is_special(e))
                        for e in entries)
     except OSError:
         return False
@@ -934,8 +971,9 @@ def find_episodes(paths: StrPath | Iterable[StrPath]) -> list[Path]:
 
     Each argument is a zip (or any file: given explicitly, it gets a verdict), an episode
     folder (one holding a ``YYYYmmdd_HHMMSS.json``), or a folder searched recursively for
-    ``*.zip`` and episode folders. Hidden entries (``.*``, e.g. temp files) are skipped.
-    A missing argument raises FileNotFoundError.
+    ``*.zip`` and episode folders. Hidden entries (``.*``, e.g. temp files) are skipped. A
+    ``*.zip`` that is a device, FIFO or socket is found too: it gets a verdict ("not a regular
+    file") instead of being skipped in silence. A missing argument raises FileNotFoundError.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -950,7 +988,7 @@ def find_episodes(paths: StrPath | Iterable[StrPath]) -> list[Path]:
                     found.add(child)
                 else:
                     walk(child)
-            elif child.is_file() and child.name.endswith(".zip"):
+            elif child.name.endswith(".zip") and (child.is_file() or _is_special(child)):
                 found.add(child)
 
     for arg in paths:
@@ -967,13 +1005,15 @@ def find_episodes(paths: StrPath | Iterable[StrPath]) -> list[Path]:
     return sorted(found, key=lambda q: (q.name, str(q)))
 
 
-def format_verdict(path: StrPath, problems: Sequence[EpisodeError], *, episode: Episode | None = None) -> str:
+def format_verdict(path: StrPath, problems: Sequence[EpisodeError], *, episode: Episode | None = None,
+                   name: str | None = None) -> str:
     """One line per episode for humans and logs.
 
     ``OK   <name>  (<n> frames, v2, user_1234)`` or ``BAD  <name>  <first problem> (+k more)``.
     For an OK verdict the episode's JSON is read (cheaply, no frame decoding) unless given.
+    ``name`` replaces the file's name (e.g. the whole path).
     """
-    name = Path(path).name
+    name = Path(path).name if name is None else name
     if not problems and episode is None:
         try:
             episode = read_episode(path, check_frames=False)

@@ -12,7 +12,8 @@ Incremental by construction (the ``extract`` stage's output is ``persist: true``
 episode's record keeps the sha256 of the file it came from, so an unchanged episode is never re-validated, a changed one is redone,
 and one that left the lake is dropped. A bad episode is quarantined with its reasons (a
 record under ``quarantine/``; the raw file stays untouched in the lake) while the others
-go through.
+go through; so is a ``*.zip`` that is a device, FIFO or socket (never opened; its record's
+sha256 is null).
 
 Layout of ``out_dir``::
 
@@ -33,11 +34,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from autosink.episode import check_episode, find_episodes, read_episode
-from autosink.fileio import atomic_write, code_version, sha256_file
+from autosink.fileio import atomic_write, code_version, not_regular, sha256_file
 
 FRAME_COLUMNS = [
     "episode", "frame_index", "image", "source", "timestamp", "user_id", "dishwashing_id",
-    "dishwashing_start", "version", "model_output", "magnetic_status",
+    "dishwashing_start", "version", "model_output", "magnetic_status", "arduino_output",
 ]
 
 
@@ -55,14 +56,20 @@ class ExtractResult:
         return {k: v for k, v in self.__dict__.items() if k != "quarantined"}
 
 
-def sha256_source(path: Path) -> str:
-    """sha256 of an episode zip, or of an unzipped episode folder (names and contents)."""
+def sha256_source(path: Path) -> str | None:
+    """sha256 of an episode zip, or of an unzipped episode folder (names and contents); None for
+    a device, FIFO or socket (never read: no bytes, or endless ones; its verdict says what it is)."""
     if not path.is_dir():
-        return sha256_file(path)
+        return None if not_regular(path) else sha256_file(path)
     h = hashlib.sha256()
     for p in sorted(path.iterdir()):
         h.update(p.name.encode() + b"\0")
-        h.update(sha256_source(p).encode() if p.is_dir() else p.read_bytes())
+        if p.is_dir():
+            h.update(sha256_source(p).encode())
+        elif kind := not_regular(p):  # a FIFO member: the episode is quarantined, never read
+            h.update(f"<{kind}>".encode())
+        else:
+            h.update(p.read_bytes())
     return h.hexdigest()
 
 
@@ -101,6 +108,7 @@ def _frame_rows(key: str, src: Path) -> list[dict]:
             "version": meta.version,
             "model_output": it.model_output,
             "magnetic_status": it.magnetic_status,
+            "arduino_output": it.arduino_output or 0,  # version 1 has none: the valve was not recorded
         }
         for i, it in enumerate(meta.interactions)
     ]

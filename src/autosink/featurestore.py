@@ -16,6 +16,11 @@ changed. The store is the one place frames are written out of the lake
 (``data/extracted`` only references them). DVC versions each snapshot (and
 ``dvc push`` sends it to the remote); DVC's cache is content-addressed, so a
 frame is stored once however many snapshots hold it.
+
+Human labels (``<labels>/<episode>.csv``) apply only when the file records the sha256 of the
+episode's current lake file; one given for another file of that name is skipped and reported
+(``human_label_files_mismatched``); an older file without the sha is applied and reported
+(``human_label_files_unverified``).
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ from tqdm import tqdm
 import autosink.labels as labels_module
 from autosink.episode import read_episode
 from autosink.fileio import atomic_write, code_version, sha256_file
-from autosink.labels import IGNORE, LabelRules, frames_per_second, propagate, read_human_labels
+from autosink.labels import (
+    IGNORE, LABELS_MISMATCH, LABELS_UNVERIFIED, LabelRules, frames_per_second, propagate, read_human_label_file,
+)
 
 MANIFEST_COLUMNS = [
     "episode", "frame_index", "image", "path", "timestamp", "user_id", "dishwashing_id",
@@ -45,8 +52,9 @@ def label_episode(frames: pd.DataFrame, human: dict[int, int], rules: LabelRules
     """Dense labels for one episode's rows of data/extracted/frames.csv (human labels win)."""
     frames = frames.sort_values("frame_index")
     stamps = pd.to_datetime(frames["timestamp"]).tolist()
+    valve = frames["arduino_output"].fillna(0).to_numpy() if "arduino_output" in frames else None
     dense = propagate(frames["model_output"].to_numpy(), frames["magnetic_status"].to_numpy(),
-                      frames_per_second(stamps, default_fps), rules)
+                      frames_per_second(stamps, default_fps), rules, valve)
     out = frames[["episode", "frame_index", "image", "timestamp", "user_id", "dishwashing_id",
                   "model_output", "magnetic_status"]].copy()
     out["label"] = dense.label
@@ -105,6 +113,8 @@ def build_feature_store(
                    "(removed, or quarantined: see data/extracted/quarantine/); they are not used")
 
     relabelled = reused = 0
+    mismatched: list[dict] = []  # human label files given for another file of the episode: not applied
+    unverified: list[str] = []  # older human label files (no episode sha256): applied, unchecked
     changed: set[str] = set()
     keys: dict[Path, str] = {}
     for episode, rows in tqdm(frames.groupby("episode", sort=True), desc="label", unit="episode",
@@ -112,12 +122,31 @@ def build_feature_store(
         source = json.loads((extracted_dir / "episodes" / f"{episode}.json").read_text())["sha256"]
         human_file = labels_dir / f"{episode}.csv"
         human_sha = sha256_file(human_file) if human_file.exists() else None
+        # Human labels apply only to the episode file they were given for (checked on every run,
+        # reused or not, so a skipped file is reported every time until it is fixed).
+        human: dict[int, int] = {}
+        if human_file.exists():
+            doc = read_human_label_file(human_file)
+            state = doc.check(source)
+            if state == LABELS_MISMATCH:
+                mismatched.append({"file": human_file.as_posix(), "episode": episode, "labels": len(doc.labels),
+                                   "labels_for_sha256": doc.episode_sha256, "episode_sha256": source})
+                tqdm.write(f"warning: {human_file}: its {len(doc.labels)} human labels were given for another file "
+                           f"of episode {episode} (sha256 {doc.episode_sha256[:12]}..., the lake's is now "
+                           f"{source[:12]}...: re-uploaded with other frames?); NOT applied. Relabel the episode "
+                           "(`autosink label serve`; saving records the new sha256) or delete the file")
+            else:
+                human = doc.labels
+                if state == LABELS_UNVERIFIED:
+                    unverified.append(human_file.as_posix())
+                    tqdm.write(f"warning: {human_file}: records no episode sha256 (an older labels file), so "
+                               "nothing shows they were given for these frames; applied as they are. Saving the "
+                               "episode once in `autosink label serve` records it")
         key = json.dumps({"source": source, "human": human_sha, "rules": rules_json, "code": code}, sort_keys=True)
         key_file, table_file = tables_dir / f"{episode}.key", tables_dir / f"{episode}.csv"
         if table_file.exists() and key_file.exists() and key_file.read_text() == key:
             reused += 1
             continue
-        human = read_human_labels(human_file) if human_file.exists() else {}
         dense = label_episode(rows, human, rules, default_fps)
         atomic_write(table_file, dense.to_csv(index=False))
         key_file.unlink(missing_ok=True)  # written back once the episode's frames are in place
@@ -169,4 +198,5 @@ def build_feature_store(
     }
     atomic_write(store_dir / "version.json", json.dumps(version, indent=2) + "\n")
     return {"episodes_relabelled": relabelled, "human_label_files_orphaned": len(orphans), "episodes_reused": reused, "frames_written": written,
-            "frames_removed": removed, **version}
+            "frames_removed": removed, "human_label_files_mismatched": mismatched,
+            "human_label_files_unverified": unverified, **version}

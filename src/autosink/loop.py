@@ -147,8 +147,8 @@ def collect_round(project: Path, params: dict, round_index: int, spool: Path, ho
     model = load_model(project / PRODUCTION / "model.onnx", threads=int(wcfg["threads"]))
     # The edge's settings (the file the water benchmark uses). The simulated user holds the
     # button for exactly as long as they want water, so the controller's hold after a release
-    # (10 s on a Pi, for people who tap the button) would only run water they then close, and
-    # the recorder would file it as their wish: here the hold ends by the next frame.
+    # (10 s on a Pi, for people who tap the button) would only run water they then close (the
+    # label stage would ignore those frames: labels rule 6): here the hold ends by the next frame.
     rec = edge_config(wcfg, project)["recorder"]
     ccfg = replace(controller_config(wcfg, project), forced_on_hold_s=1.0 / float(wcfg["fps"]))
     lake = project / params["data"]["lake"]

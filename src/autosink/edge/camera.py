@@ -14,9 +14,13 @@ Every source returns :class:`Frame` objects: an RGB uint8 HxWx3 image (the colou
 model card speaks of, and the one :func:`autosink.episode.write_episode` expects) with its
 capture time on the runtime's monotonic clock. ``read(timeout)`` returns ``None`` when no new
 frame came within ``timeout`` (a stall: the runtime fails closed) and sets ``finished`` when a
-replay ran out. Live cameras are read by a background thread that keeps only the newest frame,
-so the control loop never works on a frame that waited in a driver queue, and a camera that
-hangs inside its driver cannot block the loop (or the SIGTERM that closes the valve).
+replay ran out. A ``folder:`` image that cannot be decoded (or is not a regular file) is a
+missed frame, as a real camera's corrupt frame is: logged with the source, index and file name,
+counted in ``bad_frames``, and ``read`` returns ``None`` for it, so the run goes on and the
+stale-frame rule still closes the valve when no good frame comes in time. Live cameras are
+read by a background thread that keeps only the newest frame, so the control loop never works
+on a frame that waited in a driver queue, and a camera that hangs inside its driver cannot
+block the loop (or the SIGTERM that closes the valve).
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-__all__ = ["Frame", "CameraError", "Camera", "IteratorCamera", "ThreadedCamera", "open_camera", "natural_key",
-           "IMAGE_SUFFIXES"]
+from autosink.fileio import not_regular
+
+__all__ = ["Frame", "BadFrame", "CameraError", "Camera", "IteratorCamera", "ThreadedCamera", "open_camera",
+           "natural_key", "IMAGE_SUFFIXES"]
 
 log = logging.getLogger("autosink.edge.camera")
 
@@ -52,6 +58,15 @@ class Frame:
     image: np.ndarray
     t: float
     index: int
+
+
+@dataclass(frozen=True)
+class BadFrame:
+    """What a replay yields in place of an image it could not read: ``what`` names it (a file
+    name), ``problem`` says why. :class:`IteratorCamera` skips it as a missed frame."""
+
+    what: str
+    problem: str
 
 
 def natural_key(name: str) -> list[Any]:
@@ -97,11 +112,14 @@ class IteratorCamera(Camera):
     """A replay: frames from an iterator of RGB images, stamped with ``clock()`` when read.
 
     Never stalls; ``finished`` becomes True after the last frame. ``clock`` is the runtime's
-    monotonic clock, so a simulated clock gives simulated capture times.
+    monotonic clock, so a simulated clock gives simulated capture times. A :class:`BadFrame`
+    from the iterator is a missed frame: logged, counted in ``bad_frames``, ``read`` returns
+    None for it (the runtime sees a stall) and its index is not reused.
     """
 
-    def __init__(self, images: Iterator[np.ndarray], clock: Callable[[], float], *, name: str = "replay",
-                 size: tuple[int, int] | None = None, on_close: Callable[[], None] | None = None) -> None:
+    def __init__(self, images: Iterator[np.ndarray | BadFrame], clock: Callable[[], float], *,
+                 name: str = "replay", size: tuple[int, int] | None = None,
+                 on_close: Callable[[], None] | None = None) -> None:
         self._images = images
         self._clock = clock
         self._index = 0
@@ -109,6 +127,7 @@ class IteratorCamera(Camera):
         self._warned = [False]
         self._on_close = on_close
         self.name = name
+        self.bad_frames = 0
 
     def read(self, timeout: float) -> Frame | None:
         if self.finished:
@@ -117,6 +136,12 @@ class IteratorCamera(Camera):
             image = next(self._images)
         except StopIteration:
             self.finished = True
+            return None
+        if isinstance(image, BadFrame):
+            self.bad_frames += 1
+            log.warning("camera %s: frame %d (%s) skipped: %s (%d bad so far)", self.name, self._index,
+                        image.what, image.problem, self.bad_frames)
+            self._index += 1
             return None
         image = _fit(image, self._size, self._warned, self.name)
         frame = Frame(image, self._clock(), self._index)
@@ -222,17 +247,35 @@ class ThreadedCamera(Camera):
 
 
 def _read_image_rgb(path: Path) -> np.ndarray:
+    if kind := not_regular(path):  # swapped for a FIFO after listing: imread would block on it
+        raise CameraError(f"{path}: is {kind}, not a regular file")
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise CameraError(f"{path}: cannot decode image")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def _folder_frames(files: list[Path]) -> Iterator[np.ndarray | BadFrame]:
+    for p in files:
+        try:
+            yield _read_image_rgb(p)
+        except Exception as e:  # CameraError, or cv2.error on a hostile file: one missed frame
+            yield BadFrame(p.name, str(e).replace(f"{p}: ", "", 1))
+
+
 def _folder_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise CameraError(f"folder:{folder}: not a folder")
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-             and not p.name.startswith(".")]
+    files, special = [], []
+    for p in folder.iterdir():
+        if p.suffix.lower() not in IMAGE_SUFFIXES or p.name.startswith("."):
+            continue
+        if p.is_file():
+            files.append(p)
+        elif (kind := not_regular(p)) and kind != "a folder":
+            special.append(f"{p.name} ({kind})")
+    if special:
+        log.warning("folder:%s: not regular files, not used as frames: %s", folder, ", ".join(sorted(special)))
     if not files:
         raise CameraError(f"folder:{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
     return sorted(files, key=lambda p: natural_key(p.name))
@@ -311,8 +354,10 @@ def open_camera(spec: str, *, clock: Callable[[], float], width: int = 640, heig
     path = Path(arg).expanduser()
     if kind == "folder":
         files = _folder_images(path)
-        return IteratorCamera((_read_image_rgb(p) for p in files), clock, name=spec, size=size)
+        return IteratorCamera(_folder_frames(files), clock, name=spec, size=size)
     if kind == "video":
+        if what := not_regular(path):  # OpenCV would block on a FIFO or read a device forever
+            raise CameraError(f"{spec}: is {what}, not a regular file")
         if not path.is_file():
             raise CameraError(f"{spec}: no such file")
         cap = cv2.VideoCapture(str(path))

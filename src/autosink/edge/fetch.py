@@ -61,7 +61,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from autosink.fileio import atomic_write, fsync_dir, sha256_file
+from autosink.fileio import NotRegularFileError, atomic_write, fsync_dir, not_regular, open_regular, sha256_file
 from autosink.modelcard import CardError, card_path_for, check_card_supported, read_card
 
 __all__ = ["FetchError", "FetchResult", "Latest", "Source", "DvcSource", "WandbSource", "FolderSource",
@@ -336,6 +336,8 @@ class FolderSource:
                 st = os.stat(self.folder / name)
                 stats.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
         ref = ",".join(stats) or None  # the same files again: not downloaded (nor refused) again
+        if not_regular(self.folder / CARD_FILE):  # a FIFO would block read_card; download() refuses it
+            return Latest(ref)
         try:
             card = read_card(self.folder / CARD_FILE)
         except CardError:
@@ -346,8 +348,13 @@ class FolderSource:
         dest.mkdir(parents=True, exist_ok=True)
         for name in (MODEL_FILE, CARD_FILE, PROMOTION_FILE):
             src = self.folder / name
-            if src.is_file():
-                shutil.copyfile(src, dest / name)
+            if not src.exists():
+                continue
+            try:  # regular files only: copying /dev/zero would fill the disk, a FIFO would block
+                with open_regular(src) as fsrc, open(dest / name, "wb") as fdst:
+                    shutil.copyfileobj(fsrc, fdst, 1 << 20)
+            except NotRegularFileError as e:
+                raise FetchError(str(e), kind="refused", file=name) from None
         return {"folder": str(self.folder)}
 
 
@@ -401,6 +408,10 @@ def installed_model(model_path: str | os.PathLike[str]) -> dict[str, Any]:
                             "record": None}
     with contextlib.suppress(OSError, ValueError):
         info["record"] = json.loads(record_path_for(path).read_text())
+    for p in (path, card_path_for(path)):
+        if kind := not_regular(p):  # never read: a FIFO blocks, a device never ends
+            info["problem"] = f"{p}: is {kind}, not a regular file"
+            return info
     if not path.is_file():
         info["problem"] = f"{path}: missing"
         return info
@@ -444,6 +455,8 @@ def verify_model_files(onnx: Path, card_file: Path, *, threads: int = 1,
         return msg
 
     for p in (onnx, card_file):
+        if kind := not_regular(p):
+            raise FetchError(f"{where(p)}: is {kind}, not a regular file", kind="refused", file=p.name)
         if not p.is_file():
             raise FetchError(f"{where(p)}: missing from the download", kind="refused", file=p.name)
     try:

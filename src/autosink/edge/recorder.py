@@ -1,8 +1,8 @@
 """Feedback episodes: a ring buffer of recent frames, saved around every user override.
 
 Every processed frame is offered to :meth:`Recorder.add` with what the system decided
-(``model_output``: the model's decision, without the user) and the water the user ended up
-with (``magnetic_status``). When they differ the user overrode the model, and the frames from
+(``model_output``: the model's decision, without the user), the water the user wanted
+(``magnetic_status``; see :class:`autosink.episode.Interaction`) and the valve (``arduino_output``). When they differ the user overrode the model, and the frames from
 ``pre_s`` seconds before the first overridden frame to ``post_s`` seconds after the last one
 are written to the spool as one data-lake episode, version 2, with
 :func:`autosink.episode.write_episode` (atomic: a hidden temp file renamed into place), so the

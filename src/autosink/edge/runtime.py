@@ -10,9 +10,11 @@ Per frame:
 3. a *shadow* controller fed the model alone gives ``model_output`` (what the model decided);
    the feedback source (GPIO reed switch + button, or a simulated user) gives the user's input;
    the real controller (:mod:`.controller`) decides the valve from both.
-4. the valve is set (one log line per change); ``magnetic_status`` = water flows = valve open
-   and the faucet handle not closed; the recorder (:mod:`.recorder`) gets the frame with
-   ``model_output`` and ``magnetic_status`` and saves an episode around every override.
+4. the valve is set (one log line per change); ``magnetic_status`` = the water the user wanted:
+   valve open and the faucet handle not closed, except where only the controller's hold after a
+   button release keeps it open (then it is ``model_output``: nobody asked for that water); the
+   recorder (:mod:`.recorder`) gets the frame with ``model_output``, ``magnetic_status`` and the
+   valve (``arduino_output``) and saves an episode around every override.
 5. now and then: a cheap check whether the model file changed (hot reload, :mod:`.inference`),
    and, every ``fetch.interval_s`` when ``fetch.source`` is set, a check for a newer production
    model, fetched, verified and swapped in by a background thread (:mod:`.fetch`); the hot
@@ -20,9 +22,23 @@ Per frame:
 
 The valve is closed by a ``try/finally`` around everything, whatever ends the loop (the replay
 ran out, ``--max-frames``, SIGTERM/SIGINT, or any exception), before anything else is cleaned
-up. SIGTERM and SIGINT set a stop flag (the loop ends within one frame; a second signal
-interrupts at once). On exit one stats line: frames, fps, inference latency p50/p99, seconds
-open and the estimated litres at ``valve.flow_l_min``.
+up. On exit one stats line: frames, fps, inference latency p50/p99, seconds open, the
+estimated litres at ``valve.flow_l_min`` (and bad frames a replay skipped, if any).
+
+**Signals.** Any number of SIGTERM/SIGINT, at any moment, end the run the same orderly way.
+The handler never raises: an exception raised there lands wherever the main thread happens to
+be (inside the recorder's wait for its writer, inside interpreter shutdown) and abandons work
+that native threads are still doing; the process then aborts (``terminate called without an
+active exception``) and loses the episode being written. Nor does it take a lock the
+interrupted main thread may hold (an ``Event.set`` there deadlocks if the signal came while the
+main thread held that Event's lock; logging's locks are re-entrant, and a log line that cannot
+be written then is dropped). Each signal drives the valve closed at once, from the handler,
+and raises a plain flag that the loop checks every step (it then never opens the valve again;
+the stop takes at most one frame period plus the camera's read timeout). The shutdown then
+runs as for any stop: valve, camera, inputs, the recorder's open episode written and waited
+for, upload drain. A second or later signal only hurries it: the valve is closed again and the
+upload drain is skipped, but the episode in progress is still finished (the recorder waits for
+its writer). ``edge/run.py`` keeps signals harmless outside the loop too (start-up, exit).
 
 The clock is injectable (:class:`SimClock`): with it a replay runs as fast as the CPU allows,
 with simulated frame times and wall times (tests, simulations); ``feedback`` lets a simulation
@@ -53,7 +69,7 @@ from autosink.edge.inference import ModelReloader, Predictor, normalize_probabil
 
 __all__ = ["DEFAULT_CONFIG", "ConfigError", "load_config", "merge_config", "SystemClock", "SimClock",
            "FeedbackContext", "GpioFeedback", "NoFeedback", "EdgeRuntime", "RunStats", "LatencyHistogram",
-           "build_runtime", "run_from_config", "close_valve_from_config"]
+           "build_runtime", "run_from_config", "close_valve_from_config", "load_regular_model"]
 
 log = logging.getLogger("autosink.edge")
 
@@ -111,15 +127,21 @@ def load_config(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     """Defaults, overridden by the TOML file at ``path`` (None: defaults only)."""
     import tomllib
 
+    from autosink.fileio import NotRegularFileError, open_regular
+
     if path is None:
         return copy.deepcopy(DEFAULT_CONFIG)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # not a FIFO (blocks) or a device (endless)
             data = tomllib.load(f)
+    except NotRegularFileError as e:
+        raise ConfigError(str(e)) from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 ({e.reason} at byte {e.start})") from None
     return merge_config(DEFAULT_CONFIG, data, str(path))
 
 
@@ -252,9 +274,8 @@ class EpisodeFeedback:
 
 def replay_user(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], EpisodeFeedback]:
     """The config and feedback for replaying the user of the episode ``camera.source`` names
-    (``episode:<zip>``). The recorded faucet states already hold the water the Pi's controller
-    kept running after each button release, so the replay's own hold is cut to nothing: the
-    replayed presses then give exactly the recorded water."""
+    (``episode:<zip>``). The replayed presses stand for the recorded wish frame by frame, so the
+    replay's own hold after a release is cut to nothing: they give exactly the recorded water."""
     kind, _, path = str(cfg["camera"]["source"]).partition(":")
     if kind != "episode" or not path:
         raise ConfigError(f"replaying the user needs the camera to replay an episode (episode:<zip>), "
@@ -300,6 +321,7 @@ class RunStats:
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     stop_reason: str = ""
     flow_l_min: float = 6.0
+    bad_frames: int = 0  # replay frames the camera could not decode (skipped as missed frames)
 
     @property
     def fps(self) -> float:
@@ -316,6 +338,7 @@ class RunStats:
         return (f"stats: frames={self.frames} fps={self.fps:.2f} latency_p50={ms(p50)} latency_p99={ms(p99)} "
                 f"open_s={self.seconds_open:.1f} litres={self.litres:.2f} (at {self.flow_l_min:g} L/min) "
                 f"valve_changes={self.valve_changes} stalls={self.stalls} model_errors={self.model_errors}"
+                + (f" bad_frames={self.bad_frames}" if self.bad_frames else "")
                 + (f" stop={self.stop_reason}" if self.stop_reason else ""))
 
 
@@ -372,38 +395,63 @@ class EdgeRuntime:
         self.fetcher = fetcher  # a PeriodicFetcher (autosink.edge.fetch) or None
         self.stats = RunStats(flow_l_min=float(flow_l_min))
         self._stop = threading.Event()
-        self._signals = 0
+        self._signals = 0         # signals received (plain attributes: the handler takes no lock)
+        self._signalled = False   # a signal asked to stop: the loop ends, the valve stays closed
+        self._hurry = False       # a second signal: shut down without the upload drain
         self._open_since: float | None = None
         self._last_error_log = -math.inf
 
     # -- control ----------------------------------------------------------------------------
 
     def stop(self, reason: str = "stop") -> None:
-        """Ask the loop to end after the current step (thread- and signal-safe)."""
+        """Ask the loop to end after the current step (thread-safe; a signal handler must not call
+        it: ``Event.set`` takes a lock the interrupted main thread may hold)."""
         if not self.stats.stop_reason:
             self.stats.stop_reason = reason
         self._stop.set()
 
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        name = signal.Signals(signum).name
-        self._signals += 1
-        if self._signals > 1:  # asked twice: stop now (the finally still closes the valve)
-            raise KeyboardInterrupt(name)
-        log.info("%s received: closing the valve and stopping", name)
-        self.stop(name)
+    def _stopping(self) -> bool:
+        return self._signalled or self._stop.is_set()
 
-    def _apply(self, now: float, d: Decision, prob: float | None) -> None:
-        if d.open != self.valve.is_open:
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        """SIGTERM/SIGINT: close the valve, ask the loop to stop; never raises, takes no lock
+        (see the module docstring). Later signals also hurry the shutdown."""
+        try:
+            self._signals += 1
+            name = signal.Signals(signum).name
+            if not self.stats.stop_reason:
+                self.stats.stop_reason = name
+            self._signalled = True
+            if self._signals > 1:
+                self._hurry = True
+            try:
+                self.valve.set(False)
+            except Exception as e:
+                log.critical("%s: could not close the valve: %s: %s", name, type(e).__name__, e)
+            if self._signals == 1:
+                log.info("%s received: closing the valve and stopping", name)
+            else:
+                log.warning("%s received again (%d signals): valve closed again; the episode in progress is still "
+                            "written, the upload drain is skipped", name, self._signals)
+        except BaseException:  # e.g. a log write re-entering the stream the main thread was writing: drop it
+            pass
+
+    def _apply(self, now: float, d: Decision, prob: float | None) -> bool:
+        """Drive the valve as decided, unless a signal asked to stop; returns whether it is open."""
+        is_open = d.open and not self._signalled
+        if is_open != self.valve.is_open:
             self.stats.valve_changes += 1
             sm = "-" if d.smoothed is None else f"{d.smoothed:.2f}"
             p = "-" if prob is None else f"{prob:.2f}"
-            log.info("valve %s (%s, p=%s, smoothed=%s)", "OPEN" if d.open else "CLOSED", d.reason, p, sm)
-            if d.open:
+            reason = d.reason if is_open == d.open else "stopping"
+            log.info("valve %s (%s, p=%s, smoothed=%s)", "OPEN" if is_open else "CLOSED", reason, p, sm)
+            if is_open:
                 self._open_since = now
             elif self._open_since is not None:
                 self.stats.seconds_open += max(0.0, now - self._open_since)
                 self._open_since = None
-        self.valve.set(d.open)
+        self.valve.set(is_open)
+        return is_open
 
     def _rate_limited_error(self, msg: str, *args: Any) -> None:
         now = time.monotonic()
@@ -444,15 +492,15 @@ class EdgeRuntime:
         last_frame_t: float | None = None
         last_frame_seen = clock.monotonic()
         index = 0
-        while not self._stop.is_set():
+        while not self._stopping():
             if self.max_frames is not None and self.stats.frames >= self.max_frames:
                 self.stop("max-frames")
                 break
             if self.period:
                 wait = next_due - clock.monotonic()
                 if wait > 0:
-                    clock.sleep(wait, self._stop)
-                    if self._stop.is_set():
+                    clock.sleep(wait, self._stop)  # a signal does not wake it (no lock in the handler): <= 1 period
+                    if self._stopping():
                         break
                 next_due = max(next_due + self.period, clock.monotonic() - self.period)
             try:
@@ -494,15 +542,19 @@ class EdgeRuntime:
                 self._rate_limited_error("feedback/inputs failed (treated as no input): %s: %s", type(e).__name__, e)
                 user = UserInput()
             d = self.controller.step(now, prob, frame_time, user)
-            self._apply(now, d, prob)
+            is_open = self._apply(now, d, prob)
 
             if frame is not None:
                 index += 1
                 self.stats.frames += 1
                 if self.recorder is not None:
-                    s = int(d.open and not user.closed)
+                    # the water the user asked for or let the model give; where only the
+                    # controller's post-release hold keeps it running it is the model's decision,
+                    # and the valve (arduino_output) tells the label stage to ignore those frames
+                    held = d.reason == "user-forced-on" and not user.forced_on
+                    s = int(is_open and not user.closed and (bool(m) or not held))
                     try:
-                        self.recorder.add(frame.t, clock.time(), frame.image, int(m), s, d.open)
+                        self.recorder.add(frame.t, clock.time(), frame.image, int(m), s, is_open)
                     except Exception as e:
                         self._rate_limited_error("recorder failed: %s: %s", type(e).__name__, e)
             elif getattr(cam, "live", False) and now - last_frame_seen >= self.reopen_after_s:
@@ -552,6 +604,7 @@ class EdgeRuntime:
             self._open_since = None
         log.info("valve closed (%s)", self.stats.stop_reason or "exit")
         self.stats.ended = now
+        self.stats.bad_frames = int(getattr(self.camera, "bad_frames", 0) or 0)
         for what, fn in (("model fetch", lambda: self.fetcher is not None and self.fetcher.stop()),
                          ("camera", lambda: self.camera.close()),
                          ("inputs", lambda: getattr(self.feedback, "close", lambda: None)()),
@@ -567,9 +620,10 @@ class EdgeRuntime:
         up = self.uploader
         if up is None:
             return
+        drain_s = 0.0 if self._hurry else self.drain_s  # signalled twice: what is spooled waits for the next start
         if getattr(up, "_thread", None) is not None:
-            up.stop(drain_s=self.drain_s)
-        elif self.drain_s > 0:
+            up.stop(drain_s=drain_s)
+        elif drain_s > 0:
             try:
                 up.run_once()
             except Exception as e:
@@ -582,6 +636,21 @@ class EdgeRuntime:
 def _default_user_id() -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname() or "") or "pi"
     return name
+
+
+def load_regular_model(path: str | os.PathLike[str], *, threads: int = 2) -> Any:
+    """:func:`~autosink.edge.inference.load_model`, for regular files only: a model or card that
+    is a device, FIFO or socket is a :class:`ModelError` at once (reading ``/dev/zero`` never
+    ends, a FIFO blocks). Here rather than in ``inference`` so the training stage, which depends
+    on that module, is not invalidated."""
+    from autosink.edge.inference import ModelError, load_model
+    from autosink.fileio import not_regular
+    from autosink.modelcard import card_path_for
+
+    for p, what in ((path, "the model's .onnx file"), (card_path_for(path), "the model's card")):
+        if kind := not_regular(p):
+            raise ModelError(f"{p}: is {kind}, not a regular file (expected {what})")
+    return load_model(path, threads=threads)
 
 
 def recorder_from_config(c_rec: Mapping[str, Any], spool: Any, user_id: str, **kw: Any) -> Any:
@@ -628,8 +697,10 @@ def build_runtime(cfg: Mapping[str, Any], *, clock: Any = None, feedback: Feedba
                 res = fetch_model(fetch_source, c_model["path"], threads=1, selftest_png=selftest,
                                   selftest_max_s=c_model["selftest_max_s"])
                 (log.info if res.ok else log.error)("model fetch %s: %s", res.status, res.message)
-            model = ModelReloader(c_model["path"], threads=int(c_model["threads"]), selftest_png=selftest,
-                                  selftest_max_s=c_model["selftest_max_s"], background=background)
+            threads = int(c_model["threads"])
+            model = ModelReloader(c_model["path"], threads=threads, selftest_png=selftest,
+                                  selftest_max_s=c_model["selftest_max_s"], background=background,
+                                  loader=lambda p: load_regular_model(p, threads=threads))
             log.info("model %s loaded (card version %s, threshold %.3f)", c_model["path"],
                      model.model.version, model.model.threshold)
         current = model.model if hasattr(model, "model") else model

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from autosink.fileio import fsync_dir
+from autosink.fileio import fsync_dir, open_regular
 
 __all__ = ["TargetUnavailable", "UploadError", "Remote", "Target", "FolderTarget", "GDriveTarget", "make_target",
            "Uploader", "file_digest"]
@@ -66,8 +66,10 @@ class Remote:
 
 
 def file_digest(path: Path, algorithm: str) -> str:
+    """Checksum of a regular file (a FIFO or device in the lake under an episode's name is an
+    OSError, not a hung or endless read)."""
     h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
@@ -115,7 +117,7 @@ class FolderTarget:
                 stale.unlink()
         tmp = self.root / f".{name}.{secrets.token_hex(4)}.uploading.tmp"
         try:
-            with open(local, "rb") as src, open(tmp, "xb") as dst:
+            with open_regular(local) as src, open(tmp, "xb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
                 dst.flush()
                 os.fsync(dst.fileno())
@@ -211,7 +213,7 @@ class GDriveTarget:
         try:
             item = client.CreateFile({"title": name, "parents": [{"id": self.folder_id}],
                                       "mimeType": "application/zip"})
-            with open(local, "rb") as f:
+            with open_regular(local) as f:
                 item.content = f
                 item.Upload()
         except Exception as e:

@@ -10,7 +10,13 @@ Sources (all folder paths are constructor arguments, so tests never touch the re
   as is: once a human label is in the store, its row says ``source=human, review=False`` and
   the automatic label and the review flag the human answered are gone.
 - ``<labels>/<episode>.csv``: human labels, read and written only through
-  :func:`autosink.labels.read_human_labels` / :func:`autosink.labels.write_human_labels`.
+  :func:`autosink.labels.parse_human_labels` / :func:`autosink.labels.write_human_labels`. The
+  file records the sha256 of the episode file the labels were given for; the episode's current
+  sha256 is the one ``<extracted>/episodes/<episode>.json`` records (what the ``label`` stage
+  compares too). Labels given for another file of the episode (a re-upload with other frames) are
+  reported and not loaded as the episode's labels; older files without the sha load, flagged
+  ``unverified``. Saving holds :func:`autosink.labels.human_labels_lock` (``fcntl.flock``) over
+  the version check and the write, so two servers on one labels folder never interleave.
 - frames: the PNG bytes from the lake episode (:func:`autosink.episode.read_episode`);
   thumbnails are made with OpenCV and kept in an in-memory LRU cache.
 
@@ -34,14 +40,25 @@ import numpy as np
 import pandas as pd
 
 from autosink.episode import read_episode
+from autosink.extract import sha256_source
 from autosink.featurestore import label_episode
-from autosink.labels import IGNORE, LabelRules, read_human_labels, write_human_labels
+from autosink.labels import (
+    IGNORE, LABELS_MISMATCH, LABELS_UNVERIFIED, LabelRules, human_labels_lock, parse_human_labels, write_human_labels,
+)
 
 # Episode keys are lake stems (YYYYmmdd_HHMMSS) or folder names; frame members are N.png.
 EPISODE_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,63}")
 IMAGE_RE = re.compile(r"[1-9][0-9]{0,6}\.png")
 LABEL_VALUES = (0, 1, IGNORE)
 NO_VERSION = "none"
+#: HumanLabels.check when the episode has no labels file
+NO_FILE = "none"
+
+
+def short(value: object, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters (request data echoed in an error stays short)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class NotFound(LookupError):
@@ -60,11 +77,38 @@ class Invalid(ValueError):
     """A request body that does not describe valid labels (the server answers 400)."""
 
 
+class Unreadable(ValueError):
+    """A labels file that cannot be parsed: the message names it (relative to the project) and the line."""
+
+
+class NoData(FileNotFoundError):
+    """No extracted data to label yet (the server answers 503 with this message)."""
+
+
 @dataclass(frozen=True)
 class HumanLabels:
-    labels: dict[int, int]
+    labels: dict[int, int]  # the labels that hold for the episode as it is ({} on a mismatch)
     version: str  # sha256 of the file's bytes, or "none" when there is no file
     saved_at: str | None  # ISO time of the file's last modification
+    #: "none" (no file), "ok", "unverified" (an older file: no episode sha recorded) or "mismatch"
+    #: (given for another file of the episode: its labels are in ``stale``, not in ``labels``)
+    check: str = NO_FILE
+    labels_for_sha256: str | None = None  # the episode sha the file records
+    episode_sha256: str | None = None  # the episode's sha now
+    stale: int = 0  # labels in the file not loaded (a mismatch)
+
+    @property
+    def warning(self) -> str | None:
+        """What the page says about labels it did not load, or loaded unchecked."""
+        if self.check == LABELS_MISMATCH:
+            return (f"the labels file holds {self.stale} label{'s' if self.stale != 1 else ''} given for another "
+                    f"file of this episode (sha256 {(self.labels_for_sha256 or '')[:12]}..., the lake's is now "
+                    f"{(self.episode_sha256 or '')[:12]}...: re-uploaded with other frames?). They are not shown "
+                    "and the label stage does not apply them; saving replaces them with your labels")
+        if self.check == LABELS_UNVERIFIED:
+            return ("the labels file records no episode sha256 (an older file), so nothing shows its labels were "
+                    "given for these frames; check them and save to record it")
+        return None
 
 
 def _sha(data: bytes) -> str:
@@ -147,6 +191,7 @@ class LabelData:
         self._auto = _LRU(256)
         self._thumbs = _LRU(thumb_cache)
         self._readers = _LRU(32)
+        self._shas = _LRU(1024)
         self._warming: set[str] = set()
 
     def _under_root(self, path: Path | str) -> Path:
@@ -155,11 +200,18 @@ class LabelData:
 
     # ------------------------------------------------------------------ episodes and frames
 
+    def display(self, path: Path) -> str:
+        """A path as messages show it: relative to the project root when inside it."""
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return path.name
+
     def _load(self) -> dict[str, pd.DataFrame]:
         table = self.extracted_dir / "frames.csv"
         stamp = _stamp(table)
         if stamp is None:
-            raise FileNotFoundError(f"{table}: not found; run `dvc repro` (the extract stage) first")
+            raise NoData(f"{self.display(table)}: not found; run `dvc repro` (the extract stage) first")
         with self._lock:
             if stamp != self._frames_stamp:
                 frames = pd.read_csv(table, dtype={"episode": str, "image": str, "source": str})
@@ -217,6 +269,28 @@ class LabelData:
         if path.name not in (f"{episode}.zip", episode):  # frames.csv names the episode's own file
             raise NotFound(f"episode {episode}: unexpected source {path.name!r}")
         return path
+
+    def episode_sha256(self, episode: str) -> str:
+        """sha256 of the episode's lake file as the extract stage recorded it (the one the label
+        stage checks human label files against), else hashed from the file itself."""
+        record = self.extracted_dir / "episodes" / f"{episode}.json"
+        source = self.source(episode)
+        key = ("sha", str(record), _stamp(record), str(source), _stamp(source) if source.is_file() else None)
+        sha = self._shas.get(key)
+        if sha is None:
+            try:
+                sha = json.loads(record.read_text())["sha256"]
+            except (OSError, ValueError, KeyError, TypeError):
+                sha = None
+            if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+                try:
+                    sha = sha256_source(source)
+                except OSError:
+                    sha = None
+                if not sha:
+                    raise NotFound(f"episode {episode}: its lake file cannot be read") from None
+            self._shas.put(key, sha)
+        return sha
 
     def images(self, episode: str) -> list[str]:
         return [str(x) for x in self._rows(episode)["image"]]
@@ -281,22 +355,34 @@ class LabelData:
         return self.labels_dir / f"{episode}.csv"
 
     def human(self, episode: str) -> HumanLabels:
+        """The episode's human labels, checked against the episode's sha256 (:class:`HumanLabels`);
+        :class:`Unreadable` for a malformed file."""
         path = self.labels_path(episode)
         for _ in range(5):  # a save between the two reads: read again
             try:
                 before = path.read_bytes()
             except FileNotFoundError:
                 return HumanLabels({}, NO_VERSION, None)
-            labels = read_human_labels(path)
             try:
-                after = path.read_bytes()
                 mtime = path.stat().st_mtime
+                after = path.read_bytes()
             except FileNotFoundError:
                 continue
             if before == after:
-                saved = datetime.fromtimestamp(mtime, tz=timezone.utc).isoformat(timespec="seconds")
-                return HumanLabels(labels, _sha(after), saved)
-        raise RuntimeError(f"{path}: keeps changing while being read")
+                break
+        else:
+            raise RuntimeError(f"{path}: keeps changing while being read")
+        try:
+            doc = parse_human_labels(after.decode("utf-8"), self.display(path))
+        except UnicodeDecodeError:
+            raise Unreadable(f"{self.display(path)}: not UTF-8 text") from None
+        except ValueError as e:
+            raise Unreadable(str(e)) from None
+        saved = datetime.fromtimestamp(mtime, tz=timezone.utc).isoformat(timespec="seconds")
+        current = self.episode_sha256(episode)
+        check = doc.check(current)
+        labels, stale = (({}, len(doc.labels)) if check == LABELS_MISMATCH else (doc.labels, 0))
+        return HumanLabels(labels, _sha(after), saved, check, doc.episode_sha256, current, stale)
 
     def version(self, episode: str) -> str:
         try:
@@ -312,24 +398,36 @@ class LabelData:
         out: dict[int, int] = {}
         for key, value in labels.items():
             if not isinstance(key, str) or not re.fullmatch(r"[0-9]{1,7}", key):
-                raise Invalid(f"frame index {key!r} is not a number")
+                raise Invalid(f"frame index {short(key)} is not a number")
             idx = int(key)
             if idx not in indices:
                 raise Invalid(f"episode {episode} has no frame {idx}")
             if isinstance(value, bool) or value not in LABEL_VALUES:
-                raise Invalid(f"frame {idx}: label must be 0, 1 or -1, got {value!r}")
+                raise Invalid(f"frame {idx}: label must be 0, 1 or -1, got {short(value)}")
             out[idx] = int(value)
         return out
 
-    def save(self, episode: str, labels: dict[int, int], base_version: str) -> HumanLabels:
-        """Replace the episode's human labels, unless the file changed since ``base_version``."""
+    def save(self, episode: str, labels: dict[int, int], base_version: str,
+             lock_timeout: float = 10.0) -> HumanLabels:
+        """Replace the episode's human labels, unless the file changed since ``base_version``.
+
+        The file records the episode's sha256 (:meth:`episode_sha256`). The version check and the
+        write run under the file's lock (other servers, processes) and this server's own lock
+        (threads); :class:`TimeoutError` if another save holds it over ``lock_timeout`` seconds.
+        """
         path = self.labels_path(episode)
-        with self._save_lock:  # check-then-write is atomic within this server
-            current = self.version(episode)
-            if current != base_version:
-                raise Conflict(current)
-            if labels or path.exists():
-                write_human_labels(path, labels)
+        sha = self.episode_sha256(episode)
+        with self._save_lock:  # threads of this server
+            if not labels and not path.exists():  # nothing to write: no lock file, no folder
+                current = self.version(episode)
+                if current != base_version:
+                    raise Conflict(current)
+            else:
+                with human_labels_lock(path, timeout=lock_timeout):  # other servers and processes
+                    current = self.version(episode)
+                    if current != base_version:
+                        raise Conflict(current)
+                    write_human_labels(path, labels, sha, lock=False)
         return self.human(episode)
 
     # ------------------------------------------------------------------ views for the API
@@ -349,7 +447,7 @@ class LabelData:
         try:
             human = self.human(episode)
             error = None
-        except ValueError as e:
+        except Unreadable as e:
             human, error = HumanLabels({}, NO_VERSION, None), str(e)
         review = auto["review"].astype(bool).to_numpy()
         idx = auto["frame_index"].astype(int).to_numpy()
@@ -365,6 +463,8 @@ class LabelData:
             "user_id": str(rows["user_id"].iloc[0]),
             "start": str(rows["timestamp"].iloc[0]),
             "error": error,
+            "labels_check": human.check,
+            "warning": human.warning,
         }
 
     def episodes(self) -> list[dict]:
@@ -393,5 +493,10 @@ class LabelData:
             "saved_at": human.saved_at,
             "store": self.store_state(episode, human.version),
             "labels": {str(i): v for i, v in sorted(human.labels.items())},
+            "labels_check": human.check,
+            "labels_for_sha256": human.labels_for_sha256,
+            "episode_sha256": human.episode_sha256,
+            "stale_labels": human.stale,
+            "warning": human.warning,
             "frames": frames,
         }

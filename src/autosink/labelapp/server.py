@@ -24,6 +24,12 @@ Security (see the README section "Labeling app"):
   frames of that episode) before any file is opened; static files come from the package only.
 - responses carry a strict Content-Security-Policy, nosniff, no framing; API responses are
   never cached.
+
+Malformed requests get a 4xx and a short message, never a traceback: a body over
+:data:`MAX_BODY` 413 (refused from its ``Content-Length`` alone, or on ``Expect: 100-continue``),
+a body that is not UTF-8, not JSON (nested too deeply included) or not the expected object 400.
+An unexpected error answers 500 with a generic message; its traceback goes to the server's log
+(the ``autosink.labelapp`` logger) only.
 """
 
 from __future__ import annotations
@@ -31,12 +37,13 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import re
 import secrets
 import socket
 import sys
-import traceback
+import time
 from html import escape
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,13 +51,23 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qs, unquote
 
-from autosink.labelapp.data import EPISODE_RE, IMAGE_RE, Conflict, Invalid, LabelData, NotFound
+from autosink.labelapp.data import (
+    EPISODE_RE, IMAGE_RE, NO_VERSION, Conflict, Invalid, LabelData, NoData, NotFound, Unreadable,
+)
+
+log = logging.getLogger("autosink.labelapp")
 
 TOKEN_ENV = "AUTOSINK_LABEL_TOKEN"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 MIN_TOKEN_LENGTH = 16
+#: the largest request body (a save of ~70 000 frames' labels); larger ones get 413
 MAX_BODY = 1 << 20
+#: after refusing a body, read and drop at most this much of it (and for at most DRAIN_S seconds)
+#: so the client gets the answer rather than a connection reset
+DRAIN_BYTES, DRAIN_S = 8 << 20, 2.0
+_VERSION_RE = re.compile(r"none|[0-9a-f]{64}")
+GENERIC_500 = "internal server error (details are in the labeler's log)"
 CSRF_HEADER = "X-Autosink-CSRF"
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
                 ".svg": "image/svg+xml", ".png": "image/png"}
@@ -177,6 +194,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", cache)
         for k, v in {**SECURITY_HEADERS, **(headers or {})}.items():
             self.send_header(k, v)
+        if self.close_connection:  # an error that ends the connection says so
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -199,9 +218,50 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             length = -1
         if 0 <= length <= MAX_BODY:
-            self.rfile.read(length)
+            try:
+                self.rfile.read(length)
+            except OSError:  # timed out (a body shorter than announced), reset
+                self.close_connection = True
         else:
+            self._refuse_body(length)
+
+    def _refuse_body(self, length: int) -> None:
+        """A body too large to read: answer, then drop what the client sends and close."""
+        self.close_connection = True
+        self._drain_after = length
+
+    def handle_one_request(self) -> None:
+        self._drain_after = None
+        super().handle_one_request()
+        if self._drain_after is not None:  # the answer is out: now let the client finish sending
+            self._drain(self._drain_after)
+
+    def _drain(self, length: int) -> None:
+        """Drop what a refused body sends (bounded in bytes and time) before the connection closes:
+        closing with unread data resets it, and the client might lose the answer."""
+        budget = min(length, DRAIN_BYTES) if length > 0 else DRAIN_BYTES
+        deadline = time.monotonic() + DRAIN_S
+        try:
+            self.connection.settimeout(0.5)  # a client that stops sending is not waited for
+            while budget > 0 and time.monotonic() < deadline:
+                chunk = self.rfile.read1(min(budget, 1 << 16))
+                if not chunk:
+                    break
+                budget -= len(chunk)
+        except OSError:  # timed out, reset: the connection closes anyway
+            pass
+
+    def handle_expect_100(self) -> bool:
+        """``Expect: 100-continue``: refuse an oversized body before the client sends it."""
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            length = 0
+        if length > MAX_BODY:
             self.close_connection = True
+            self._error(413, f"body over {MAX_BODY} bytes")
+            return False
+        return super().handle_expect_100()
 
     # ------------------------------------------------------------------ checks on every request
 
@@ -282,11 +342,11 @@ class Handler(BaseHTTPRequestHandler):
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
 
     def _fail(self, e: Exception) -> None:
-        if not self.server.quiet:
-            traceback.print_exc()
+        """An unexpected error: the traceback to the server's log, a generic 500 to the client."""
+        log.error("%s %s failed", self.command, self._route_path, exc_info=e)
         self.close_connection = True
         try:
-            self._error(500, f"server error: {type(e).__name__}: {e}")
+            self._error(500, GENERIC_500)
         except OSError:
             pass
 
@@ -317,13 +377,18 @@ class Handler(BaseHTTPRequestHandler):
             case ["favicon.ico"]:
                 return self._send(204, b"", "image/x-icon", cache="max-age=86400")
             case ["api", "episodes"]:
-                return self._json(200, {"episodes": data.episodes()})
+                try:
+                    return self._json(200, {"episodes": data.episodes()})
+                except NoData as e:
+                    return self._error(503, str(e))
             case ["api", "episodes", episode] if EPISODE_RE.fullmatch(episode):
                 try:
                     body = data.episode(episode)
                 except NotFound as e:
                     return self._error(404, str(e))
-                except ValueError as e:  # a malformed labels file: say which line
+                except NoData as e:
+                    return self._error(503, str(e))
+                except Unreadable as e:  # a malformed labels file: say which one, and the line
                     return self._error(500, str(e))
                 data.warm_thumbnails(episode)
                 return self._json(200, body)
@@ -354,34 +419,68 @@ class Handler(BaseHTTPRequestHandler):
         if not (self.headers.get("Content-Type") or "").split(";")[0].strip().lower() == "application/json":
             self._discard_body()
             return self._error(415, "Content-Type must be application/json")
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            self.close_connection = True
-            return self._error(411, "Content-Length required")
-        if not 0 <= length <= MAX_BODY:
-            self.close_connection = True
-            return self._error(413, f"body over {MAX_BODY} bytes")
-        raw = self.rfile.read(length)
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            return self._error(400, "body is not JSON")
-        if not isinstance(body, dict) or not isinstance(body.get("version"), str):
-            return self._error(400, 'body must be {"version": "...", "labels": {...}}')
+        body, why = self._json_body()
+        if why is not None:
+            return self._error(*why)
         data = self.server.data
         try:
-            labels = data.validate(episode, body.get("labels"))
+            labels = data.validate(episode, body["labels"])
             saved = data.save(episode, labels, body["version"])
         except NotFound as e:
             return self._error(404, str(e))
         except Invalid as e:
             return self._error(400, str(e))
+        except NoData as e:
+            return self._error(503, str(e))
+        except TimeoutError:
+            return self._error(503, "another save of this episode holds its labels file; try again")
+        except OSError as e:  # an unwritable labels folder, a full disk: say so (not where)
+            log.error("saving the labels of %s failed", episode, exc_info=e)
+            return self._error(503, f"could not write the labels file: {e.strerror or 'write failed'}")
         except Conflict as e:
             return self._json(409, {"error": "the labels of this episode were saved elsewhere (another tab or "
                                              "person) after you opened it", "status": 409, "version": e.current})
         self._json(200, {"version": saved.version, "saved_at": saved.saved_at, "labels": len(saved.labels),
-                         "store": data.store_state(episode, saved.version)})
+                         "store": data.store_state(episode, saved.version), "labels_check": saved.check})
+
+    def _json_body(self) -> tuple[dict, None] | tuple[None, tuple[int, str]]:
+        """The save body ``{"version": v, "labels": {...}}``, or (status, short message) why not."""
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self.close_connection = True
+            return None, (411, "Content-Length required")
+        if not 0 <= length <= MAX_BODY:
+            self._refuse_body(length)
+            return None, (413, f"body over {MAX_BODY} bytes")
+        try:
+            raw = self.rfile.read(length)
+        except OSError as e:  # timed out (a body shorter than announced), reset
+            self.close_connection = True
+            return None, (408, "body not received in time") if isinstance(e, TimeoutError) else (400, "body lost")
+        if len(raw) != length:
+            self.close_connection = True
+            return None, (400, "body shorter than its Content-Length")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, (400, "body is not UTF-8 text")
+        try:
+            body = json.loads(text, parse_constant=_no_constant)
+        except RecursionError:
+            return None, (400, "body is not JSON: nested too deeply")
+        except ValueError:  # JSONDecodeError, NaN/Infinity, an integer of too many digits
+            return None, (400, "body is not JSON")
+        shape = 'body must be a JSON object {"version": "...", "labels": {"<frame index>": 0|1|-1, ...}}'
+        if not isinstance(body, dict) or set(body) != {"version", "labels"}:
+            return None, (400, shape)
+        if not isinstance(body["version"], str) or not _VERSION_RE.fullmatch(body["version"]):
+            return None, (400, f'"version" must be "{NO_VERSION}" or a sha256 as the labeler sent it')
+        return body, None
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
 
 def resolve_token(token: str | None) -> str | None:

@@ -1,5 +1,11 @@
 """`label` stage: extracted episodes (+ human labels) -> dense labels -> the feature store.
 
+Human label files given for another file of their episode (the sha256 they record is not the
+lake file's: a re-upload with other frames) are not applied: the stage prints them, lists them in
+``reports/labels.json`` (``human_label_files_mismatched``) and in its run record. Older files
+without the sha are applied and named in the output and the run record
+(``human_label_files_unverified``).
+
 Where the simulator's hidden ground truth exists (the embedded sample lake),
 the stage measures its own automatic labels against it.
 """
@@ -64,15 +70,30 @@ def run(params: dict, progress: bool = True) -> dict:
         "frames_human": int((manifest["source"] == "human").sum()),
         "per_class": per_class,
         "human_label_files_orphaned": work["human_label_files_orphaned"],
+        # Human label files given for another file of their episode (re-uploaded with other frames):
+        # skipped, so their episodes carry automatic labels only. Listed only when there are some.
+        **({"human_label_files_mismatched": [m["file"] for m in work["human_label_files_mismatched"]]}
+           if work["human_label_files_mismatched"] else {}),
         # The simulator's hidden truth scores only the sample lake's episodes.
         **(agreement_with_truth(manifest, Path(cfg["truth_dir"])) if params["data"]["source"] == "sample"
            else {"truth_episodes": 0}),
     }
     write_results("labels", metrics, KEYS)
     # the work this run did depends on what an earlier run left, not on the data: not a metric
-    write_run_record("label", {k: work[k] for k in ("episodes_relabelled", "episodes_reused")})
+    write_run_record("label", {k: work[k] for k in ("episodes_relabelled", "episodes_reused",
+                                                    "human_label_files_mismatched", "human_label_files_unverified")})
     print(f"label: {metrics['frames']} frames in {metrics['episodes']} episodes "
           f"({work['episodes_relabelled']} relabelled, {work['episodes_reused']} reused), "
           f"{metrics['frames_review']} to review, feature store {work['version']}"
           + (f", auto-label agreement {metrics['auto_label_agreement']}" if metrics.get("auto_label_agreement") else ""))
+    skipped = work["human_label_files_mismatched"]
+    if skipped:
+        print(f"label: {len(skipped)} human label file(s) NOT applied: given for another file of the episode "
+              "(re-uploaded with other frames?); relabel in `autosink label serve` or delete them:")
+        for m in skipped:
+            print(f"  {m['file']}: {m['labels']} labels for sha256 {m['labels_for_sha256'][:12]}..., "
+                  f"the lake's {m['episode']} is {m['episode_sha256'][:12]}...")
+    if work["human_label_files_unverified"]:
+        print(f"label: {len(work['human_label_files_unverified'])} older human label file(s) without the episode "
+              "sha256 applied unchecked: " + ", ".join(work["human_label_files_unverified"]))
     return metrics

@@ -105,7 +105,8 @@
         el("td", { class: "num", text: String(e.review - e.reviewed) }),
         progress,
         el("td", { class: "num", text: String(e.human) }),
-        el("td", { text: e.error ? "unreadable: " + e.error : when(e.saved_at) }),
+        el("td", { text: savedText(e), class: e.error || e.labels_check === "mismatch" ? "labels-bad" : "",
+                   title: e.warning || e.error || "" }),
         el("td", {}, el("span", { class: "pill " + store[1], text: store[0] })));
       tr.addEventListener("click", (ev) => { if (ev.target.tagName !== "A") location.hash = `#/episode/${e.episode}`; });
       tr.addEventListener("keydown", (ev) => { if (ev.key === "Enter") location.hash = `#/episode/${e.episode}`; });
@@ -115,12 +116,22 @@
 
   $("only-pending").addEventListener("change", renderList);
 
+  function savedText(e) {
+    if (e.error) return "unreadable: " + e.error;
+    if (e.labels_check === "mismatch") return "labels for another file of this episode: not applied";
+    if (e.labels_check === "unverified") return `${when(e.saved_at)} (unverified: older file)`;
+    return when(e.saved_at);
+  }
+
   // ------------------------------------------------------------------ episode view state
 
   const S = {
     ep: null, frames: [], version: "none", saved: new Map(), work: new Map(), base: new Map(),
-    cur: 0, anchor: null, dragging: false, cells: [], mini: [], store: "",
+    cur: 0, anchor: null, dragging: false, cells: [], mini: [], store: "", check: "none",
   };
+  // The labels file needs a save even without changes: it holds labels for another file of this
+  // episode (saving replaces them), or it records no episode sha256 (saving records it).
+  const needsSave = () => S.check === "mismatch" || S.check === "unverified";
 
   const label = (i) => (S.work.has(i) ? S.work.get(i) : S.frames[i].auto_label);
   const pending = (i) => S.frames[i].review && !S.work.has(i);
@@ -153,7 +164,14 @@
     S.anchor = null;
     buildStrip();
     paint();
+    warnLabels(r.body);
     $("strip").focus({ preventScroll: true });
+  }
+
+  function warnLabels(body) {  // labels not loaded (another file of the episode) or loaded unchecked
+    if (!body.warning) return;
+    banner(`${S.ep}: ${body.warning}.`, [["Dismiss", hideBanner]],
+           body.labels_check === "mismatch" ? "error" : "warn");
   }
 
   function load(body, reapply) {
@@ -161,6 +179,7 @@
     S.frames = body.frames;
     S.version = body.version;
     S.store = body.store;
+    S.check = body.labels_check;
     // Maps are keyed by position in S.frames; the API speaks frame_index.
     const pos = new Map(S.frames.map((f, i) => [f.index, i]));
     S.saved = new Map(Object.entries(body.labels).filter(([k]) => pos.has(Number(k)))
@@ -282,7 +301,7 @@
     const n = changes();
     $("dirty").hidden = n === 0;
     $("dirty").textContent = `● ${n} unsaved change${n === 1 ? "" : "s"}`;
-    $("save-btn").classList.toggle("attention", n > 0);
+    $("save-btn").classList.toggle("attention", n > 0 || needsSave());
   }
 
   const prefetched = new Map();
@@ -329,7 +348,7 @@
 
   async function save() {
     if (!S.ep) return;
-    if (changes() === 0) { status("Nothing to save", "ok"); return; }
+    if (changes() === 0 && !needsSave()) { status("Nothing to save", "ok"); return; }
     const labels = {};
     for (const [k, v] of [...S.work.entries()].sort((a, b) => a[0] - b[0])) labels[String(S.frames[k].index)] = v;
     status("Saving…");
@@ -351,6 +370,7 @@
     }
     S.version = r.body.version;
     S.store = r.body.store;
+    S.check = r.body.labels_check;
     S.saved = new Map(S.work);
     S.base = new Map(S.work);
     hideBanner();
@@ -369,6 +389,7 @@
     buildStrip();
     paint();
     hideBanner();
+    warnLabels(r.body);
     status(reapply ? "Reloaded; your changes are re-applied (not saved yet)" : "Reloaded", "ok");
   }
 
