@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help env repro test test-fast bench plots params check-params remote lock clean-env
+.PHONY: help env repro test test-fast lint format bench plots params check-params remote lock clean-env
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -31,11 +31,19 @@ $(STAMP):
 repro: env remote  ## run the whole pipeline (dvc repro) on the embedded sample data
 	dvc repro
 
-test: env  ## run the whole test suite, end-to-end tests included
+test: lint  ## lint, then the whole test suite, end-to-end tests included
 	python -m pytest $(PYTEST_ARGS)
 
-test-fast: env  ## unit tests only (skips the end-to-end DVC runs)
+test-fast: lint  ## lint, then the unit tests only (skips the end-to-end DVC runs)
 	python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: env  ## ruff: lint and formatting check (configured in pyproject.toml)
+	ruff check .
+	ruff format --check .
+
+format: env  ## ruff: fix what it can, then format
+	ruff check --fix .
+	ruff format .
 
 bench: env  ## print benchmarks, write metrics/bench.json (BENCH_ARGS=--quick skips the minutes-long one)
 	autosink bench all $(BENCH_ARGS)

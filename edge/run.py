@@ -31,17 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge/run.py",
         description="autosink on the Raspberry Pi: camera -> ONNX model -> valve; saves a feedback episode "
-                    "whenever the user overrides the model and uploads it to the data lake. Defaults come "
-                    "from edge/config.toml; options given here win.",
+        "whenever the user overrides the model and uploads it to the data lake. Defaults come "
+        "from edge/config.toml; options given here win.",
         epilog="SIGTERM/SIGINT close the valve and stop (any number of them: later ones close it again and skip "
-               "the upload drain; the episode being recorded is still written). Exit status: 0 stopped normally "
-               "(signals included), 2 bad configuration (model, camera, devices), 1 anything else (the valve is "
-               "closed in every case). "
-               "`python edge/run.py fetch --help`: fetch the production model (DVC or W&B).")
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                   help="TOML config (default: %(default)s)")
-    p.add_argument("--model", help="ONNX model; its card model.json sits beside it "
-                                   "(config default: models/production/model.onnx)")
+        "the upload drain; the episode being recorded is still written). Exit status: 0 stopped normally "
+        "(signals included), 2 bad configuration (model, camera, devices), 1 anything else (the valve is "
+        "closed in every case). "
+        "`python edge/run.py fetch --help`: fetch the production model (DVC or W&B).",
+    )
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config (default: %(default)s)")
+    p.add_argument(
+        "--model", help="ONNX model; its card model.json sits beside it (config default: models/production/model.onnx)"
+    )
     p.add_argument("--camera", help="picamera2 | opencv:<index> | video:<path> | folder:<path> | episode:<zip>")
     p.add_argument("--valve", help="gpio | gpio:<bcm pin> | serial:<port> | fake")
     p.add_argument("--spool", help="folder where episodes wait for upload")
@@ -51,14 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
     p.add_argument("--user-id", help="user_id written into episodes (default: the host name)")
     p.add_argument("--no-inputs", action="store_true", help="ignore the GPIO reed switch and button")
-    p.add_argument("--replay-user", action="store_true",
-                   help="with --camera episode:<zip>: the episode's recorded faucet states act as the user's hand "
-                        "(button where they forced water on, handle closed where they stopped it), so the run "
-                        "records feedback episodes as the Pi did")
+    p.add_argument(
+        "--replay-user",
+        action="store_true",
+        help="with --camera episode:<zip>: the episode's recorded faucet states act as the user's hand "
+        "(button where they forced water on, handle closed where they stopped it), so the run "
+        "records feedback episodes as the Pi did",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
     p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
-    p.add_argument("--close-valve", action="store_true",
-                   help="only drive the configured valve closed and exit (systemd ExecStopPost)")
+    p.add_argument(
+        "--close-valve",
+        action="store_true",
+        help="only drive the configured valve closed and exit (systemd ExecStopPost)",
+    )
     return p
 
 
@@ -88,20 +95,25 @@ def build_fetch_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge/run.py fetch",
         description="Fetch the production model and its card into model.path (default "
-                    "models/production/model.onnx), verify them (sha256 against the card, the card's input and "
-                    "classes, a self-test in onnxruntime) and swap them in atomically; a running edge/run.py "
-                    "hot-reloads them. Anything wrong keeps the installed model. Defaults come from the [fetch] "
-                    "and [model] sections of the config; options given here win.",
+        "models/production/model.onnx), verify them (sha256 against the card, the card's input and "
+        "classes, a self-test in onnxruntime) and swap them in atomically; a running edge/run.py "
+        "hot-reloads them. Anything wrong keeps the installed model. Defaults come from the [fetch] "
+        "and [model] sections of the config; options given here win.",
         epilog="Exit status: 0 installed or already the latest, 1 download failed, 2 bad configuration, "
-               "3 refused (the download is not a model this edge may run).")
+        "3 refused (the download is not a model this edge may run).",
+    )
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config (default: %(default)s)")
     p.add_argument("--source", help="dvc | wandb | folder:<path> (config fetch.source)")
     p.add_argument("--repo", help="dvc: the autosink git repository, URL or path ('' = origin of this checkout)")
     p.add_argument("--rev", help="dvc: branch, tag or commit (default: the repository's default branch)")
     p.add_argument("--path", help="dvc: the promoted folder in the repository (default models/production)")
     p.add_argument("--remote", help="dvc: remote to download from instead of the committed default (e.g. gdrive)")
-    p.add_argument("--remote-config", action="append", metavar="OPTION=VALUE",
-                   help="dvc: option merged into that remote's config (repeatable), e.g. url=/mnt/nas/dvc-remote")
+    p.add_argument(
+        "--remote-config",
+        action="append",
+        metavar="OPTION=VALUE",
+        help="dvc: option merged into that remote's config (repeatable), e.g. url=/mnt/nas/dvc-remote",
+    )
     p.add_argument("--dvc-config", help="dvc: a DVC config file merged into the repository's (credentials)")
     p.add_argument("--artifact", help="wandb: <entity>/<project>/autosink-model:production (needs WANDB_API_KEY)")
     p.add_argument("--model", help="where the model goes; its card goes beside it (config model.path)")
@@ -119,9 +131,17 @@ def fetch_main(argv: list[str]) -> int:
     from autosink.edge.runtime import ConfigError, load_config, merge_config
 
     o: dict = {}
-    for key, value in (("source", args.source), ("repo", args.repo), ("rev", args.rev), ("path", args.path),
-                       ("remote", args.remote), ("remote_config", args.remote_config),
-                       ("dvc_config", args.dvc_config), ("artifact", args.artifact), ("timeout_s", args.timeout)):
+    for key, value in (
+        ("source", args.source),
+        ("repo", args.repo),
+        ("rev", args.rev),
+        ("path", args.path),
+        ("remote", args.remote),
+        ("remote_config", args.remote_config),
+        ("dvc_config", args.dvc_config),
+        ("artifact", args.artifact),
+        ("timeout_s", args.timeout),
+    ):
         if value is not None:
             o.setdefault("fetch", {})[key] = value
     if args.model is not None:
@@ -136,11 +156,19 @@ def fetch_main(argv: list[str]) -> int:
     except (ConfigError, FetchError) as e:
         print(f"edge/run.py fetch: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=getattr(logging, str(cfg["log"]["level"]).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    res = fetch_model(source, cfg["model"]["path"], threads=args.threads,
-                      selftest_png=cfg["model"]["selftest_png"] or None, selftest_max_s=cfg["model"]["selftest_max_s"],
-                      force=args.force)
+    logging.basicConfig(
+        level=getattr(logging, str(cfg["log"]["level"]).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    res = fetch_model(
+        source,
+        cfg["model"]["path"],
+        threads=args.threads,
+        selftest_png=cfg["model"]["selftest_png"] or None,
+        selftest_max_s=cfg["model"]["selftest_max_s"],
+        force=args.force,
+    )
     if args.json:
         import json
 
@@ -182,8 +210,9 @@ def exit_now(code: int) -> None:
     alive = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
     if not alive:
         sys.exit(code)
-    logging.getLogger("autosink.edge").warning("exiting with threads still running (%s): skipping teardown",
-                                               ", ".join(alive))
+    logging.getLogger("autosink.edge").warning(
+        "exiting with threads still running (%s): skipping teardown", ", ".join(alive)
+    )
     try:
         logging.shutdown()
         sys.stdout.flush()
@@ -209,8 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"edge/run.py: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=getattr(logging, str(cfg["log"]["level"]).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=getattr(logging, str(cfg["log"]["level"]).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     log = logging.getLogger("autosink.edge")
     if args.print_config:
         import json

@@ -24,9 +24,16 @@ ROI = (220, 150, 420, 350)  # x0, y0, x1, y1
 HEIGHT, WIDTH = 480, 640
 
 
-def tiny_model(*, scale: float = 100.0, bias: float = -2.0, weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3),
-               height: int = HEIGHT, width: int = WIDTH, input_name: str = "frames",
-               output_name: str = "p_water") -> onnx.ModelProto:
+def tiny_model(
+    *,
+    scale: float = 100.0,
+    bias: float = -2.0,
+    weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3),
+    height: int = HEIGHT,
+    width: int = WIDTH,
+    input_name: str = "frames",
+    output_name: str = "p_water",
+) -> onnx.ModelProto:
     x0, y0, x1, y1 = ROI
     w = np.asarray(weights, np.float32).reshape(1, 1, 1, 3)
     inits = [
@@ -49,7 +56,8 @@ def tiny_model(*, scale: float = 100.0, bias: float = -2.0, weights: tuple[float
         helper.make_node("Sigmoid", ["z"], [output_name]),
     ]
     graph = helper.make_graph(
-        nodes, "tiny_roi_brightness",
+        nodes,
+        "tiny_roi_brightness",
         [helper.make_tensor_value_info(input_name, TensorProto.UINT8, ["N", height, width, 3])],
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N"])],
         initializer=inits,
@@ -60,17 +68,28 @@ def tiny_model(*, scale: float = 100.0, bias: float = -2.0, weights: tuple[float
     return model
 
 
-def write_tiny_model(path: str | Path, *, threshold: float = 0.5, color: str = "RGB", version: str = "tiny-1",
-                     card: bool = True, **kw) -> Path:
+def write_tiny_model(
+    path: str | Path, *, threshold: float = 0.5, color: str = "RGB", version: str = "tiny-1", card: bool = True, **kw
+) -> Path:
     """Write ``path`` (.onnx) and, unless ``card=False``, its card beside it; return the model path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(tiny_model(**kw).SerializeToString())
     if card:
-        write_card(card_path_for(path), make_card(
-            model_sha256=sha256_file(path), backbone="tiny-roi-brightness", version=version,
-            threshold=threshold, color=color, height=kw.get("height", HEIGHT), width=kw.get("width", WIDTH),
-            input_name=kw.get("input_name", "frames"), output_name=kw.get("output_name", "p_water")))
+        write_card(
+            card_path_for(path),
+            make_card(
+                model_sha256=sha256_file(path),
+                backbone="tiny-roi-brightness",
+                version=version,
+                threshold=threshold,
+                color=color,
+                height=kw.get("height", HEIGHT),
+                width=kw.get("width", WIDTH),
+                input_name=kw.get("input_name", "frames"),
+                output_name=kw.get("output_name", "p_water"),
+            ),
+        )
     return path
 
 
@@ -98,8 +117,20 @@ mods = sorted(m for m in sys.modules)
 print("FOOTPRINT " + json.dumps({"code": code, "modules": mods}))
 """
 
-FORBIDDEN = ("torch", "torchvision", "pandas", "sklearn", "pytorch_lightning", "lightning", "hydra", "dvc",
-             "wandb", "evidently", "pydrive2", "matplotlib")
+FORBIDDEN = (
+    "torch",
+    "torchvision",
+    "pandas",
+    "sklearn",
+    "pytorch_lightning",
+    "lightning",
+    "hydra",
+    "dvc",
+    "wandb",
+    "evidently",
+    "pydrive2",
+    "matplotlib",
+)
 ALLOWED_AUTOSINK = {"autosink", "autosink.episode", "autosink.fileio", "autosink.modelcard"}
 
 
@@ -107,8 +138,9 @@ def check_footprint(modules: list[str]) -> None:
     """No training stack, no pipeline module: only the episode format, the card and the edge."""
     heavy = [m for m in modules if m.split(".")[0] in FORBIDDEN]
     assert not heavy, heavy
-    pipeline = [m for m in modules if m.startswith("autosink") and m not in ALLOWED_AUTOSINK
-                and not m.startswith("autosink.edge")]
+    pipeline = [
+        m
+        for m in modules
+        if m.startswith("autosink") and m not in ALLOWED_AUTOSINK and not m.startswith("autosink.edge")
+    ]
     assert not pipeline, pipeline
-
-

@@ -17,7 +17,7 @@ class FakeGPIO:
         self.calls: list[tuple] = []
         self.mode: int | None = None
         self.directions: dict[int, int] = {}  # pins currently set up
-        self.levels: dict[int, int] = {}       # current level per pin (outputs and inputs)
+        self.levels: dict[int, int] = {}  # current level per pin (outputs and inputs)
         self.level_log: list[tuple[int, int]] = []  # every level an output pin took, in order
 
     def setmode(self, mode: int) -> None:

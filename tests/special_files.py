@@ -50,8 +50,16 @@ def _cap_memory() -> None:
 def run_isolated(code: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     """``python -c code *args`` in the checkout, killed after ``timeout`` s (a hang is a failure)."""
     try:
-        return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True,
-                              timeout=timeout, preexec_fn=_cap_memory, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [sys.executable, "-c", code, *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=_cap_memory,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired as e:
-        raise AssertionError(f"still running after {timeout} s (reading a FIFO or a device?): "
-                             f"{(e.stderr or b'')[-2000:]!r}") from None
+        raise AssertionError(
+            f"still running after {timeout} s (reading a FIFO or a device?): {(e.stderr or b'')[-2000:]!r}"
+        ) from None

@@ -21,11 +21,18 @@ from autosink.model import Preprocess
 from tests.train_fixtures import H, W, tiny_params, write_store
 
 #: conf/train/default.yaml's augmentation
-FULL = {"hflip": 0.5, "color_jitter": {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.02},
-        "affine": {"degrees": 4, "translate": 0.03, "scale": [0.95, 1.05]},
-        "blur": {"p": 0.2, "kernel": 3, "sigma": [0.1, 1.0]}}
-OFF = {"hflip": 0, "color_jitter": {"brightness": 0, "contrast": 0, "saturation": 0, "hue": 0},
-       "affine": {"degrees": 0, "translate": 0, "scale": [1, 1]}, "blur": {"p": 0, "kernel": 3}}
+FULL = {
+    "hflip": 0.5,
+    "color_jitter": {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.02},
+    "affine": {"degrees": 4, "translate": 0.03, "scale": [0.95, 1.05]},
+    "blur": {"p": 0.2, "kernel": 3, "sigma": [0.1, 1.0]},
+}
+OFF = {
+    "hflip": 0,
+    "color_jitter": {"brightness": 0, "contrast": 0, "saturation": 0, "hue": 0},
+    "affine": {"degrees": 0, "translate": 0, "scale": [1, 1]},
+    "blur": {"p": 0, "kernel": 3},
+}
 
 
 def images(n: int = 6, h: int = 20, w: int = 28, lo: float = 0.0, hi: float = 1.0, seed: int = 0) -> torch.Tensor:
@@ -45,8 +52,14 @@ def test_build_augment_is_none_when_everything_is_off():
     assert build_augment(OFF) is None
     assert build_augment({"hflip": 0}) is None
     assert build_augment({"color_jitter": {}, "affine": {}, "blur": {}}) is None
-    for on in ({"hflip": 0.5}, {"color_jitter": {"hue": 0.01}}, {"affine": {"scale": [0.9, 1.1]}},
-               {"affine": {"translate": 0.05}}, {"blur": {"p": 0.1}}, FULL):
+    for on in (
+        {"hflip": 0.5},
+        {"color_jitter": {"hue": 0.01}},
+        {"affine": {"scale": [0.9, 1.1]}},
+        {"affine": {"translate": 0.05}},
+        {"blur": {"p": 0.1}},
+        FULL,
+    ):
         aug = build_augment(on)
         assert isinstance(aug, BatchAugment) and aug.active, on
 
@@ -138,8 +151,10 @@ def test_hue_rotates_colour_but_keeps_the_luma():
 def test_affine_and_blur_keep_a_flat_image_flat():
     flat = torch.full((4, 3, 16, 20), 0.4)
     torch.manual_seed(0)
-    for cfg in ({"affine": {"degrees": 10, "translate": 0.1, "scale": [0.8, 1.2]}},
-                {"blur": {"p": 1.0, "kernel": 5, "sigma": [0.5, 2.0]}}):
+    for cfg in (
+        {"affine": {"degrees": 10, "translate": 0.1, "scale": [0.8, 1.2]}},
+        {"blur": {"p": 1.0, "kernel": 5, "sigma": [0.5, 2.0]}},
+    ):
         torch.testing.assert_close(BatchAugment(cfg)(flat), flat, rtol=0, atol=1e-5)
 
 
@@ -182,8 +197,12 @@ def test_augment_collate_stacks_then_augments():
 
 def cell_totals(w: np.ndarray, labels, water) -> dict[tuple[int, int], float]:
     labels, water = np.asarray(labels), np.asarray(water)
-    return {(lab, wat): float(w[(labels == lab) & (water == wat)].sum())
-            for lab in (0, 1) for wat in (-1, 0, 1) if ((labels == lab) & (water == wat)).any()}
+    return {
+        (lab, wat): float(w[(labels == lab) & (water == wat)].sum())
+        for lab in (0, 1)
+        for wat in (-1, 0, 1)
+        if ((labels == lab) & (water == wat)).any()
+    }
 
 
 def test_water_balanced_weights_give_every_cell_the_same_total():
@@ -234,7 +253,8 @@ def test_water_balanced_weights_missing_cells_and_all_unknown():
 def write_manifest(store, rows: list[tuple[str, str, int, int]]) -> None:
     store.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=["path", "episode", "frame_index", "magnetic_status"]).assign(
-        label=0, user_id="u").to_csv(store / "manifest.csv", index=False)
+        label=0, user_id="u"
+    ).to_csv(store / "manifest.csv", index=False)
 
 
 def test_visible_water_is_the_previous_frames_valve(tmp_path):
@@ -251,8 +271,21 @@ def test_visible_water_is_the_previous_frames_valve(tmp_path):
         ("1/b_0002.png", "7", 2, 1),
     ]
     write_manifest(tmp_path, rows)
-    table = pd.DataFrame({"path": ["1/a_0000.png", "1/a_0001.png", "0/a_0002.png", "1/a_0004.png", "0/a_0006.png",
-                                   "0/a_0007.png", "0/b_0000.png", "1/b_0001.png", "1/b_0002.png"]})
+    table = pd.DataFrame(
+        {
+            "path": [
+                "1/a_0000.png",
+                "1/a_0001.png",
+                "0/a_0002.png",
+                "1/a_0004.png",
+                "0/a_0006.png",
+                "0/a_0007.png",
+                "0/b_0000.png",
+                "1/b_0001.png",
+                "1/b_0002.png",
+            ]
+        }
+    )
     water = visible_water(table, tmp_path)
     assert water.dtype.kind == "i"
     assert water.tolist() == [-1, 1, 1, 1, -1, 0, -1, 0, 1]
@@ -278,8 +311,7 @@ def store(tmp_path_factory):
     # of each episode, and on no label-0 frame but every fourth
     tables = [pd.read_csv(splits / f"{s}.csv", dtype={"episode": str}) for s in ("train", "val", "test")]
     m = pd.concat(tables, ignore_index=True)
-    m["magnetic_status"] = [int(lab == 1 and i > 1) or int(i % 4 == 0) for lab, i in zip(m["label"],
-                                                                                            m["frame_index"])]
+    m["magnetic_status"] = [int(lab == 1 and i > 1) or int(i % 4 == 0) for lab, i in zip(m["label"], m["frame_index"])]
     m.to_csv(store_dir / "manifest.csv", index=False)
     return store_dir, splits
 
@@ -287,8 +319,7 @@ def store(tmp_path_factory):
 def data_module(repo_root, store, **train):
     params = tiny_params(repo_root)
     params["train"].update(train)
-    dm = WaterDataModule(Preprocess(32, 32, H, W), params["train"], params["data"], store[1], store[0],
-                         progress=False)
+    dm = WaterDataModule(Preprocess(32, 32, H, W), params["train"], params["data"], store[1], store[0], progress=False)
     dm.setup("fit")
     return dm
 
@@ -303,10 +334,12 @@ def test_balance_water_samples_by_label_and_visible_water(repo_root, store):
     expected = water_balanced_weights(table["label"].to_numpy(), water)
     np.testing.assert_allclose(np.asarray(loader.sampler.weights, float), expected)
     # the plain sampler balances labels only; none and loss shuffle
-    assert isinstance(data_module(repo_root, store, balance="sampler").train_dataloader().sampler,
-                      WeightedRandomSampler)
-    assert not isinstance(data_module(repo_root, store, balance="loss").train_dataloader().sampler,
-                          WeightedRandomSampler)
+    assert isinstance(
+        data_module(repo_root, store, balance="sampler").train_dataloader().sampler, WeightedRandomSampler
+    )
+    assert not isinstance(
+        data_module(repo_root, store, balance="loss").train_dataloader().sampler, WeightedRandomSampler
+    )
 
 
 def test_the_train_loader_augments_batches_and_the_dataset_does_not(repo_root, store):
@@ -322,5 +355,4 @@ def test_the_train_loader_augments_batches_and_the_dataset_does_not(repo_root, s
     for k, i in enumerate(iv.tolist()):
         torch.testing.assert_close(xv[k], dm.datasets["val"].cache[i], rtol=0, atol=0)
     off = data_module(repo_root, store, augment=OFF, balance="none")
-    assert off.datasets["train"].augment is None and not isinstance(off.train_dataloader().collate_fn,
-                                                                    AugmentCollate)
+    assert off.datasets["train"].augment is None and not isinstance(off.train_dataloader().collate_fn, AugmentCollate)

@@ -38,8 +38,11 @@ def pairs(session, preprocess):
 
 def fake_pairs(n: int = 5) -> dict:
     """Off renders all 0, on renders all 255: which one a draw showed is obvious."""
-    return {"off": torch.zeros(n, 3, 4, 4, dtype=torch.uint8), "on": torch.full((n, 3, 4, 4), 255, dtype=torch.uint8),
-            "label": np.array([1, 0, 1, 1, 0][:n], np.float32)}
+    return {
+        "off": torch.zeros(n, 3, 4, 4, dtype=torch.uint8),
+        "on": torch.full((n, 3, 4, 4), 255, dtype=torch.uint8),
+        "label": np.array([1, 0, 1, 1, 0][:n], np.float32),
+    }
 
 
 # --------------------------------------------------------------------------- render_pairs
@@ -169,9 +172,13 @@ def test_render_pairs_is_the_same_with_one_or_two_workers(session, preprocess):
 
 def test_stratified_sampling_draws_rare_scenes_more_often():
     n = 400
-    pairs = {**fake_pairs(1), "off": torch.zeros(n, 3, 4, 4, dtype=torch.uint8),
-             "on": torch.zeros(n, 3, 4, 4, dtype=torch.uint8),
-             "label": np.zeros(n, np.float32), "stratum": np.array([0] * 390 + [1] * 10)}
+    pairs = {
+        **fake_pairs(1),
+        "off": torch.zeros(n, 3, 4, 4, dtype=torch.uint8),
+        "on": torch.zeros(n, 3, 4, 4, dtype=torch.uint8),
+        "label": np.zeros(n, np.float32),
+        "stratum": np.array([0] * 390 + [1] * 10),
+    }
     pairs["label"][390:] = 1
     cfg = {"batch_size": 50, "seed": 0}
     plain = BaseDataModule(pairs, pairs, cfg, stratify=0.0)

@@ -16,12 +16,40 @@ from autosink import bench
 from autosink.cli import build_parser, main
 
 H, W = 48, 64  # a tiny "camera"
-TINY = {"model": {"backbone": "mobilenet_v3_small", "input_height": 32, "input_width": 32, "crop": [8, 4, 56, 44],
-                  "weights": "none"},
-        "data": {"frame_height": H, "frame_width": W}, "export": {"opset": 18}}
-LATENCY_KEYS = {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "fps", "iterations", "warmup",
-                "threads", "peak_rss_mb", "rss_after_imports_mb", "rss_after_load_mb", "torch_imported",
-                "frame_source", "distinct_frames", "model_mb", "input", "model_input", "crop", "backbone"}
+TINY = {
+    "model": {
+        "backbone": "mobilenet_v3_small",
+        "input_height": 32,
+        "input_width": 32,
+        "crop": [8, 4, 56, 44],
+        "weights": "none",
+    },
+    "data": {"frame_height": H, "frame_width": W},
+    "export": {"opset": 18},
+}
+LATENCY_KEYS = {
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "min_ms",
+    "max_ms",
+    "fps",
+    "iterations",
+    "warmup",
+    "threads",
+    "peak_rss_mb",
+    "rss_after_imports_mb",
+    "rss_after_load_mb",
+    "torch_imported",
+    "frame_source",
+    "distinct_frames",
+    "model_mb",
+    "input",
+    "model_input",
+    "crop",
+    "backbone",
+}
 
 
 @pytest.fixture(scope="module")
@@ -85,27 +113,68 @@ def test_bench_frames_prefers_the_feature_store(tmp_path):
 
 
 def _fake_latency(p50: float, backbone: str) -> dict:
-    return {"model": f"/x/{backbone}.onnx", "backbone": backbone, "p50_ms": p50, "p90_ms": p50 * 1.1,
-            "p99_ms": p50 * 1.5, "mean_ms": p50 * 1.05, "min_ms": p50 * 0.9, "max_ms": p50 * 2, "fps": 1000 / p50,
-            "peak_rss_mb": 100.0, "rss_after_imports_mb": 30.0, "rss_after_load_mb": 80.0, "torch_imported": False,
-            "threads": 1, "iterations": 10, "warmup": 1, "frame_source": "real", "frames_from": "data/cases",
-            "distinct_frames": 4, "model_mb": 6.0, "input": [480, 640], "model_input": [112, 112],
-            "crop": [140, 60, 500, 420]}
+    return {
+        "model": f"/x/{backbone}.onnx",
+        "backbone": backbone,
+        "p50_ms": p50,
+        "p90_ms": p50 * 1.1,
+        "p99_ms": p50 * 1.5,
+        "mean_ms": p50 * 1.05,
+        "min_ms": p50 * 0.9,
+        "max_ms": p50 * 2,
+        "fps": 1000 / p50,
+        "peak_rss_mb": 100.0,
+        "rss_after_imports_mb": 30.0,
+        "rss_after_load_mb": 80.0,
+        "torch_imported": False,
+        "threads": 1,
+        "iterations": 10,
+        "warmup": 1,
+        "frame_source": "real",
+        "frames_from": "data/cases",
+        "distinct_frames": 4,
+        "model_mb": 6.0,
+        "input": [480, 640],
+        "model_input": [112, 112],
+        "crop": [140, 60, 500, 420],
+    }
 
 
 def test_bench_all_writes_the_report(tmp_path, repo_root, monkeypatch, capsys):
     """`bench all --quick` plumbing with the measurements faked: bench.json's schema and the table."""
+
     def fake_compare(root, params, model, *, iterations, warmup, frames=16):
         edge, base = _fake_latency(2.0, "mobilenet_v3_small"), _fake_latency(24.0, "resnet50")
-        return {**bench.latency_keys(edge, base), "edge": edge, "resnet50": base, "seconds": {"edge": 1.0},
-                "input_mismatch": []}
+        return {
+            **bench.latency_keys(edge, base),
+            "edge": edge,
+            "resnet50": base,
+            "seconds": {"edge": 1.0},
+            "input_mismatch": [],
+        }
 
     monkeypatch.setattr(bench, "compare_edge", fake_compare)
-    monkeypatch.setattr(bench, "dvc_noop_repro", lambda root: {"up_to_date": True, "repro_s": 1.5, "status_s": 1.0,
-                                                               "ran_stages": [], "changed": False})
-    monkeypatch.setattr(bench, "train_throughput", lambda params, names, batches: [
-        {"backbone": names[0], "input": [112, 112], "batch_size": 32, "threads": 2, "images_per_s": 200.0,
-         "train_frames": 1000, "epoch_s": 5.0, "parameters_m": 1.5}])
+    monkeypatch.setattr(
+        bench,
+        "dvc_noop_repro",
+        lambda root: {"up_to_date": True, "repro_s": 1.5, "status_s": 1.0, "ran_stages": [], "changed": False},
+    )
+    monkeypatch.setattr(
+        bench,
+        "train_throughput",
+        lambda params, names, batches: [
+            {
+                "backbone": names[0],
+                "input": [112, 112],
+                "batch_size": 32,
+                "threads": 2,
+                "images_per_s": 200.0,
+                "train_frames": 1000,
+                "epoch_s": 5.0,
+                "parameters_m": 1.5,
+            }
+        ],
+    )
     monkeypatch.setattr(bench, "incremental", lambda *a: pytest.fail("--quick must skip the incremental benchmark"))
     monkeypatch.chdir(repo_root)
     out = tmp_path / "bench.json"
@@ -114,8 +183,17 @@ def test_bench_all_writes_the_report(tmp_path, repo_root, monkeypatch, capsys):
     assert set(bench.REQUIRED_KEYS) <= set(report)
     assert report["speedup_vs_resnet50"] == 12.0
     assert report["edge_p50_ms"] == 2.0 and report["resnet50_p50_ms"] == 24.0
-    for key in ("edge_p99_ms", "edge_fps", "edge_peak_rss_mb", "resnet50_p99_ms", "dvc_noop_repro_s",
-                "train_images_per_s", "date", "git_revision", "seconds"):
+    for key in (
+        "edge_p99_ms",
+        "edge_fps",
+        "edge_peak_rss_mb",
+        "resnet50_p99_ms",
+        "dvc_noop_repro_s",
+        "train_images_per_s",
+        "date",
+        "git_revision",
+        "seconds",
+    ):
         assert report[key] is not None, key
     assert report["incremental"] is None and report["incremental_skipped"] == "--quick"
     assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"]
@@ -132,8 +210,10 @@ def test_dvc_noop_repro_never_runs_a_stale_pipeline(tmp_path):
 
     sh("dvc", "init", "--no-scm", "-q")
     (tmp_path / "dvc.yaml").write_text(
-        "stages:\n  gen:\n    cmd: " + json.dumps(f"{sys.executable} -c \"open('out.txt', 'w').write('x')\"")
-        + "\n    outs:\n      - out.txt\n")
+        "stages:\n  gen:\n    cmd: "
+        + json.dumps(f"{sys.executable} -c \"open('out.txt', 'w').write('x')\"")
+        + "\n    outs:\n      - out.txt\n"
+    )
     stale = bench.dvc_noop_repro(tmp_path)
     assert stale["up_to_date"] is False and stale["repro_s"] is None and "gen" in " ".join(stale["stale"])
     assert not (tmp_path / "out.txt").exists()  # reported, not reproduced

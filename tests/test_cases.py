@@ -59,35 +59,50 @@ def always_off(frames: np.ndarray) -> np.ndarray:
 
 def result(accuracies: dict[str, float], n: int = 12) -> dict[str, dict]:
     """Case results as evaluate_cases writes them, from accuracies."""
-    return {name: {"label": parse_case_name(name)[1], "n": n, "accuracy": a, "mean_p": 0.5,
-                   "correct": round(a * n), **dict(zip(("wilson_low", "wilson_high"), wilson_interval(round(a * n), n)))}
-            for name, a in accuracies.items()}
+    return {
+        name: {
+            "label": parse_case_name(name)[1],
+            "n": n,
+            "accuracy": a,
+            "mean_p": 0.5,
+            "correct": round(a * n),
+            **dict(zip(("wilson_low", "wilson_high"), wilson_interval(round(a * n), n))),
+        }
+        for name, a in accuracies.items()
+    }
 
 
 # --------------------------------------------------------------------------- names and folders
 
-@pytest.mark.parametrize("name, expected", [
-    ("CASE03-1-rinse-dish-close-water", (3, 1, "rinse-dish-close-water")),
-    ("CASE01-0-detergent-hand-scrubber", (1, 0, "detergent-hand-scrubber")),
-    ("CASE10-0-empty-sink-water-running", (10, 0, "empty-sink-water-running")),
-    ("CASE123-1-x", (123, 1, "x")),
-])
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("CASE03-1-rinse-dish-close-water", (3, 1, "rinse-dish-close-water")),
+        ("CASE01-0-detergent-hand-scrubber", (1, 0, "detergent-hand-scrubber")),
+        ("CASE10-0-empty-sink-water-running", (10, 0, "empty-sink-water-running")),
+        ("CASE123-1-x", (123, 1, "x")),
+    ],
+)
 def test_parse_good_names(name, expected):
     assert parse_case_name(name) == expected
 
 
-@pytest.mark.parametrize("name", [
-    "CASE3-1-x",            # one digit
-    "case03-1-x",           # lower case
-    "CASE03-2-x",           # label not 0/1
-    "CASE03-x-1",           # label is the second field, not the third
-    "CASE03-1",             # no description
-    "CASE03-1-",            # empty description
-    "CASE03--1-x",
-    "CASEab-1-x",
-    "03-1-x",
-    "notes",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CASE3-1-x",  # one digit
+        "case03-1-x",  # lower case
+        "CASE03-2-x",  # label not 0/1
+        "CASE03-x-1",  # label is the second field, not the third
+        "CASE03-1",  # no description
+        "CASE03-1-",  # empty description
+        "CASE03--1-x",
+        "CASEab-1-x",
+        "03-1-x",
+        "notes",
+    ],
+)
 def test_parse_bad_names(name):
     with pytest.raises(CaseError) as e:
         parse_case_name(name)
@@ -157,6 +172,7 @@ def test_list_cases_missing_or_empty_root(tmp_path: Path):
 
 # --------------------------------------------------------------------------- evaluation
 
+
 def test_always_off_predictor(small_cases):
     res = evaluate_cases(always_off, small_cases, 0.5, frame_size=SMALL, batch_size=2)
     assert list(res) == [c.name for c in small_cases]
@@ -207,14 +223,18 @@ def test_bad_predictions_name_the_case(small_cases):
 
 # --------------------------------------------------------------------------- Wilson interval
 
-@pytest.mark.parametrize("k, n, low, high", [
-    (57, 60, 0.8630, 0.9829),  # the Wilson score interval, z = 1.96
-    (60, 60, 0.9398, 1.0),
-    (0, 60, 0.0, 0.0602),
-    (11, 12, 0.6461, 0.9851),
-    (6, 12, 0.2538, 0.7462),
-    (1, 1, 0.2065, 1.0),
-])
+
+@pytest.mark.parametrize(
+    "k, n, low, high",
+    [
+        (57, 60, 0.8630, 0.9829),  # the Wilson score interval, z = 1.96
+        (60, 60, 0.9398, 1.0),
+        (0, 60, 0.0, 0.0602),
+        (11, 12, 0.6461, 0.9851),
+        (6, 12, 0.2538, 0.7462),
+        (1, 1, 0.2065, 1.0),
+    ],
+)
 def test_wilson_interval_known_values(k, n, low, high):
     lo, hi = wilson_interval(k, n)
     assert lo == pytest.approx(low, abs=5e-4) and hi == pytest.approx(high, abs=5e-4)
@@ -283,8 +303,12 @@ def test_report_without_an_interval_shows_a_dash():
 
 # --------------------------------------------------------------------------- gate
 
-NAMES = ["CASE01-0-detergent-hand-scrubber", "CASE03-1-rinse-dish-close-water", "CASE05-0-rinse-no-dish",
-         "CASE06-1-rinse-dish-close-dim-light"]
+NAMES = [
+    "CASE01-0-detergent-hand-scrubber",
+    "CASE03-1-rinse-dish-close-water",
+    "CASE05-0-rinse-no-dish",
+    "CASE06-1-rinse-dish-close-dim-light",
+]
 
 
 def test_gate_passes_a_good_result():
@@ -315,8 +339,9 @@ def test_gate_regression_against_production():
     worse = result({**{n: 1.0 for n in NAMES}, NAMES[2]: 0.83})
     out = gate(worse, champion, {"min_accuracy": 0.8, "max_regression": 0.05})
     assert not out["passed"]
-    assert out["failures"] == ["CASE05-0-rinse-no-dish: accuracy 0.83 regressed from 1.00 (production) "
-                               "by more than 0.05"]
+    assert out["failures"] == [
+        "CASE05-0-rinse-no-dish: accuracy 0.83 regressed from 1.00 (production) by more than 0.05"
+    ]
     assert out["cases"][NAMES[2]]["champion_accuracy"] == 1.0
     # within the tolerance, at its edge included (0.95 = 1.00 - 0.05 in floats or not)
     ok = gate(result({n: 0.95 for n in NAMES}), champion, {"min_accuracy": 0.8, "max_regression": 0.05})
@@ -328,8 +353,10 @@ def test_gate_regression_against_production():
 
 def test_gate_min_and_regression_both_reported():
     out = gate(result({NAMES[1]: 0.42}), result({NAMES[1]: 1.0}), {})
-    assert out["failures"] == [f"{NAMES[1]}: accuracy 0.42 < 0.90",
-                               f"{NAMES[1]}: accuracy 0.42 regressed from 1.00 (production) by more than 0.05"]
+    assert out["failures"] == [
+        f"{NAMES[1]}: accuracy 0.42 < 0.90",
+        f"{NAMES[1]}: accuracy 0.42 regressed from 1.00 (production) by more than 0.05",
+    ]
 
 
 def test_gate_regression_needs_a_champion_that_passes_itself():
@@ -387,8 +414,7 @@ def test_gate_compares_only_shared_cases():
 
 def test_gate_per_case_overrides():
     res = result({NAMES[0]: 0.85, NAMES[1]: 0.85, NAMES[2]: 0.99, NAMES[3]: 0.85})
-    cfg = {"min_accuracy": 0.8, "per_case": {"CASE03": 0.9, NAMES[2]: 1.0, "CASE06": 0.5,
-                                             NAMES[3]: 0.8, "CASE09": 0.5}}
+    cfg = {"min_accuracy": 0.8, "per_case": {"CASE03": 0.9, NAMES[2]: 1.0, "CASE06": 0.5, NAMES[3]: 0.8, "CASE09": 0.5}}
     out = gate(res, None, cfg)
     mins = {n: c["min_accuracy"] for n, c in out["cases"].items()}
     assert mins == {NAMES[0]: 0.8, NAMES[1]: 0.9, NAMES[2]: 1.0, NAMES[3]: 0.8}  # full name beats prefix
@@ -417,6 +443,7 @@ def test_gate_does_not_print_a_failing_pair_as_equal():
 
 
 # --------------------------------------------------------------------------- ONNX
+
 
 def test_onnx_predictor_runs_the_exported_model(tmp_path: Path):
     model = write_tiny_model(tmp_path / "model" / "model.onnx", threshold=0.4)

@@ -10,11 +10,37 @@ import pytest
 
 from autosink.cli import build_parser, main
 
-SUBCOMMANDS = [[], ["simulate"], ["extract"], ["label"], ["label", "build"], ["label", "serve"], ["prepare"], ["validate-data"], ["lake"], ["lake", "check"], ["params"],
-               ["params", "compose"], ["params", "check"], ["remote"], ["remote", "init"],
-               ["bench"], ["bench", "incremental"], ["bench", "train"], ["base"], ["train"], ["evaluate"],
-               ["validate-model"], ["export"], ["promote"], ["water"],
-               ["bench", "edge"], ["bench", "all"], ["loop"], ["plots"]]
+SUBCOMMANDS = [
+    [],
+    ["simulate"],
+    ["extract"],
+    ["label"],
+    ["label", "build"],
+    ["label", "serve"],
+    ["prepare"],
+    ["validate-data"],
+    ["lake"],
+    ["lake", "check"],
+    ["params"],
+    ["params", "compose"],
+    ["params", "check"],
+    ["remote"],
+    ["remote", "init"],
+    ["bench"],
+    ["bench", "incremental"],
+    ["bench", "train"],
+    ["base"],
+    ["train"],
+    ["evaluate"],
+    ["validate-model"],
+    ["export"],
+    ["promote"],
+    ["water"],
+    ["bench", "edge"],
+    ["bench", "all"],
+    ["loop"],
+    ["plots"],
+]
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "autosink")
@@ -89,11 +115,20 @@ def test_lake_check_names_devices_fifos_and_sockets_at_once(tmp_path):
     from tests.special_files import WORDS, make_special, run_isolated
 
     fifo, sock = make_special(tmp_path / "fifo.zip", "fifo"), make_special(tmp_path / "sock.zip", "socket")
-    res = run_isolated("import sys; from autosink.cli import main; sys.exit(main(sys.argv[1:]))",
-                       "lake", "check", "/dev/zero", str(fifo), str(sock), timeout=60)
+    res = run_isolated(
+        "import sys; from autosink.cli import main; sys.exit(main(sys.argv[1:]))",
+        "lake",
+        "check",
+        "/dev/zero",
+        str(fifo),
+        str(sock),
+        timeout=60,
+    )
     assert res.returncode == 1, res.stderr
     lines = sorted(res.stdout.splitlines())
     why = "not a regular file (an episode is a zip file or a folder)"
-    assert lines == sorted(f"BAD  {name}  path: is {WORDS[kind]}, {why}"
-                           for name, kind in (("/dev/zero", "chardev"), (fifo, "fifo"), (sock, "socket")))
+    assert lines == sorted(
+        f"BAD  {name}  path: is {WORDS[kind]}, {why}"
+        for name, kind in (("/dev/zero", "chardev"), (fifo, "fifo"), (sock, "socket"))
+    )
     assert "0 ok, 3 bad" in res.stderr

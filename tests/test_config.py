@@ -46,3 +46,21 @@ def test_overrides_and_real_data_switch(repo_root):
 def test_diff_params_nested():
     assert diff_params({"a": {"b": 1}}, {"a": {"b": 1}}) == []
     assert diff_params({"a": {"b": 1}}, {"a": {}}) == ["a.b: in conf/ but missing from params.yaml"]
+
+
+def test_model_configs_extend_one_base(repo_root):
+    """conf/model/<backbone>.yaml holds only what differs; the rest comes from conf/model/_base.yaml."""
+    from autosink.model import BACKBONES
+
+    folder = repo_root / "conf" / "model"
+    base = yaml.safe_load((folder / "_base.yaml").read_text())
+    assert base["backbone"] == "???"  # every option must set it (`model=_base` fails to compose)
+    options = sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
+    assert options == sorted(BACKBONES)
+    for name in options:
+        own = yaml.safe_load((folder / f"{name}.yaml").read_text())
+        assert own.pop("defaults") == ["_base", "_self_"], name
+        repeated = sorted(k for k, v in own.items() if k in base and base[k] == v)
+        assert not repeated, f"conf/model/{name}.yaml repeats {repeated} from _base.yaml: drop them"
+        assert own["backbone"] == name
+        assert compose(repo_root, [f"model={name}"])["model"] == {**base, **own}

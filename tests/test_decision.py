@@ -61,13 +61,28 @@ def test_each_frame_shows_the_water_the_valve_left():
 
 def test_replay_goes_through_the_controllers_smoothing_and_dwell():
     need = need_of((4, 6), (4, 0))
-    smooth = replay(perfect(need), 0.5, ControllerConfig(on_threshold=0.6, off_threshold=0.4, smoothing=0.5, min_on_s=0.01, min_off_s=0.01), FPS)
+    smooth = replay(
+        perfect(need),
+        0.5,
+        ControllerConfig(on_threshold=0.6, off_threshold=0.4, smoothing=0.5, min_on_s=0.01, min_off_s=0.01),
+        FPS,
+    )
     # EMA 0.5: 0.5 < 0.6 on the first needed frame, 0.75 on the second; closes at 0.25 <= 0.4
     assert smooth.tolist() == [False] * 5 + [True] * 6 + [False] * 3
-    dwell = replay(perfect(need), 0.5, ControllerConfig(on_threshold=0.6, off_threshold=0.4, smoothing=1.0, min_on_s=3.0, min_off_s=0.01), FPS)
+    dwell = replay(
+        perfect(need),
+        0.5,
+        ControllerConfig(on_threshold=0.6, off_threshold=0.4, smoothing=1.0, min_on_s=3.0, min_off_s=0.01),
+        FPS,
+    )
     assert dwell.tolist() == [False] * 4 + [True] * 6 + [False] * 4  # 6 frames at 2 fps = 3 s: no hold needed
     short = need_of((2, 2), (6, 0))
-    held = replay(perfect(short), 0.5, ControllerConfig(on_threshold=0.6, off_threshold=0.4, smoothing=1.0, min_on_s=3.0, min_off_s=0.01), FPS)
+    held = replay(
+        perfect(short),
+        0.5,
+        ControllerConfig(on_threshold=0.6, off_threshold=0.4, smoothing=1.0, min_on_s=3.0, min_off_s=0.01),
+        FPS,
+    )
     assert held.tolist() == [False] * 2 + [True] * 6 + [False] * 2  # min_on 3 s holds it open
 
 
@@ -90,8 +105,11 @@ def test_sweep_of_a_perfect_model_withholds_nothing():
     for r in rows:
         assert r["withheld_pct"] == 0.0 and r["false_offs_per_10min"] == 0.0 and r["unneeded_open_s"] == 0.0
         assert r["litres"] == pytest.approx(need_s / 60 * FLOW, abs=1e-3)  # the oracle's water, pooled
-        assert r["savings_pct"] == pytest.approx(r["oracle_savings_pct"]) == pytest.approx(100 * (1 - need_s / dur),
-                                                                                              abs=1e-3)
+        assert (
+            r["savings_pct"]
+            == pytest.approx(r["oracle_savings_pct"])
+            == pytest.approx(100 * (1 - need_s / dur), abs=1e-3)
+        )
 
 
 def test_sweep_of_a_model_that_reads_the_water_withholds_everything():
@@ -121,13 +139,23 @@ def test_sweep_counts_false_offs():
 
 
 def row(t, withheld, litres, false_offs=0.0):
-    return {"threshold": t, "withheld_pct": withheld, "litres": litres, "false_offs_per_10min": false_offs,
-            "savings_pct": None}
+    return {
+        "threshold": t,
+        "withheld_pct": withheld,
+        "litres": litres,
+        "false_offs_per_10min": false_offs,
+        "savings_pct": None,
+    }
 
 
 def test_choose_takes_the_fewest_litres_that_meet_both_limits():
-    rows = [row(0.1, 0.0, 9.0), row(0.3, 1.0, 7.0), row(0.5, 2.5, 6.0, 2.0),  # too many false-offs
-            row(0.7, 2.9, 6.5), row(0.9, 10.0, 3.0)]  # withholds too much
+    rows = [
+        row(0.1, 0.0, 9.0),
+        row(0.3, 1.0, 7.0),
+        row(0.5, 2.5, 6.0, 2.0),  # too many false-offs
+        row(0.7, 2.9, 6.5),
+        row(0.9, 10.0, 3.0),
+    ]  # withholds too much
     best, why = choose(rows, 3.0, 1.0)
     assert best["threshold"] == 0.7 and "fewest litres" in why and "6.5" in why
     best, _ = choose(rows, 3.0, 5.0)  # the false-off limit relaxed: 0.5 qualifies and uses less
@@ -160,8 +188,11 @@ def test_choose_on_a_sweep():
     rows = sweep(probs, NEEDS, SHARP, FPS, FLOW, thresholds=(0.05, 0.1, 0.5))
     best, _ = choose(rows, 3.0, 1.0)
     assert best["threshold"] == 0.1  # both withhold nothing with the same litres; 0.1 is nearer 0.5
-    best, why = choose(sweep([pair(np.zeros(len(n)), np.ones(len(n))) for n in NEEDS], NEEDS, SHARP, FPS, FLOW,
-                             thresholds=(0.3, 0.5)), 3.0, 1.0)
+    best, why = choose(
+        sweep([pair(np.zeros(len(n)), np.ones(len(n))) for n in NEEDS], NEEDS, SHARP, FPS, FLOW, thresholds=(0.3, 0.5)),
+        3.0,
+        1.0,
+    )
     assert best["withheld_pct"] == 100.0 and why.startswith("no threshold met")
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 from dataclasses import asdict, dataclass
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from autosink.edge.controller import (OPEN_REASONS, REASONS, Controller, ControllerConfig, Decision,
-                                      UserInput)
+from autosink.edge.controller import OPEN_REASONS, REASONS, Controller, ControllerConfig, Decision, UserInput
 
 NONE = UserInput()
 FORCE = UserInput(forced_on=True)
@@ -26,8 +29,8 @@ class Row:
     now: float
     fault: bool
     prob: float | None
-    stale: bool      # the frame was stale or missing
-    invalid: bool    # the probability was invalid
+    stale: bool  # the frame was stale or missing
+    invalid: bool  # the probability was invalid
     user: UserInput
     d: Decision
 
@@ -74,10 +77,16 @@ def configs(draw):
     off = draw(st.sampled_from([0.0, 0.2, 0.4, 0.5]))
     on = draw(st.sampled_from([v for v in (0.5, 0.6, 0.8, 1.0) if v > off]))
     t = st.sampled_from([0.25, 0.5, 1.0, 2.0, 3.0])
-    return ControllerConfig(on_threshold=on, off_threshold=off, smoothing=draw(st.sampled_from([0.3, 0.5, 1.0])),
-                            min_on_s=draw(t), min_off_s=draw(t), max_open_s=draw(st.sampled_from([2.0, 5.0, 10.0])),
-                            stale_frame_s=draw(st.sampled_from([0.5, 1.0])),
-                            forced_on_hold_s=draw(st.sampled_from([0.5, 2.0, 4.0])))
+    return ControllerConfig(
+        on_threshold=on,
+        off_threshold=off,
+        smoothing=draw(st.sampled_from([0.3, 0.5, 1.0])),
+        min_on_s=draw(t),
+        min_off_s=draw(t),
+        max_open_s=draw(st.sampled_from([2.0, 5.0, 10.0])),
+        stale_frame_s=draw(st.sampled_from([0.5, 1.0])),
+        forced_on_hold_s=draw(st.sampled_from([0.5, 2.0, 4.0])),
+    )
 
 
 GOOD_PROBS = st.one_of(st.sampled_from([0.0, 0.05, 0.3, 0.4, 0.5, 0.6, 0.95, 1.0]), st.floats(0, 1))
@@ -193,11 +202,17 @@ def test_e_no_model_reopen_after_a_user_close_or_max_open_until_the_model_saw_no
     for i, _ in runs(rows):
         if rows[i].d.reason != "model":
             continue
-        lock = max((k for k in range(i) if rows[k].user.closed or rows[k].d.reason == "max-open"
-                    and (k == 0 or rows[k - 1].d.open)), default=None)
+        lock = max(
+            (
+                k
+                for k in range(i)
+                if rows[k].user.closed or rows[k].d.reason == "max-open" and (k == 0 or rows[k - 1].d.open)
+            ),
+            default=None,
+        )
         if lock is None:
             continue
-        between = rows[lock + 1:i]
+        between = rows[lock + 1 : i]
         released = any(r.d.smoothed is not None and r.d.smoothed <= cfg.off_threshold for r in between)
         if rows[lock].user.closed and not released:
             # a user forced-on after the close also ends the user-close lockout
@@ -215,15 +230,68 @@ def test_f_starts_closed_and_fault_always_closes(cfg):
     assert c.fault(0.6, "camera thread died").reason == "camera thread died"
 
 
-def test_deterministic():
-    steps = [(0.1 * k, [0.9, 0.1, None, 0.7, 0.65][k % 5], 0.1 * k, [NONE, FORCE, NONE, CLOSE][k % 4])
-             for k in range(200)]
+def replay_steps() -> list[tuple[float, float | None, float, bool, bool]]:
+    """(now, prob, frame_time, forced_on, closed): needs coming and going, missing probabilities,
+    stale frames, user presses and closes."""
+    steps = []
+    for k in range(400):
+        now = 0.25 * k
+        prob = None if k % 17 == 0 else (0.9 if (k // 20) % 2 == 0 else 0.05) + 0.01 * (k % 3)
+        frame_time = now - 5.0 if k % 29 == 0 else now
+        steps.append((now, prob, frame_time, k % 53 == 0, k % 71 == 0))
+    return steps
 
-    def decisions():
-        c = Controller()
-        return [c.step(*s) for s in steps]
 
-    assert decisions() == decisions()
+def replay(steps) -> list[dict]:
+    c = Controller()
+    return [asdict(c.step(now, prob, ft, UserInput(forced_on=f, closed=x))) for now, prob, ft, f, x in steps]
+
+
+REPLAY_CHILD = """
+import json, sys
+from dataclasses import asdict
+from autosink.edge.controller import Controller, UserInput
+c = Controller()
+print(json.dumps([asdict(c.step(now, p, ft, UserInput(forced_on=f, closed=x)))
+                  for now, p, ft, f, x in json.load(sys.stdin)]))
+"""
+
+
+def test_replays_identically_in_a_fresh_process_and_beside_another_controller():
+    """Replayable from a log: the same steps give the same decisions in another interpreter (other
+    string-hash seeds, so no set or dict order leaks in) and while another controller runs in
+    between (no state shared between instances)."""
+    steps = replay_steps()
+    expected = replay(steps)
+    reasons = {d["reason"] for d in expected}
+    assert {
+        "model",
+        "hold-min-on",
+        "hold-min-off",
+        "user-forced-on",
+        "user-closed",
+        "stale-frame",
+        "model-error",
+    } <= reasons
+
+    a, b = Controller(), Controller(FAST)
+    interleaved = []
+    for now, prob, ft, f, x in steps:
+        b.step(now, None if prob is None else 1.0 - prob, now, UserInput(forced_on=x, closed=f))
+        interleaved.append(asdict(a.step(now, prob, ft, UserInput(forced_on=f, closed=x))))
+    assert interleaved == expected
+
+    for seed in ("1", "2"):
+        child = subprocess.run(
+            [sys.executable, "-c", REPLAY_CHILD],
+            input=json.dumps(steps),
+            text=True,
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
+        assert child.returncode == 0, child.stderr
+        assert json.loads(child.stdout) == expected, f"decisions differ in a fresh process (PYTHONHASHSEED={seed})"
 
 
 # -- examples -------------------------------------------------------------------------------
@@ -277,13 +345,15 @@ def test_max_open_closes_and_locks_until_the_model_saw_no_need():
     c = Controller(ControllerConfig(on_threshold=0.6, off_threshold=0.4, smoothing=1.0, max_open_s=10.0))
     ds = feed(c, 0, [0.9] * 12)
     assert [d.open for d in ds] == [True] * 10 + [False] * 2 and ds[10].reason == ds[11].reason == "max-open"
-    assert c.step(12, 0.5, 12).reason == "max-open"   # in the band: not yet
+    assert c.step(12, 0.5, 12).reason == "max-open"  # in the band: not yet
     assert c.step(13, 0.4, 13) == Decision(False, "model", 0.4)  # the model saw no need: released
     assert c.step(14, 0.9, 14) == Decision(True, "model", 0.9)
 
 
 def test_max_open_caps_a_held_forced_on_until_released():
-    c = Controller(ControllerConfig(on_threshold=0.6, off_threshold=0.4, smoothing=1.0, max_open_s=10.0, forced_on_hold_s=3.0))
+    c = Controller(
+        ControllerConfig(on_threshold=0.6, off_threshold=0.4, smoothing=1.0, max_open_s=10.0, forced_on_hold_s=3.0)
+    )
     ds = feed(c, 0, [0.0] * 13, user=FORCE)
     assert all(d.open and d.reason == "user-forced-on" for d in ds[:10])
     assert ds[10].reason == "max-open" and not any(d.open for d in ds[10:])  # held: ignored
@@ -385,19 +455,22 @@ def test_config_unknown_keys_are_named():
         ControllerConfig.from_dict({"on_treshold": 0.7, "max_open": 3, "min_on_s": 2})
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"on_threshold": 0.15}, "off_threshold < on_threshold"),
-    ({"off_threshold": -0.1}, "off_threshold"),
-    ({"on_threshold": 1.5}, "on_threshold <= 1"),
-    ({"smoothing": 0.0}, "smoothing"),
-    ({"smoothing": 1.5}, "smoothing"),
-    ({"min_on_s": 0}, "min_on_s"),
-    ({"min_off_s": -1}, "min_off_s"),
-    ({"max_open_s": math.inf}, "max_open_s"),
-    ({"stale_frame_s": math.nan}, "stale_frame_s"),
-    ({"forced_on_hold_s": "10"}, "forced_on_hold_s"),
-    ({"min_on_s": True}, "min_on_s"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"on_threshold": 0.15}, "off_threshold < on_threshold"),
+        ({"off_threshold": -0.1}, "off_threshold"),
+        ({"on_threshold": 1.5}, "on_threshold <= 1"),
+        ({"smoothing": 0.0}, "smoothing"),
+        ({"smoothing": 1.5}, "smoothing"),
+        ({"min_on_s": 0}, "min_on_s"),
+        ({"min_off_s": -1}, "min_off_s"),
+        ({"max_open_s": math.inf}, "max_open_s"),
+        ({"stale_frame_s": math.nan}, "stale_frame_s"),
+        ({"forced_on_hold_s": "10"}, "forced_on_hold_s"),
+        ({"min_on_s": True}, "min_on_s"),
+    ],
+)
 def test_config_validation(bad, match):
     with pytest.raises(ValueError, match=match):
         ControllerConfig.from_dict(bad)

@@ -10,8 +10,17 @@ import types
 import pytest
 
 from autosink.edge import devices
-from autosink.edge.devices import (DEFAULT_VALVE_PIN, DebouncedInput, FakeInput, FakeValve, GpioValve,
-                                   SerialValve, Valve, make_input, make_valve)
+from autosink.edge.devices import (
+    DEFAULT_VALVE_PIN,
+    DebouncedInput,
+    FakeInput,
+    FakeValve,
+    GpioValve,
+    SerialValve,
+    Valve,
+    make_input,
+    make_valve,
+)
 from tests.fake_gpio import FakeGPIO
 
 
@@ -205,15 +214,34 @@ def test_make_valve_parses_every_form():
     assert (v.pin, v.active_high) == (4, False)
     assert make_valve("gpio", pin=6, gpio=g).pin == 6
     ports = []
-    v = make_valve("serial:/dev/ttyACM0", baudrate=19200,
-                   serial_factory=lambda port, baudrate: ports.append(FakeSerial(port, baudrate)) or ports[-1])
+    v = make_valve(
+        "serial:/dev/ttyACM0",
+        baudrate=19200,
+        serial_factory=lambda port, baudrate: ports.append(FakeSerial(port, baudrate)) or ports[-1],
+    )
     assert isinstance(v, SerialValve) and (ports[0].port, ports[0].baudrate) == ("/dev/ttyACM0", 19200)
     # one runtime config serves every spec: keywords meant for another backend are ignored
     assert isinstance(make_valve("fake", active_high=False, baudrate=9600), FakeValve)
 
 
-@pytest.mark.parametrize("spec", ["", "relay", "gpio:", "gpio:x", "gpio:99", "gpio:-1", "gpio:1.5",
-                                  "serial", "serial:", "fake:1", "GPIO:17", None, 17])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "",
+        "relay",
+        "gpio:",
+        "gpio:x",
+        "gpio:99",
+        "gpio:-1",
+        "gpio:1.5",
+        "serial",
+        "serial:",
+        "fake:1",
+        "GPIO:17",
+        None,
+        17,
+    ],
+)
 def test_make_valve_rejects_bad_specs_naming_the_accepted_forms(spec):
     with pytest.raises(ValueError, match=r'"gpio:<bcm pin>", "serial:<port>" or "fake"'):
         make_valve(spec, gpio=FakeGPIO())
@@ -321,14 +349,23 @@ def test_make_input_rejects_bad_specs(spec):
 
 
 def test_edge_modules_import_no_training_stack(repo_root):
-    code = ("import json, sys\n"
-            "import autosink.edge.controller, autosink.edge.devices\n"
-            "print(json.dumps(sorted(sys.modules)))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=repo_root)
+    code = (
+        "import json, sys\n"
+        "import autosink.edge.controller, autosink.edge.devices\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo_root)
     mods = set(json.loads(out.stdout))
-    heavy = {"torch", "pandas", "torchvision", "pytorch_lightning", "lightning", "sklearn",
-             "RPi", "serial"}  # hardware libraries only when a device is built
+    heavy = {
+        "torch",
+        "pandas",
+        "torchvision",
+        "pytorch_lightning",
+        "lightning",
+        "sklearn",
+        "RPi",
+        "serial",
+    }  # hardware libraries only when a device is built
     assert not {m.split(".")[0] for m in mods} & heavy
     ours = {m for m in mods if m.split(".")[0] == "autosink"}
     assert ours == {"autosink", "autosink.edge", "autosink.edge.controller", "autosink.edge.devices"}

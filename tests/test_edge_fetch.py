@@ -62,7 +62,8 @@ def flip_byte(path: Path, at: int = 100) -> None:
 def snapshot(target: Path) -> dict[str, str]:
     """Every file in the model folder (temp folders and lock included) with its sha256."""
     return {p.name: sha256_file(p) for p in sorted(target.parent.iterdir()) if p.is_file()} | {
-        p.name: "dir" for p in target.parent.iterdir() if p.is_dir()}
+        p.name: "dir" for p in target.parent.iterdir() if p.is_dir()
+    }
 
 
 @pytest.fixture
@@ -143,8 +144,18 @@ def _nan_model(src: Path) -> str:
     return "is not a probability"
 
 
-@pytest.mark.parametrize("spoil", [_corrupt, _card_of_another_model, _unsupported_card, _wrong_classes, _no_card,
-                                   _garbage_with_matching_card, _nan_model])
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        _corrupt,
+        _card_of_another_model,
+        _unsupported_card,
+        _wrong_classes,
+        _no_card,
+        _garbage_with_matching_card,
+        _nan_model,
+    ],
+)
 def test_a_bad_download_is_refused_and_the_installed_model_stays(tmp_path, pi, spoil, caplog):
     caplog.set_level(logging.INFO)
     reloader = ModelReloader(pi, background=False)  # the running edge
@@ -248,11 +259,16 @@ def test_periodic_fetch_in_the_loop_hot_reloads_and_logs_old_and_new(tmp_path, p
     publish(src, "v1")  # what the Pi runs
     shutil.copyfile(pi, src / "model.onnx")
     shutil.copyfile(card_path_for(pi), src / "model.json")
-    cfg = merge_config(DEFAULT_CONFIG, {
-        "model": {"path": str(pi), "reload_check_s": 1.0},
-        "fetch": {"source": f"folder:{src}", "interval_s": 2.0},
-        "recorder": {"spool": str(tmp_path / "spool")}, "inputs": {"faucet": "", "button": ""},
-        "camera": {"fps": 5.0}})
+    cfg = merge_config(
+        DEFAULT_CONFIG,
+        {
+            "model": {"path": str(pi), "reload_check_s": 1.0},
+            "fetch": {"source": f"folder:{src}", "interval_s": 2.0},
+            "recorder": {"spool": str(tmp_path / "spool")},
+            "inputs": {"faucet": "", "button": ""},
+            "camera": {"fps": 5.0},
+        },
+    )
     downloads = []
 
     class Counting(FolderSource):
@@ -270,9 +286,16 @@ def test_periodic_fetch_in_the_loop_hot_reloads_and_logs_old_and_new(tmp_path, p
 
     valve = FakeValve()
     clock = SimClock()
-    rt = build_runtime(cfg, clock=clock, feedback=feedback, valve=valve, background=False, install_signals=False,
-                       camera=IteratorCamera(iter([BRIGHT] * 80), clock.monotonic, name="test"),
-                       fetch_source=Counting(src))
+    rt = build_runtime(
+        cfg,
+        clock=clock,
+        feedback=feedback,
+        valve=valve,
+        background=False,
+        install_signals=False,
+        camera=IteratorCamera(iter([BRIGHT] * 80), clock.monotonic, name="test"),
+        fetch_source=Counting(src),
+    )
     stats = rt.run()
     reloader, fetcher = rt.models, rt.fetcher
     assert stats.frames == 80 and stats.model_errors == 0
@@ -292,12 +315,24 @@ def test_a_fresh_pi_fetches_its_first_model_at_start(tmp_path, caplog):
     src = tmp_path / "share"
     publish(src, "v2")
     target = tmp_path / "state" / "models" / "production" / "model.onnx"
-    cfg = merge_config(DEFAULT_CONFIG, {
-        "model": {"path": str(target)}, "fetch": {"source": f"folder:{src}", "interval_s": 0.0},
-        "recorder": {"spool": str(tmp_path / "spool")}, "inputs": {"faucet": "", "button": ""}})
+    cfg = merge_config(
+        DEFAULT_CONFIG,
+        {
+            "model": {"path": str(target)},
+            "fetch": {"source": f"folder:{src}", "interval_s": 0.0},
+            "recorder": {"spool": str(tmp_path / "spool")},
+            "inputs": {"faucet": "", "button": ""},
+        },
+    )
     clock = SimClock()
-    rt = build_runtime(cfg, clock=clock, valve=FakeValve(), background=False, install_signals=False,
-                       camera=IteratorCamera(iter([BRIGHT] * 3), clock.monotonic, name="test"))
+    rt = build_runtime(
+        cfg,
+        clock=clock,
+        valve=FakeValve(),
+        background=False,
+        install_signals=False,
+        camera=IteratorCamera(iter([BRIGHT] * 3), clock.monotonic, name="test"),
+    )
     assert rt.models.model.version == "v2" and rt.fetcher is None  # interval 0: no periodic check
     assert "no model at" in caplog.text and "model fetch installed: installed v2" in caplog.text
     assert rt.run().frames == 3
@@ -423,10 +458,11 @@ def test_run_py_fetch_command_and_import_footprint(tmp_path, pi):
     src = tmp_path / "share"
     publish(src, "v2", bias=-3.0)
     args = ["fetch", "--source", f"folder:{src}", "--model", str(pi), "--json"]
-    out = subprocess.run([sys.executable, "-c", FOOTPRINT_SCRIPT, *args], capture_output=True, text=True,
-                         timeout=120, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", FOOTPRINT_SCRIPT, *args], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("FOOTPRINT "))
-    result = json.loads(line[len("FOOTPRINT "):])
+    result = json.loads(line[len("FOOTPRINT ") :])
     assert result["code"] in (0, None), out.stderr
     check_footprint(result["modules"])  # no dvc, no wandb, no torch
     assert "autosink.edge.fetch" in result["modules"]
@@ -434,11 +470,17 @@ def test_run_py_fetch_command_and_import_footprint(tmp_path, pi):
 
     publish(src, "v3", bias=-4.0)
     flip_byte(src / "model.onnx")
-    bad = subprocess.run([sys.executable, str(RUN_PY), "fetch", "--source", f"folder:{src}", "--model", str(pi)],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    bad = subprocess.run(
+        [sys.executable, str(RUN_PY), "fetch", "--source", f"folder:{src}", "--model", str(pi)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert bad.returncode == 3 and "fetch refused" in bad.stderr and "model.onnx: sha256" in bad.stderr
-    none = subprocess.run([sys.executable, str(RUN_PY), "fetch", "--model", str(pi)], capture_output=True, text=True,
-                          timeout=60, cwd=ROOT)
+    none = subprocess.run(
+        [sys.executable, str(RUN_PY), "fetch", "--model", str(pi)], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     assert none.returncode == 2 and "no source" in none.stderr
     assert read_card(card_path_for(pi))["version"] == "v2"
 
@@ -483,8 +525,12 @@ def test_dvc_get_from_a_clone_delivers_the_promoted_model(repo_root, tmp_path, m
     assert res.status == "installed", res.message
     assert res.ref == _git(root, "rev-parse", "HEAD").strip() and sha256_file(target) == a["onnx"]
     assert read_card(card_path_for(target))["version"] == "v-a"
-    assert sorted(p.name for p in target.parent.iterdir()) == [".model.onnx.fetch.lock", "model.fetch.json",
-                                                               "model.json", "model.onnx"]
+    assert sorted(p.name for p in target.parent.iterdir()) == [
+        ".model.onnx.fetch.lock",
+        "model.fetch.json",
+        "model.json",
+        "model.onnx",
+    ]
     assert json.loads(record_path_for(target).read_text())["promotion"]["experiment"] == "main"
     model = load_model(target)
     assert model.version == "v-a" and model.predict(BRIGHT) > 0.9

@@ -60,8 +60,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_PY = ROOT / "edge" / "run.py"
 T0 = datetime(2024, 7, 6, 17, 25, 40).timestamp()  # local wall time of t=0 in simulations
 
-BRIGHT = bright_roi_frame()           # the tiny model: p ~ 1
-DARK = bright_roi_frame(90, 90)       # uniform: p ~ 0.12
+BRIGHT = bright_roi_frame()  # the tiny model: p ~ 1
+DARK = bright_roi_frame(90, 90)  # uniform: p ~ 0.12
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +89,15 @@ def frames_of(n: int, image: np.ndarray = BRIGHT) -> list[np.ndarray]:
 
 def runtime(images, model, clock, *, fps=5.0, valve=None, **kw) -> EdgeRuntime:
     cam = IteratorCamera(iter(images), clock.monotonic, name="test")
-    return EdgeRuntime(camera=cam, model=model, valve=valve or FakeValve(), clock=clock, fps=fps,
-                       install_signals=kw.pop("install_signals", False), **kw)
+    return EdgeRuntime(
+        camera=cam,
+        model=model,
+        valve=valve or FakeValve(),
+        clock=clock,
+        fps=fps,
+        install_signals=kw.pop("install_signals", False),
+        **kw,
+    )
 
 
 def opens(valve: FakeValve) -> list[bool]:
@@ -102,8 +109,14 @@ def opens(valve: FakeValve) -> list[bool]:
 
 def test_card_roundtrip_and_every_field_checked(tmp_path, model_path):
     card = read_card(card_path_for(model_path))
-    assert card["input"] == {"name": "frames", "dtype": "uint8", "layout": "NHWC", "color": "RGB",
-                             "height": 480, "width": 640}
+    assert card["input"] == {
+        "name": "frames",
+        "dtype": "uint8",
+        "layout": "NHWC",
+        "color": "RGB",
+        "height": 480,
+        "width": 640,
+    }
     assert card["model_sha256"] == sha256_file(model_path)
     check_card_supported(card)
 
@@ -274,8 +287,7 @@ def test_folder_source_skips_garbage_frames_and_the_stale_rule_still_closes(tmp_
     clock = SimClock(T0)
     cam = open_camera(f"folder:{folder}", clock=clock.monotonic)
     valve = FakeValve()
-    rt = EdgeRuntime(camera=cam, model=Stub(lambda i: 0.95), valve=valve, clock=clock, fps=5.0,
-                     install_signals=False)
+    rt = EdgeRuntime(camera=cam, model=Stub(lambda i: 0.95), valve=valve, clock=clock, fps=5.0, install_signals=False)
     stats = rt.run()
     assert stats.stop_reason == "end-of-source" and stats.frames == 40 - len(garbage)
     assert cam.bad_frames == stats.bad_frames == len(garbage) and "bad_frames=11" in stats.line()
@@ -353,8 +365,16 @@ def test_camera_stall_closes_the_valve_and_recovers(caplog):
     clock = SimClock(T0)
     cam = StallingCamera(clock, [True] * 10 + [False] * 8 + [True] * 10)
     valve = FakeValve()
-    rt = EdgeRuntime(camera=cam, model=Stub(lambda i: 0.95), valve=valve, clock=clock, fps=5.0,
-                     read_timeout_s=0.5, reopen_after_s=2.0, install_signals=False)
+    rt = EdgeRuntime(
+        camera=cam,
+        model=Stub(lambda i: 0.95),
+        valve=valve,
+        clock=clock,
+        fps=5.0,
+        read_timeout_s=0.5,
+        reopen_after_s=2.0,
+        install_signals=False,
+    )
     stats = rt.run()
     assert opens(valve) == [True, False, True, False]  # open, stall -> closed, back, exit
     assert stats.stalls == 8 and stats.frames == 20 and cam.reopened >= 1
@@ -396,8 +416,9 @@ def test_signal_during_operation_closes_the_valve(sig):
         return UserInput()
 
     valve = FakeValve()
-    rt = runtime(frames_of(1000), Stub(lambda i: 0.95), SimClock(T0), valve=valve, feedback=feedback,
-                 install_signals=True)
+    rt = runtime(
+        frames_of(1000), Stub(lambda i: 0.95), SimClock(T0), valve=valve, feedback=feedback, install_signals=True
+    )
     stats = rt.run()
     assert seen["open_before"] is True
     assert stats.stop_reason == signal.Signals(sig).name and stats.frames < 20
@@ -430,8 +451,16 @@ def test_more_signals_during_the_shutdown_hurry_it_but_never_raise(tmp_path):
 
     valve = FakeValve()
     rec = SignalledRecorder(tmp_path / "spool", user_id="u", record_fps=0)
-    rt = runtime(frames_of(100, DARK), Stub(lambda i: 0.1), SimClock(T0), valve=valve, feedback=feedback,
-                 recorder=rec, uploader=Uploader(), install_signals=True)
+    rt = runtime(
+        frames_of(100, DARK),
+        Stub(lambda i: 0.1),
+        SimClock(T0),
+        valve=valve,
+        feedback=feedback,
+        recorder=rec,
+        uploader=Uploader(),
+        install_signals=True,
+    )
     stats = rt.run()  # no KeyboardInterrupt
     assert stats.stop_reason == "SIGTERM" and rt._signals == 4 and drains == [0.0]
     assert opens(valve) == [True, False] and valve.closed_cleanly
@@ -462,8 +491,9 @@ def test_any_exception_closes_the_valve(tmp_path):
 def test_seconds_open_and_litres():
     # open for 20 frames at 5 fps, then the model says no: about 4 s open, 0.4 L at 6 L/min
     valve = FakeValve()
-    stats = runtime(frames_of(20) + frames_of(20, DARK), Stub(lambda i: 0.95 if i < 20 else 0.02), SimClock(T0),
-                    valve=valve).run()
+    stats = runtime(
+        frames_of(20) + frames_of(20, DARK), Stub(lambda i: 0.95 if i < 20 else 0.02), SimClock(T0), valve=valve
+    ).run()
     assert opens(valve) == [True, False]
     assert stats.seconds_open == pytest.approx(4.0, abs=0.25)
     assert stats.litres == pytest.approx(stats.seconds_open / 60 * 6.0)
@@ -493,8 +523,16 @@ def test_gpio_feedback_maps_reed_switch_and_button():
 # --------------------------------------------------------------------------- recorder
 
 
-def feed(rec: Recorder, overrides: set[int], n: int, *, fps: float = 2.0, wall=lambda t: T0 + t, image=None,
-         model_on: set[int] = frozenset()) -> None:
+def feed(
+    rec: Recorder,
+    overrides: set[int],
+    n: int,
+    *,
+    fps: float = 2.0,
+    wall=lambda t: T0 + t,
+    image=None,
+    model_on: set[int] = frozenset(),
+) -> None:
     img = image if image is not None else np.zeros((480, 640, 3), np.uint8)
     for i in range(n):
         t = i / fps
@@ -572,9 +610,15 @@ def test_the_controllers_hold_is_recorded_as_the_valve_not_the_users_wish(tmp_pa
 
     fps, pressed = 5.0, range(10, 15)
     rec = Recorder(tmp_path / "spool", user_id="u", pre_s=1, post_s=5, record_fps=0, background=False)
-    rt = runtime(frames_of(60, DARK), Stub(lambda i: 0.0), SimClock(T0), fps=fps, recorder=rec,
-                 controller=ControllerConfig(forced_on_hold_s=3.0),
-                 feedback=lambda ctx: UserInput(forced_on=ctx.index in pressed))
+    rt = runtime(
+        frames_of(60, DARK),
+        Stub(lambda i: 0.0),
+        SimClock(T0),
+        fps=fps,
+        recorder=rec,
+        controller=ControllerConfig(forced_on_hold_s=3.0),
+        feedback=lambda ctx: UserInput(forced_on=ctx.index in pressed),
+    )
     rt.run()
     [episode] = sorted((tmp_path / "spool").glob("*.zip"))
     rows = read_as_the_earlier_system(episode)["interactions"]
@@ -614,8 +658,9 @@ def test_recorder_stem_taken_delays_the_episode(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     spool = tmp_path / "spool"
     taken = {episode_stem(datetime.fromtimestamp(T0 + 7)), episode_stem(datetime.fromtimestamp(T0 + 8))}
-    rec = Recorder(spool, user_id="u", pre_s=3, post_s=3, record_fps=0, background=False,
-                   used_stems=lambda: taken)  # e.g. already uploaded before a clock step back
+    rec = Recorder(
+        spool, user_id="u", pre_s=3, post_s=3, record_fps=0, background=False, used_stems=lambda: taken
+    )  # e.g. already uploaded before a clock step back
     feed(rec, overrides={20}, n=40)
     rec.close()
     (ep,) = episodes(spool)
@@ -761,8 +806,12 @@ class FakeDrive:
 
         class L:
             def GetList(self):  # noqa: N802
-                return [f for f in drive.files if f"title = '{f['title']}'" in param["q"]
-                        and f"'{f['parents'][0]['id']}' in parents" in param["q"]]
+                return [
+                    f
+                    for f in drive.files
+                    if f"title = '{f['title']}'" in param["q"] and f"'{f['parents'][0]['id']}' in parents" in param["q"]
+                ]
+
         return L()
 
     def CreateFile(self, meta):  # noqa: N802
@@ -797,8 +846,9 @@ def test_upload_to_gdrive_up_to_the_pydrive2_boundary(tmp_path, monkeypatch):
     assert len(drive.files) == 2 and up3.conflicted == [sorted(up.uploaded)[0]]
 
     # credentials: env holds the key's JSON (as DVC reads it); a path there is an error
-    t = make_target("gdrive://abc", env={"GDRIVE_CREDENTIALS_DATA": '{"type": "service_account"}'},
-                    credentials_path="/nope.json")
+    t = make_target(
+        "gdrive://abc", env={"GDRIVE_CREDENTIALS_DATA": '{"type": "service_account"}'}, credentials_path="/nope.json"
+    )
     assert isinstance(t, GDriveTarget) and t.credentials_json and t.credentials_path is None
     with pytest.raises(ValueError, match="not JSON"):
         make_target("gdrive://abc", env={"GDRIVE_CREDENTIALS_DATA": "/path/key.json"})
@@ -833,8 +883,13 @@ def test_systemd_unit():
     assert "--close-valve" in svc["ExecStopPost"]
     assert unit["Install"]["WantedBy"] == "multi-user.target"
     req = (ROOT / "edge" / "requirements.txt").read_text()
-    for name in ("onnxruntime==", "numpy==", "opencv-python-headless==", "pyserial==",
-                 'RPi.GPIO==0.7.1; platform_machine == "aarch64" or platform_machine == "armv7l"'):
+    for name in (
+        "onnxruntime==",
+        "numpy==",
+        "opencv-python-headless==",
+        "pyserial==",
+        'RPi.GPIO==0.7.1; platform_machine == "aarch64" or platform_machine == "armv7l"',
+    ):
         assert name in req
     assert "torch" not in req.replace("# Nothing else: no torch", "")
 
@@ -849,20 +904,52 @@ def test_run_py_help_and_import_footprint(tmp_path, model_path):
     (zip_path,) = ep_spool.glob("*.zip")
     lake = tmp_path / "lake"
     lake.mkdir()
-    args = ["--model", str(model_path), "--camera", f"episode:{zip_path}", "--valve", "fake", "--max-frames", "3",
-            "--fps", "0", "--spool", str(tmp_path / "spool2"), "--upload-to", str(lake), "--user-id", "u"]
-    out = subprocess.run([sys.executable, "-c", FOOTPRINT_SCRIPT, *args], capture_output=True, text=True, timeout=120,
-                         cwd=ROOT)
+    args = [
+        "--model",
+        str(model_path),
+        "--camera",
+        f"episode:{zip_path}",
+        "--valve",
+        "fake",
+        "--max-frames",
+        "3",
+        "--fps",
+        "0",
+        "--spool",
+        str(tmp_path / "spool2"),
+        "--upload-to",
+        str(lake),
+        "--user-id",
+        "u",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-c", FOOTPRINT_SCRIPT, *args], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("FOOTPRINT "))
-    result = json.loads(line[len("FOOTPRINT "):])
+    result = json.loads(line[len("FOOTPRINT ") :])
     assert result["code"] in (0, None), out.stderr
     check_footprint(result["modules"])
     assert "autosink.edge.runtime" in result["modules"] and "onnxruntime" in result["modules"]
     assert "stats: frames=3" in out.stderr and "stop=max-frames" in out.stderr
 
-    bad = subprocess.run([sys.executable, str(RUN_PY), "--model", str(tmp_path / "missing.onnx"), "--valve", "fake",
-                          "--camera", f"episode:{zip_path}", "--spool", str(tmp_path / "s3")],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            str(RUN_PY),
+            "--model",
+            str(tmp_path / "missing.onnx"),
+            "--valve",
+            "fake",
+            "--camera",
+            f"episode:{zip_path}",
+            "--spool",
+            str(tmp_path / "s3"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert bad.returncode == 2 and "missing.json" in bad.stderr
 
 
@@ -873,9 +960,26 @@ def test_run_py_sigterm_closes_the_valve(tmp_path, model_path):
     for i in range(300):
         (folder / f"{i + 1}.png").write_bytes(png.tobytes())
     proc = subprocess.Popen(
-        [sys.executable, str(RUN_PY), "--model", str(model_path), "--camera", f"folder:{folder}", "--valve", "fake",
-         "--fps", "10", "--spool", str(tmp_path / "spool"), "--upload-to", ""],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            str(RUN_PY),
+            "--model",
+            str(model_path),
+            "--camera",
+            f"folder:{folder}",
+            "--valve",
+            "fake",
+            "--fps",
+            "10",
+            "--spool",
+            str(tmp_path / "spool"),
+            "--upload-to",
+            "",
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stderr], daemon=True).start()
     seen = []
@@ -953,20 +1057,40 @@ def test_devices_fifos_and_sockets_are_never_opened_as_camera_model_or_config(tm
     out = json.loads(res.stdout)
     for kind, path in [("chardev", "/dev/zero"), *((k, str(p)) for k, p in specials.items())]:
         word = f"{path}: is {WORDS[kind]}, not a regular file"
-        assert out[f"episode {path}"] == f"episode:{path}: not a readable episode ({path}: path: is {WORDS[kind]}, " \
-                                         "not a regular file (an episode is a zip file or a folder))"
+        assert (
+            out[f"episode {path}"] == f"episode:{path}: not a readable episode ({path}: path: is {WORDS[kind]}, "
+            "not a regular file (an episode is a zip file or a folder))"
+        )
         assert out[f"video {path}"] == f"video:{path}: is {WORDS[kind]}, not a regular file"
         assert out[f"model {path}"] == f"{word} (expected the model's .onnx file)"
         assert out[f"config {path}"] == word
-    assert out["card"] == f"{card_fifo.with_suffix('.json')}: is a FIFO (named pipe), not a regular file " \
-                          "(expected the model's card)"
+    assert (
+        out["card"] == f"{card_fifo.with_suffix('.json')}: is a FIFO (named pipe), not a regular file "
+        "(expected the model's card)"
+    )
     assert out["folder"] == [0, 1]  # 1.png and 3.png; the FIFO is no frame (and logged)
     assert "2.png (a FIFO (named pipe))" in res.stderr
 
     # and edge/run.py says so and exits 2 (bad configuration) with the valve never opened
-    run = subprocess.run([sys.executable, str(RUN_PY), "--model", str(model_path), "--camera", "episode:/dev/zero",
-                          "--valve", "fake", "--spool", str(tmp_path / "spool")],
-                         capture_output=True, text=True, timeout=60, cwd=ROOT, preexec_fn=_cap_memory)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(RUN_PY),
+            "--model",
+            str(model_path),
+            "--camera",
+            "episode:/dev/zero",
+            "--valve",
+            "fake",
+            "--spool",
+            str(tmp_path / "spool"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        preexec_fn=_cap_memory,
+    )
     assert run.returncode == 2 and "episode:/dev/zero: not a readable episode" in run.stderr, run.stderr
     assert "is a character device, not a regular file" in run.stderr
 
@@ -1008,20 +1132,29 @@ def test_end_to_end_simulated_session_feeds_the_pipeline(tmp_path, model_path, c
     folder = tmp_path / "frames"
     folder.mkdir()
     for i, frame in enumerate(frames):
-        cv2.imwrite(str(folder / f"{i + 1}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        cv2.imwrite(
+            str(folder / f"{i + 1}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1]
+        )
     lake, spool = tmp_path / "lake", tmp_path / "spool"
     lake.mkdir()
-    config = merge_config(DEFAULT_CONFIG, {
-        "camera": {"source": f"folder:{folder}", "fps": float(cfg["fps"])},
-        "model": {"path": str(model_path)},
-        "valve": {"kind": "fake"},
-        "recorder": {"spool": str(spool), "user_id": "user_sim"},
-        "upload": {"to": str(lake)},
-    })
+    config = merge_config(
+        DEFAULT_CONFIG,
+        {
+            "camera": {"source": f"folder:{folder}", "fps": float(cfg["fps"])},
+            "model": {"path": str(model_path)},
+            "valve": {"kind": "fake"},
+            "recorder": {"spool": str(spool), "user_id": "user_sim"},
+            "upload": {"to": str(lake)},
+        },
+    )
     clock = SimClock(script.start.timestamp())
-    rt = build_runtime(config, clock=clock, feedback=SimulatedUser(rows, script.user.reaction_delay_s),
-                       background=False, install_signals=False)
+    rt = build_runtime(
+        config,
+        clock=clock,
+        feedback=SimulatedUser(rows, script.user.reaction_delay_s),
+        background=False,
+        install_signals=False,
+    )
     stats = rt.run()
     assert stats.frames == len(frames) and stats.stop_reason == "end-of-source"
     assert rt.valve.closed_cleanly and not rt.valve.is_open

@@ -87,10 +87,19 @@ def setup_dir(tmp_path_factory) -> Path:
     (d / "gpio" / "RPi" / "__init__.py").write_text("")
     (d / "gpio" / "RPi" / "GPIO.py").write_text(FAKE_GPIO)
     n, start = 300, datetime(2024, 7, 6, 17, 0, 0)
-    its = [Interaction(timestamp=start + timedelta(seconds=i // 5), model_output=0, arduino_output=int(i >= 3),
-                       magnetic_status=int(i >= 3), image=f"{i + 1}.png") for i in range(n)]
-    meta = EpisodeMeta(version=2, user_id="u", dishwashing_id="0123456789", dishwashing_start=start.astimezone(),
-                       interactions=its)
+    its = [
+        Interaction(
+            timestamp=start + timedelta(seconds=i // 5),
+            model_output=0,
+            arduino_output=int(i >= 3),
+            magnetic_status=int(i >= 3),
+            image=f"{i + 1}.png",
+        )
+        for i in range(n)
+    ]
+    meta = EpisodeMeta(
+        version=2, user_id="u", dishwashing_id="0123456789", dishwashing_start=start.astimezone(), interactions=its
+    )
     frames = [np.full((48, 64, 3), 88 + i % 5, np.uint8) for i in range(n)]
     write_episode(d / f"{episode_stem(start)}.zip", meta, frames, expected_size=None)
     return d
@@ -134,14 +143,42 @@ def _catches_sigterm(pid: int) -> bool:
 def _execute(run: Run, setup_dir: Path, workdir: Path) -> Run:
     run.workdir = workdir
     workdir.mkdir(parents=True)
-    env = {**os.environ, "PYTHONPATH": str(setup_dir / "gpio"), "FAKE_GPIO_LOG": str(workdir / "gpio.log"),
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(setup_dir / "gpio"),
+        "FAKE_GPIO_LOG": str(workdir / "gpio.log"),
+        "PYTHONUNBUFFERED": "1",
+    }
     replay = next(setup_dir.glob("*.zip"))
     proc = subprocess.Popen(
-        [sys.executable, str(RUN_PY), "--model", str(setup_dir / "model" / "model.onnx"), "--camera",
-         f"episode:{replay}", "--replay-user", "--valve", f"gpio:{PIN}", "--fps", "50", "--threads", "1",
-         "--spool", str(workdir / "spool"), "--upload-to", "", "--user-id", "u"],
-        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            str(RUN_PY),
+            "--model",
+            str(setup_dir / "model" / "model.onnx"),
+            "--camera",
+            f"episode:{replay}",
+            "--replay-user",
+            "--valve",
+            f"gpio:{PIN}",
+            "--fps",
+            "50",
+            "--threads",
+            "1",
+            "--spool",
+            str(workdir / "spool"),
+            "--upload-to",
+            "",
+            "--user-id",
+            "u",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: queue.Queue = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stderr], daemon=True)
     reader.start()
@@ -193,7 +230,7 @@ def _check(run: Run, seed: int) -> None:
     zips = sorted(spool.glob("*.zip"))
     if not run.early:
         assert 1 in levels, why  # the valve was open when the signals came...
-        assert zips, why         # ...and the open override episode was written
+        assert zips, why  # ...and the open override episode was written
         text = run.stderr
         assert text.index("valve closed (SIG") < text.index(".zip written"), why  # valve first
     if zips:

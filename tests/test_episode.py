@@ -103,8 +103,7 @@ def png_rgb(color: tuple[int, int, int], w: int = FRAME_WIDTH, h: int = FRAME_HE
 Members = list[tuple[str | zipfile.ZipInfo, bytes]]
 
 
-def raw_zip(path: Path, members: Members,
-            compression: int = zipfile.ZIP_STORED) -> Path:
+def raw_zip(path: Path, members: Members, compression: int = zipfile.ZIP_STORED) -> Path:
     """A zip built by hand, member by member (for malformed and malicious episodes)."""
     with zipfile.ZipFile(path, "w", compression) as zf:
         for name, data in members:
@@ -201,9 +200,11 @@ def test_json_byte_exact_round_trip(tmp_path: Path, version: int, labels: bool, 
 
 
 def test_design_doc_example_round_trips() -> None:
-    b = (b'{"version": 2, "user_id": "user_1234", "dishwashing_id": "3f2a9c1b7e", '
-         b'"dishwashing_start": "2024-07-06T17:25:40+09:00", "interactions": [{"timestamp": '
-         b'"2024-07-06T17:25:52", "model_output": 0, "arduino_output": 0, "magnetic_status": 1, "image": "1.png"}]}')
+    b = (
+        b'{"version": 2, "user_id": "user_1234", "dishwashing_id": "3f2a9c1b7e", '
+        b'"dishwashing_start": "2024-07-06T17:25:40+09:00", "interactions": [{"timestamp": '
+        b'"2024-07-06T17:25:52", "model_output": 0, "arduino_output": 0, "magnetic_status": 1, "image": "1.png"}]}'
+    )
     meta = parse_meta(json.loads(b))
     assert meta.dishwashing_start == datetime(2024, 7, 6, 17, 25, 40, tzinfo=JST)
     assert meta.interactions[0].timestamp == datetime(2024, 7, 6, 17, 25, 52)
@@ -281,14 +282,17 @@ def test_failed_encode_leaves_no_temp_file_and_keeps_old_zip(tmp_path: Path, mon
     assert target.read_bytes() == before
 
 
-@pytest.mark.parametrize("bad_frame, problem", [
-    (np.zeros((FRAME_HEIGHT, FRAME_WIDTH, 3), np.float32), "uint8"),
-    (np.zeros((FRAME_HEIGHT, FRAME_WIDTH), np.uint8), "HxWx3"),
-    (np.zeros((10, 10, 3), np.uint8), "10x10"),
-    (b"not a png", "not a PNG"),
-    (png_bgr(np.zeros((FRAME_HEIGHT, FRAME_WIDTH), np.uint8)), "8-bit RGB"),
-    ("1.png", "got str"),
-])
+@pytest.mark.parametrize(
+    "bad_frame, problem",
+    [
+        (np.zeros((FRAME_HEIGHT, FRAME_WIDTH, 3), np.float32), "uint8"),
+        (np.zeros((FRAME_HEIGHT, FRAME_WIDTH), np.uint8), "HxWx3"),
+        (np.zeros((10, 10, 3), np.uint8), "10x10"),
+        (b"not a png", "not a PNG"),
+        (png_bgr(np.zeros((FRAME_HEIGHT, FRAME_WIDTH), np.uint8)), "8-bit RGB"),
+        ("1.png", "got str"),
+    ],
+)
 def test_bad_frame_rejected_without_leftovers(tmp_path: Path, bad_frame: Any, problem: str) -> None:
     with pytest.raises(EpisodeError) as info:
         write_episode(tmp_path / f"{STEM}.zip", make_meta(n=2), [solid(RED), bad_frame])
@@ -306,13 +310,16 @@ def test_unexpected_exception_cleans_up(tmp_path: Path, monkeypatch: pytest.Monk
     assert _leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("name, frames, field, problem", [
-    ("episode.zip", 3, "name", "YYYYmmdd_HHMMSS"),
-    ("20241399_999999.zip", 3, "name", "not a valid date"),
-    (f"{STEM}.tar", 3, "name", ".zip"),
-    (f"{STEM}.zip", 2, "frames", "2 frames for 3 interactions"),
-    (f"{STEM}.zip", 4, "frames", "more frames"),
-])
+@pytest.mark.parametrize(
+    "name, frames, field, problem",
+    [
+        ("episode.zip", 3, "name", "YYYYmmdd_HHMMSS"),
+        ("20241399_999999.zip", 3, "name", "not a valid date"),
+        (f"{STEM}.tar", 3, "name", ".zip"),
+        (f"{STEM}.zip", 2, "frames", "2 frames for 3 interactions"),
+        (f"{STEM}.zip", 4, "frames", "more frames"),
+    ],
+)
 def test_write_rejects_bad_arguments(tmp_path: Path, name: str, frames: int, field: str, problem: str) -> None:
     with pytest.raises(EpisodeError) as info:
         write_episode(tmp_path / name, make_meta(n=3), [solid(RED)] * frames)
@@ -344,7 +351,9 @@ def test_write_validates_meta_and_image_order(tmp_path: Path) -> None:
 
 def test_interaction_dataclass_builds_a_valid_episode(tmp_path: Path) -> None:
     meta = EpisodeMeta(
-        version=2, user_id="user_9", dishwashing_id="0123456789",
+        version=2,
+        user_id="user_9",
+        dishwashing_id="0123456789",
         dishwashing_start=datetime(2024, 7, 6, 8, 0, 0, tzinfo=UTC),
         interactions=[Interaction(datetime(2024, 7, 6, 17, 0, 0), 1, 0, "1.png", arduino_output=0)],
     )
@@ -371,6 +380,7 @@ def _set(path: str, value: Any) -> Mutator:
     def mutate(obj: dict) -> None:
         target, key = _walk(obj, path)
         target[key] = value
+
     return mutate
 
 
@@ -378,6 +388,7 @@ def _delete(path: str) -> Mutator:
     def mutate(obj: dict) -> None:
         target, key = _walk(obj, path)
         del target[key]
+
     return mutate
 
 
@@ -397,38 +408,92 @@ META_CASES: list[tuple[str, int, Mutator, str, str]] = [
     ("id-int", 2, _set("dishwashing_id", 1234567890), "dishwashing_id", "expected string"),
     ("start-missing", 2, _delete("dishwashing_start"), "dishwashing_start", "missing"),
     ("start-naive", 2, _set("dishwashing_start", "2024-07-06T17:25:40"), "dishwashing_start", "UTC offset"),
-    ("start-bad-date", 2, _set("dishwashing_start", "2024-13-06T17:25:40+09:00"), "dishwashing_start",
-     "not a valid date"),
+    (
+        "start-bad-date",
+        2,
+        _set("dishwashing_start", "2024-13-06T17:25:40+09:00"),
+        "dishwashing_start",
+        "not a valid date",
+    ),
     ("start-number", 2, _set("dishwashing_start", 1720254340), "dishwashing_start", "expected string"),
     ("interactions-missing", 2, _delete("interactions"), "interactions", "missing"),
     ("interactions-object", 2, _set("interactions", {}), "interactions", "expected array, got object"),
     ("interaction-not-object", 2, _set("interactions.1", "1.png"), "interactions[1]", "expected object"),
-    ("unknown-interaction-key", 2, _set("interactions.1.confidence", 0.9), "interactions[1].confidence",
-     "unknown key"),
+    ("unknown-interaction-key", 2, _set("interactions.1.confidence", 0.9), "interactions[1].confidence", "unknown key"),
     ("timestamp-missing", 2, _delete("interactions.0.timestamp"), "interactions[0].timestamp", "missing"),
-    ("timestamp-offset", 2, _set("interactions.1.timestamp", "2024-07-06T17:25:53+09:00"),
-     "interactions[1].timestamp", "naive ISO time"),
-    ("timestamp-fraction", 2, _set("interactions.1.timestamp", "2024-07-06T17:25:53.250000"),
-     "interactions[1].timestamp", "second precision"),
-    ("timestamp-bad-date", 2, _set("interactions.1.timestamp", "2024-07-06T25:25:53"),
-     "interactions[1].timestamp", "not a valid date"),
-    ("timestamp-decreasing", 2, _set("interactions.2.timestamp", "2024-07-06T17:25:50"),
-     "interactions[2].timestamp", "earlier than interactions[1]"),
+    (
+        "timestamp-offset",
+        2,
+        _set("interactions.1.timestamp", "2024-07-06T17:25:53+09:00"),
+        "interactions[1].timestamp",
+        "naive ISO time",
+    ),
+    (
+        "timestamp-fraction",
+        2,
+        _set("interactions.1.timestamp", "2024-07-06T17:25:53.250000"),
+        "interactions[1].timestamp",
+        "second precision",
+    ),
+    (
+        "timestamp-bad-date",
+        2,
+        _set("interactions.1.timestamp", "2024-07-06T25:25:53"),
+        "interactions[1].timestamp",
+        "not a valid date",
+    ),
+    (
+        "timestamp-decreasing",
+        2,
+        _set("interactions.2.timestamp", "2024-07-06T17:25:50"),
+        "interactions[2].timestamp",
+        "earlier than interactions[1]",
+    ),
     ("model-output-missing", 2, _delete("interactions.1.model_output"), "interactions[1].model_output", "missing"),
-    ("model-output-bool", 2, _set("interactions.1.model_output", True), "interactions[1].model_output",
-     "expected integer, got boolean"),
-    ("model-output-float", 2, _set("interactions.1.model_output", 1.0), "interactions[1].model_output",
-     "expected integer, got number"),
-    ("model-output-2", 2, _set("interactions.1.model_output", 2), "interactions[1].model_output",
-     "must be one of 0, 1"),
+    (
+        "model-output-bool",
+        2,
+        _set("interactions.1.model_output", True),
+        "interactions[1].model_output",
+        "expected integer, got boolean",
+    ),
+    (
+        "model-output-float",
+        2,
+        _set("interactions.1.model_output", 1.0),
+        "interactions[1].model_output",
+        "expected integer, got number",
+    ),
+    (
+        "model-output-2",
+        2,
+        _set("interactions.1.model_output", 2),
+        "interactions[1].model_output",
+        "must be one of 0, 1",
+    ),
     ("magnetic-missing", 2, _delete("interactions.0.magnetic_status"), "interactions[0].magnetic_status", "missing"),
-    ("magnetic-bool", 2, _set("interactions.0.magnetic_status", False), "interactions[0].magnetic_status",
-     "got boolean"),
-    ("magnetic-minus-1", 2, _set("interactions.0.magnetic_status", -1), "interactions[0].magnetic_status",
-     "must be one of 0, 1"),
+    (
+        "magnetic-bool",
+        2,
+        _set("interactions.0.magnetic_status", False),
+        "interactions[0].magnetic_status",
+        "got boolean",
+    ),
+    (
+        "magnetic-minus-1",
+        2,
+        _set("interactions.0.magnetic_status", -1),
+        "interactions[0].magnetic_status",
+        "must be one of 0, 1",
+    ),
     ("arduino-missing-v2", 2, _delete("interactions.2.arduino_output"), "interactions[2].arduino_output", "missing"),
-    ("arduino-in-v1", 1, _set("interactions.0.arduino_output", 0), "interactions[0].arduino_output",
-     "not allowed in version 1"),
+    (
+        "arduino-in-v1",
+        1,
+        _set("interactions.0.arduino_output", 0),
+        "interactions[0].arduino_output",
+        "not allowed in version 1",
+    ),
     ("arduino-2", 2, _set("interactions.0.arduino_output", 2), "interactions[0].arduino_output", "must be one of"),
     ("arduino-null", 2, _set("interactions.0.arduino_output", None), "interactions[0].arduino_output", "got null"),
     ("image-missing", 2, _delete("interactions.0.image"), "interactions[0].image", "missing"),
@@ -439,13 +504,17 @@ META_CASES: list[tuple[str, int, Mutator, str, str]] = [
     ("user-label-2", 2, _set("interactions.0.user_label", 2), "interactions[0].user_label", "-1, 0, 1"),
     ("user-label-null", 2, _set("interactions.0.user_label", None), "interactions[0].user_label", "got null"),
     ("user-label-bool", 2, _set("interactions.0.user_label", True), "interactions[0].user_label", "got boolean"),
-    ("validation-int", 2, _set("interactions.0.validation", 1), "interactions[0].validation",
-     "expected boolean, got integer"),
+    (
+        "validation-int",
+        2,
+        _set("interactions.0.validation", 1),
+        "interactions[0].validation",
+        "expected boolean, got integer",
+    ),
 ]
 
 
-@pytest.mark.parametrize("version, mutate, field, problem",
-                         [c[1:] for c in META_CASES], ids=[c[0] for c in META_CASES])
+@pytest.mark.parametrize("version, mutate, field, problem", [c[1:] for c in META_CASES], ids=[c[0] for c in META_CASES])
 def test_parse_meta_rejects(version: int, mutate: Mutator, field: str, problem: str) -> None:
     obj = pi_dict(version=version)
     mutate(obj)
@@ -459,10 +528,10 @@ def test_parse_meta_rejects(version: int, mutate: Mutator, field: str, problem: 
     assert isinstance(err, ValueError)
 
 
-@pytest.mark.parametrize("version, mutate, field, problem",
-                         [c[1:] for c in META_CASES], ids=[c[0] for c in META_CASES])
-def test_episode_json_errors_name_path_and_field(tmp_path: Path, version: int, mutate: Mutator,
-                                                 field: str, problem: str) -> None:
+@pytest.mark.parametrize("version, mutate, field, problem", [c[1:] for c in META_CASES], ids=[c[0] for c in META_CASES])
+def test_episode_json_errors_name_path_and_field(
+    tmp_path: Path, version: int, mutate: Mutator, field: str, problem: str
+) -> None:
     obj = pi_dict(version=version)
     mutate(obj)
     members = good_members(obj=obj)
@@ -517,46 +586,119 @@ def _corrupt_crc(path: Path) -> Path:
 ZipBuilder = Callable[[Path], Path]
 
 EPISODE_CASES: list[tuple[str, ZipBuilder, str, str]] = [
-    ("bad-json-syntax", lambda d: raw_zip(d / f"{STEM}.zip", [(f"{STEM}.json", b'{"version": 2,')]
-                                          + good_members()[1:]), "json", "invalid JSON"),
-    ("json-not-utf8", lambda d: raw_zip(d / f"{STEM}.zip", [(f"{STEM}.json", b'{"user_id": "\xff"}')]
-                                        + good_members()[1:]), "json", "UTF-8"),
-    ("json-duplicate-key", lambda d: raw_zip(d / f"{STEM}.zip", [(f"{STEM}.json", pi_bytes()[:-1]
-                                                                   + b', "version": 1}')] + good_members()[1:]),
-     "json", "duplicate key 'version'"),
-    ("json-name-mismatch", lambda d: raw_zip(d / f"{STEM}.zip", good_members(stem="20240706_172541")[:1]
-                                             + good_members()[1:]), "json", "does not match the zip stem"),
+    (
+        "bad-json-syntax",
+        lambda d: raw_zip(d / f"{STEM}.zip", [(f"{STEM}.json", b'{"version": 2,')] + good_members()[1:]),
+        "json",
+        "invalid JSON",
+    ),
+    (
+        "json-not-utf8",
+        lambda d: raw_zip(d / f"{STEM}.zip", [(f"{STEM}.json", b'{"user_id": "\xff"}')] + good_members()[1:]),
+        "json",
+        "UTF-8",
+    ),
+    (
+        "json-duplicate-key",
+        lambda d: raw_zip(
+            d / f"{STEM}.zip", [(f"{STEM}.json", pi_bytes()[:-1] + b', "version": 1}')] + good_members()[1:]
+        ),
+        "json",
+        "duplicate key 'version'",
+    ),
+    (
+        "json-name-mismatch",
+        lambda d: raw_zip(d / f"{STEM}.zip", good_members(stem="20240706_172541")[:1] + good_members()[1:]),
+        "json",
+        "does not match the zip stem",
+    ),
     ("json-missing", lambda d: raw_zip(d / f"{STEM}.zip", good_members()[1:]), "json", f"missing {STEM}.json"),
-    ("zip-stem-pattern", lambda d: raw_zip(d / "episode_1.zip", good_members(stem="episode_1")), "name",
-     "does not match YYYYmmdd_HHMMSS"),
-    ("zip-stem-date", lambda d: raw_zip(d / "20241340_172540.zip", good_members(stem="20241340_172540")),
-     "name", "not a valid date/time"),
-    ("zip-extension", lambda d: raw_zip(d / f"{STEM}.bin", good_members(stem=f"{STEM}.bin")), "name",
-     "YYYYmmdd_HHMMSS.zip"),
-    ("frame-missing", lambda d: raw_zip(d / f"{STEM}.zip", good_members()[:-1]), "interactions[2].image",
-     "3.png not found"),
-    ("frame-unreferenced", lambda d: raw_zip(d / f"{STEM}.zip", good_members() + [("4.png", png_rgb(RED))]),
-     "4.png", "not referenced"),
-    ("frame-referenced-twice", lambda d: raw_zip(
-        d / f"{STEM}.zip", good_members(obj=_with(pi_dict(), "interactions.2.image", "2.png"))[:-1]),
-     "interactions[2].image", "already used by interactions[1]"),
-    ("unexpected-member", lambda d: raw_zip(d / f"{STEM}.zip", good_members() + [("notes.txt", b"hi")]),
-     "notes.txt", "unexpected member"),
-    ("frame-wrong-size", lambda d: raw_zip(d / f"{STEM}.zip",
-                                           good_members()[:-1] + [("3.png", png_rgb(RED, 320, 240))]),
-     "3.png", "320x240, expected 640x480"),
-    ("frame-grey", lambda d: raw_zip(d / f"{STEM}.zip", good_members()[:-1] + [
-        ("3.png", png_bgr(np.zeros((FRAME_HEIGHT, FRAME_WIDTH), np.uint8)))]), "3.png", "3-channel"),
-    ("frame-rgba", lambda d: raw_zip(d / f"{STEM}.zip", good_members()[:-1] + [
-        ("3.png", png_bgr(np.zeros((FRAME_HEIGHT, FRAME_WIDTH, 4), np.uint8)))]), "3.png", "3-channel"),
-    ("frame-not-png", lambda d: raw_zip(d / f"{STEM}.zip", good_members()[:-1] + [("3.png", b"\xff\xd8jpeg")]),
-     "3.png", "not a PNG"),
-    ("frame-truncated-png", lambda d: raw_zip(d / f"{STEM}.zip", good_members()[:-1] + [
-        ("3.png", png_rgb(RED)[:60])]), "3.png", "cannot be decoded"),
+    (
+        "zip-stem-pattern",
+        lambda d: raw_zip(d / "episode_1.zip", good_members(stem="episode_1")),
+        "name",
+        "does not match YYYYmmdd_HHMMSS",
+    ),
+    (
+        "zip-stem-date",
+        lambda d: raw_zip(d / "20241340_172540.zip", good_members(stem="20241340_172540")),
+        "name",
+        "not a valid date/time",
+    ),
+    (
+        "zip-extension",
+        lambda d: raw_zip(d / f"{STEM}.bin", good_members(stem=f"{STEM}.bin")),
+        "name",
+        "YYYYmmdd_HHMMSS.zip",
+    ),
+    (
+        "frame-missing",
+        lambda d: raw_zip(d / f"{STEM}.zip", good_members()[:-1]),
+        "interactions[2].image",
+        "3.png not found",
+    ),
+    (
+        "frame-unreferenced",
+        lambda d: raw_zip(d / f"{STEM}.zip", good_members() + [("4.png", png_rgb(RED))]),
+        "4.png",
+        "not referenced",
+    ),
+    (
+        "frame-referenced-twice",
+        lambda d: raw_zip(d / f"{STEM}.zip", good_members(obj=_with(pi_dict(), "interactions.2.image", "2.png"))[:-1]),
+        "interactions[2].image",
+        "already used by interactions[1]",
+    ),
+    (
+        "unexpected-member",
+        lambda d: raw_zip(d / f"{STEM}.zip", good_members() + [("notes.txt", b"hi")]),
+        "notes.txt",
+        "unexpected member",
+    ),
+    (
+        "frame-wrong-size",
+        lambda d: raw_zip(d / f"{STEM}.zip", good_members()[:-1] + [("3.png", png_rgb(RED, 320, 240))]),
+        "3.png",
+        "320x240, expected 640x480",
+    ),
+    (
+        "frame-grey",
+        lambda d: raw_zip(
+            d / f"{STEM}.zip",
+            good_members()[:-1] + [("3.png", png_bgr(np.zeros((FRAME_HEIGHT, FRAME_WIDTH), np.uint8)))],
+        ),
+        "3.png",
+        "3-channel",
+    ),
+    (
+        "frame-rgba",
+        lambda d: raw_zip(
+            d / f"{STEM}.zip",
+            good_members()[:-1] + [("3.png", png_bgr(np.zeros((FRAME_HEIGHT, FRAME_WIDTH, 4), np.uint8)))],
+        ),
+        "3.png",
+        "3-channel",
+    ),
+    (
+        "frame-not-png",
+        lambda d: raw_zip(d / f"{STEM}.zip", good_members()[:-1] + [("3.png", b"\xff\xd8jpeg")]),
+        "3.png",
+        "not a PNG",
+    ),
+    (
+        "frame-truncated-png",
+        lambda d: raw_zip(d / f"{STEM}.zip", good_members()[:-1] + [("3.png", png_rgb(RED)[:60])]),
+        "3.png",
+        "cannot be decoded",
+    ),
     ("not-a-zip", lambda d: _write(d / f"{STEM}.zip", b"this is not a zip file at all"), "zip", "not a zip file"),
     ("empty-file", lambda d: _write(d / f"{STEM}.zip", b""), "zip", "not a zip file"),
-    ("truncated-zip", lambda d: _write(d / f"{STEM}.zip", raw_zip(d / "t.zip", good_members()).read_bytes()[:-30]),
-     "zip", "not a zip file"),
+    (
+        "truncated-zip",
+        lambda d: _write(d / f"{STEM}.zip", raw_zip(d / "t.zip", good_members()).read_bytes()[:-30]),
+        "zip",
+        "not a zip file",
+    ),
     ("crc-error", lambda d: _corrupt_crc(raw_zip(d / f"{STEM}.zip", good_members())), "2.png", "corrupt member"),
     ("missing-path", lambda d: d / f"{STEM}.zip", "path", "does not exist"),
 ]
@@ -656,8 +798,9 @@ def test_total_over_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_zip_bomb_ratio(tmp_path: Path) -> None:
-    path = raw_zip(tmp_path / f"{STEM}.zip", good_members()[:-1] + [("3.png", bytes(2_000_000))],
-                   compression=zipfile.ZIP_DEFLATED)
+    path = raw_zip(
+        tmp_path / f"{STEM}.zip", good_members()[:-1] + [("3.png", bytes(2_000_000))], compression=zipfile.ZIP_DEFLATED
+    )
     err = only_error(path)
     assert err.field == "3.png" and "compression ratio" in err.problem and "zip bomb" in err.problem
 
@@ -670,13 +813,13 @@ def test_lying_size_header_is_caught(tmp_path: Path) -> None:
         info = zf.getinfo("2.png")
     real = info.file_size
     small = (real // 2).to_bytes(4, "little")
-    data[info.header_offset + 22:info.header_offset + 26] = small  # local header uncompressed size
+    data[info.header_offset + 22 : info.header_offset + 26] = small  # local header uncompressed size
     # and the central directory record for 2.png
     start = 0
     while (start := data.find(b"PK\x01\x02", start)) != -1:
-        name_len = int.from_bytes(data[start + 28:start + 30], "little")
-        if data[start + 46:start + 46 + name_len] == b"2.png":
-            data[start + 24:start + 28] = small
+        name_len = int.from_bytes(data[start + 28 : start + 30], "little")
+        if data[start + 46 : start + 46 + name_len] == b"2.png":
+            data[start + 24 : start + 28] = small
         start += 4
     path.write_bytes(bytes(data))
     problems = check_episode(path)
@@ -702,13 +845,11 @@ def test_check_episode_never_raises_on_garbage(tmp_path: Path) -> None:
 def test_check_episode_collects_several_problems(tmp_path: Path) -> None:
     obj = _with(pi_dict(), "interactions.0.model_output", 7)
     _set("interactions.1.magnetic_status", "open")(obj)
-    members = good_members(obj=obj)[:-1] + [("3.png", png_rgb(RED, 32, 24)), ("4.png", png_rgb(RED)),
-                                            ("../x", b"")]
+    members = good_members(obj=obj)[:-1] + [("3.png", png_rgb(RED, 32, 24)), ("4.png", png_rgb(RED)), ("../x", b"")]
     path = raw_zip(tmp_path / f"{STEM}.zip", members)
     problems = check_episode(path)
     fields = [p.field for p in problems]
-    assert fields == ["../x", "interactions[0].model_output", "interactions[1].magnetic_status",
-                      "4.png", "3.png"]
+    assert fields == ["../x", "interactions[0].model_output", "interactions[1].magnetic_status", "4.png", "3.png"]
     assert all(str(path) in str(p) for p in problems)
     assert format_verdict(path, problems) == f"BAD  {STEM}.zip  ../x: '..' in member path (+4 more)"
     assert check_episode(path, check_frames=False)[-1].field == "4.png"  # frame decoding skipped

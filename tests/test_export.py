@@ -20,8 +20,16 @@ from torch import nn
 from autosink.config import compose
 from autosink.edge.camera import open_camera
 from autosink.edge.inference import ModelError, load_model
-from autosink.export import (INPUT_NAME, OPSET, OUTPUT_NAME, ExportError, check_parity, export_onnx,
-                             git_revision, write_model_card)
+from autosink.export import (
+    INPUT_NAME,
+    OPSET,
+    OUTPUT_NAME,
+    ExportError,
+    check_parity,
+    export_onnx,
+    git_revision,
+    write_model_card,
+)
 from autosink.fileio import sha256_file
 from autosink.frames import read_frame, read_split
 from autosink.model import build_model
@@ -48,8 +56,16 @@ def trained(repo_root, store, tmp_path_factory):
     """
     out = tmp_path_factory.mktemp("run")
     params = tiny_params(repo_root, ["model=resnet18"])
-    result = fit(params, splits_dir=store[1], store_dir=store[0], ckpt_dir=out / "ckpts",
-                 out_ckpt=out / "model.ckpt", logger=None, progress=False, data_version="fs-test")
+    result = fit(
+        params,
+        splits_dir=store[1],
+        store_dir=store[0],
+        ckpt_dir=out / "ckpts",
+        out_ckpt=out / "model.ckpt",
+        logger=None,
+        progress=False,
+        data_version="fs-test",
+    )
     return out / "model.ckpt", result
 
 
@@ -68,11 +84,19 @@ def exported(trained, store, tmp_path_factory):
     frames, _ = real_frames(store)
     out = tmp_path_factory.mktemp("export") / "model.onnx"
     export_onnx(net, out, height=H, width=W, check_frames=frames[:4])
-    card = write_model_card(out, backbone=net.backbone_name, threshold=meta["threshold"], version="test-v1",
-                            data_version=meta["data_version"], height=H, width=W,
-                            metrics={"val": meta["val"], "auroc": float("nan"), "n": np.int64(8)},
-                            extra={"checkpoint": ckpt.name}, input_size=(net.preprocess.height, net.preprocess.width),
-                            crop=net.preprocess.crop)
+    card = write_model_card(
+        out,
+        backbone=net.backbone_name,
+        threshold=meta["threshold"],
+        version="test-v1",
+        data_version=meta["data_version"],
+        height=H,
+        width=W,
+        metrics={"val": meta["val"], "auroc": float("nan"), "n": np.int64(8)},
+        extra={"checkpoint": ckpt.name},
+        input_size=(net.preprocess.height, net.preprocess.width),
+        crop=net.preprocess.crop,
+    )
     return {"onnx": out, "card": card, "net": net, "meta": meta, "ckpt": ckpt}
 
 
@@ -244,8 +268,14 @@ def test_the_card_describes_the_file(exported):
     card = read_card(card_path)
     check_card_supported(card, card_path)
     assert card["model_sha256"] == sha256_file(onnx_path) == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
-    assert card["input"] == {"name": "frames", "dtype": "uint8", "layout": "NHWC", "color": "RGB",
-                             "height": H, "width": W}
+    assert card["input"] == {
+        "name": "frames",
+        "dtype": "uint8",
+        "layout": "NHWC",
+        "color": "RGB",
+        "height": H,
+        "width": W,
+    }
     assert card["output"] == {"name": "p_water", "kind": "probability"}
     assert card["classes"] == ["water_off", "water_on"]
     assert card["threshold"] == meta["threshold"] and card["backbone"] == "resnet18"
@@ -266,8 +296,9 @@ def test_git_revision_outside_git_is_unknown(tmp_path):
 
 def test_git_revision_is_dirty_for_code_not_for_pipeline_outputs(tmp_path):
     def git(*args):
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True, capture_output=True
+        )
 
     for rel in ("src/code.py", "dvc.lock", "metrics/eval.json"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -294,8 +325,11 @@ def test_a_card_of_another_file_is_refused_by_the_edge(exported, tmp_path):
     card = read_card(exported["card"])
     card["model_sha256"] = hashlib.sha256(b"another model").hexdigest()
     write_card(tmp_path / "model.json", card)
-    with pytest.raises(ModelError, match=r"model\.onnx: sha256 [0-9a-f]{12}\.\.\. does not match model\.json "
-                                         r"model_sha256 .*card of another model"):
+    with pytest.raises(
+        ModelError,
+        match=r"model\.onnx: sha256 [0-9a-f]{12}\.\.\. does not match model\.json "
+        r"model_sha256 .*card of another model",
+    ):
         load_model(tmp_path / "model.onnx", threads=1)
     # and the right card, but the file changed after it was written (e.g. a half copy)
     shutil.copy(exported["card"], tmp_path / "model.json")
@@ -321,4 +355,3 @@ def test_dynamo_exporter_also_gives_one_checked_file(exported, store, tmp_path):
     out = export_onnx(exported["net"], tmp_path / "d.onnx", height=H, width=W, dynamo=True, check_frames=frames)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.onnx"]
     assert check_parity(exported["net"], out, frames) <= ATOL + RTOL
-

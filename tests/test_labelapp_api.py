@@ -35,8 +35,14 @@ from autosink.labelapp import LabelData, LabelServer
 from autosink.labelapp.data import Conflict
 from autosink.labelapp.server import CSRF_HEADER, GENERIC_500, MAX_BODY, TOKEN_ENV, resolve_token
 from autosink.labels import (
-    HUMAN_HEADER, LabelRules, format_human_labels, human_labels_lock_path, parse_human_labels, read_human_label_file,
-    read_human_labels, write_human_labels,
+    HUMAN_HEADER,
+    LabelRules,
+    format_human_labels,
+    human_labels_lock_path,
+    parse_human_labels,
+    read_human_label_file,
+    read_human_labels,
+    write_human_labels,
 )
 from tests.lakes import make_episode
 
@@ -128,8 +134,11 @@ class Client:
         return json.loads(body)
 
     def post(self, path: str, obj: object, headers: dict[str, str | None] | None = None):
-        base = {"Content-Type": "application/json", CSRF_HEADER: self.server.csrf,
-                "Origin": f"http://127.0.0.1:{self.server.port}"}
+        base = {
+            "Content-Type": "application/json",
+            CSRF_HEADER: self.server.csrf,
+            "Origin": f"http://127.0.0.1:{self.server.port}",
+        }
         return self.request("POST", path, json.dumps(obj).encode(), {**base, **(headers or {})})
 
     def save(self, episode: str, labels: dict, version: str, **headers):
@@ -176,33 +185,36 @@ def test_static_files_come_from_the_package_only(client):
     assert client.get("/static/__init__.py")[0] == 404
 
 
-@pytest.mark.parametrize("path", [
-    "/static/../server.py",
-    "/static/..%2fserver.py",
-    "/static/%2e%2e/server.py",
-    "/static/%2e%2e%2f%2e%2e%2fpyproject.toml",
-    "/img/../../etc/passwd",
-    f"/img/{EP}/frame/..%2f..%2f..%2fetc%2fpasswd",
-    f"/img/{EP}/frame/%2e%2e",
-    "/img/%2e%2e/frame/1.png",
-    "/img/..%2f..%2fetc/frame/1.png",
-    f"/img/{EP}/frame/1.json",
-    f"/img/{EP}/frame/{EP}.json",
-    f"/img/{EP}/frame/999.png",
-    f"/img/{EP}/frame/0.png",
-    f"/img/{EP}/thumb/1.png%00.jpg",
-    "/img/20990101_000000/frame/1.png",
-    "//etc/passwd",
-    "/%2fetc%2fpasswd",
-    "/api/episodes/..",
-    "/api/episodes/%2e%2e%2f%2e%2e%2fextracted%2fframes.csv",
-    f"/api/episodes/{EP}%2f..",
-    "/api/episodes/20990101_000000",
-    "/api/episodes/.hidden",
-    "/api/episodes/C:%5cwindows",
-    "http://127.0.0.1/etc/passwd",
-    "/etc/passwd",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/../server.py",
+        "/static/..%2fserver.py",
+        "/static/%2e%2e/server.py",
+        "/static/%2e%2e%2f%2e%2e%2fpyproject.toml",
+        "/img/../../etc/passwd",
+        f"/img/{EP}/frame/..%2f..%2f..%2fetc%2fpasswd",
+        f"/img/{EP}/frame/%2e%2e",
+        "/img/%2e%2e/frame/1.png",
+        "/img/..%2f..%2fetc/frame/1.png",
+        f"/img/{EP}/frame/1.json",
+        f"/img/{EP}/frame/{EP}.json",
+        f"/img/{EP}/frame/999.png",
+        f"/img/{EP}/frame/0.png",
+        f"/img/{EP}/thumb/1.png%00.jpg",
+        "/img/20990101_000000/frame/1.png",
+        "//etc/passwd",
+        "/%2fetc%2fpasswd",
+        "/api/episodes/..",
+        "/api/episodes/%2e%2e%2f%2e%2e%2fextracted%2fframes.csv",
+        f"/api/episodes/{EP}%2f..",
+        "/api/episodes/20990101_000000",
+        "/api/episodes/.hidden",
+        "/api/episodes/C:%5cwindows",
+        "http://127.0.0.1/etc/passwd",
+        "/etc/passwd",
+    ],
+)
 def test_path_tricks_get_400_or_404(client, path):
     status, headers, body = client.get(path)
     assert status in (400, 404), (path, status)
@@ -258,8 +270,9 @@ def test_automatic_labels_and_review_flags_survive_human_labels(client, data, pr
         summary = {e["episode"]: e for e in client.json("/api/episodes")["episodes"]}[EP]
         assert summary["reviewed"] == 1 and summary["human"] == 1 and summary["store"] == "current"
     finally:  # give the module's store back its label-free state
-        build_feature_store(project["extracted"], project["labels"], project["store"], LabelRules(), 2.0,
-                            progress=False)
+        build_feature_store(
+            project["extracted"], project["labels"], project["store"], LabelRules(), 2.0, progress=False
+        )
 
 
 def test_thumbnails_are_small_jpegs_with_the_right_colours(client, project):
@@ -363,15 +376,18 @@ def test_file_edited_by_hand_meanwhile_is_a_conflict(client, labels_dir):
     assert read_human_labels(labels_dir / f"{EP}.csv") == {1: 1}
 
 
-@pytest.mark.parametrize("headers, why", [
-    ({CSRF_HEADER: None}, "X-Autosink-CSRF"),
-    ({CSRF_HEADER: "guessed"}, "X-Autosink-CSRF"),
-    ({"Origin": "http://evil.example"}, "cross-origin"),
-    ({"Origin": "null"}, "cross-origin"),
-    ({"Origin": "http://localhost:1"}, "cross-origin"),
-    ({"Sec-Fetch-Site": "cross-site"}, "cross-site"),
-    ({"Sec-Fetch-Site": "same-site"}, "cross-site"),
-])
+@pytest.mark.parametrize(
+    "headers, why",
+    [
+        ({CSRF_HEADER: None}, "X-Autosink-CSRF"),
+        ({CSRF_HEADER: "guessed"}, "X-Autosink-CSRF"),
+        ({"Origin": "http://evil.example"}, "cross-origin"),
+        ({"Origin": "null"}, "cross-origin"),
+        ({"Origin": "http://localhost:1"}, "cross-origin"),
+        ({"Sec-Fetch-Site": "cross-site"}, "cross-site"),
+        ({"Sec-Fetch-Site": "same-site"}, "cross-site"),
+    ],
+)
 def test_cross_site_posts_get_403(client, labels_dir, headers, why):
     status, _, body = client.save(EP, {"5": 1}, "none", **headers)
     assert status == 403 and why in json.loads(body)["error"]
@@ -383,17 +399,20 @@ def test_post_without_origin_but_with_csrf_header_is_fine(client, labels_dir):
     assert client.save(EP, {"5": 1}, "none", Origin=None)[0] == 200
 
 
-@pytest.mark.parametrize("body, status", [
-    ({"version": "none", "labels": {"5": 2}}, 400),
-    ({"version": "none", "labels": {"5": True}}, 400),
-    ({"version": "none", "labels": {"5": "1"}}, 400),
-    ({"version": "none", "labels": {"999": 1}}, 400),
-    ({"version": "none", "labels": {"-1": 1}}, 400),
-    ({"version": "none", "labels": {"x": 1}}, 400),
-    ({"version": "none", "labels": [[5, 1]]}, 400),
-    ({"labels": {"5": 1}}, 400),
-    ([1, 2], 400),
-])
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        ({"version": "none", "labels": {"5": 2}}, 400),
+        ({"version": "none", "labels": {"5": True}}, 400),
+        ({"version": "none", "labels": {"5": "1"}}, 400),
+        ({"version": "none", "labels": {"999": 1}}, 400),
+        ({"version": "none", "labels": {"-1": 1}}, 400),
+        ({"version": "none", "labels": {"x": 1}}, 400),
+        ({"version": "none", "labels": [[5, 1]]}, 400),
+        ({"labels": {"5": 1}}, 400),
+        ([1, 2], 400),
+    ],
+)
 def test_invalid_labels_get_400(client, labels_dir, body, status):
     assert client.post(f"/api/episodes/{EP}/labels", body)[0] == status
     assert not labels_dir.exists()
@@ -451,10 +470,17 @@ MALFORMED = {
     "an extra key": b'{"version": "none", "labels": {"5": 1}, "path": "../../etc/passwd"}',
 }
 # every route a body can be sent to: the save (the one that reads a body) and the refusals
-BODY_ROUTES = [("POST", SAVE_URL), ("POST", "/api/episodes/20990101_000000/labels"), ("POST", "/api/episodes"),
-               ("POST", f"/api/episodes/{EP}"), ("POST", "/"), ("PUT", SAVE_URL), ("PATCH", SAVE_URL),
-               ("DELETE", SAVE_URL)]
-LEAKS = (b"Traceback", b"File \"", b"Error:", b"Recursion", b"Exception", b"JSONDecode", b"Unicode", b"line ")
+BODY_ROUTES = [
+    ("POST", SAVE_URL),
+    ("POST", "/api/episodes/20990101_000000/labels"),
+    ("POST", "/api/episodes"),
+    ("POST", f"/api/episodes/{EP}"),
+    ("POST", "/"),
+    ("PUT", SAVE_URL),
+    ("PATCH", SAVE_URL),
+    ("DELETE", SAVE_URL),
+]
+LEAKS = (b"Traceback", b'File "', b"Error:", b"Recursion", b"Exception", b"JSONDecode", b"Unicode", b"line ")
 
 
 def assert_short_refusal(status: int, headers: dict, body: bytes, route) -> None:
@@ -469,8 +495,11 @@ def assert_short_refusal(status: int, headers: dict, body: bytes, route) -> None
 @pytest.mark.parametrize("raw", MALFORMED.values(), ids=list(MALFORMED))
 def test_malformed_bodies_get_4xx_and_a_short_message(client, labels_dir, raw):
     assert len(raw) <= MAX_BODY
-    json_headers = {"Content-Type": "application/json", CSRF_HEADER: client.server.csrf,
-                    "Origin": f"http://127.0.0.1:{client.server.port}"}
+    json_headers = {
+        "Content-Type": "application/json",
+        CSRF_HEADER: client.server.csrf,
+        "Origin": f"http://127.0.0.1:{client.server.port}",
+    }
     for method, path in BODY_ROUTES:
         status, headers, body = client.request(method, path, raw, json_headers)
         assert_short_refusal(status, headers, body, (method, path))
@@ -484,8 +513,9 @@ def test_malformed_bodies_get_4xx_and_a_short_message(client, labels_dir, raw):
 def test_huge_body_gets_413_and_is_not_parsed(client, labels_dir, size):
     raw = b'{"version": "none", "labels": {' + b" " * size + b"}}"
     for method, path in BODY_ROUTES:
-        status, headers, body = client.request(method, path, raw, {
-            "Content-Type": "application/json", CSRF_HEADER: client.server.csrf})
+        status, headers, body = client.request(
+            method, path, raw, {"Content-Type": "application/json", CSRF_HEADER: client.server.csrf}
+        )
         assert_short_refusal(status, headers, body, (method, path))
         if (method, path) == ("POST", SAVE_URL):
             assert status == 413 and f"over {MAX_BODY} bytes" in json.loads(body)["error"]
@@ -509,8 +539,10 @@ def raw_exchange(server: LabelServer, head: bytes, body: bytes = b"", close_writ
 
 
 def test_oversized_body_announced_with_expect_100_is_refused_before_it_is_sent(server):
-    head = (f"POST {SAVE_URL} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: application/json\r\n"
-            f"{CSRF_HEADER}: {server.csrf}\r\nContent-Length: {50 * MAX_BODY}\r\nExpect: 100-continue\r\n\r\n")
+    head = (
+        f"POST {SAVE_URL} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: application/json\r\n"
+        f"{CSRF_HEADER}: {server.csrf}\r\nContent-Length: {50 * MAX_BODY}\r\nExpect: 100-continue\r\n\r\n"
+    )
     answer = raw_exchange(server, head.encode())
     assert answer.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in answer
 
@@ -519,8 +551,10 @@ def test_body_shorter_than_its_length_gets_400_or_408(server, labels_dir, monkey
     from autosink.labelapp.server import Handler
 
     def head(path: str) -> bytes:
-        return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: application/json\r\n"
-                f"{CSRF_HEADER}: {server.csrf}\r\nContent-Length: 100\r\n\r\n").encode()
+        return (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: application/json\r\n"
+            f"{CSRF_HEADER}: {server.csrf}\r\nContent-Length: 100\r\n\r\n"
+        ).encode()
 
     part = b'{"version": "none", "labels": {"5": 1}}'
     answer = raw_exchange(server, head(SAVE_URL), part, close_write=True)  # the client stopped sending
@@ -653,8 +687,9 @@ def test_two_servers_saving_at_once_never_interleave(project, labels_dir):
     reads the counter the labels encode, adds one and saves with the version it read (409 and
     retry on a conflict). With the file lock no increment is lost and the file is only ever one
     complete save."""
-    servers = [LabelData(project["extracted"], labels_dir, project["store"], root=project["lake"].parent)
-               for _ in range(2)]
+    servers = [
+        LabelData(project["extracted"], labels_dir, project["store"], root=project["lake"].parent) for _ in range(2)
+    ]
     per_thread, threads = 15, 4
     stop, seen, bad, errors = threading.Event(), [], [], []
 
@@ -668,11 +703,12 @@ def test_two_servers_saving_at_once_never_interleave(project, labels_dir):
                     done += 1
                 except Conflict:
                     pass
-        except Exception as e:  # noqa: BLE001: reported below
+        except Exception as e:  # reported below
             errors.append(repr(e))
 
-    reader = threading.Thread(target=check_complete_saves,
-                              args=(labels_dir / f"{EP}.csv", episode_sha(project), stop, seen, bad))
+    reader = threading.Thread(
+        target=check_complete_saves, args=(labels_dir / f"{EP}.csv", episode_sha(project), stop, seen, bad)
+    )
     reader.start()
     workers = [threading.Thread(target=increment, args=(servers[i % 2],)) for i in range(threads)]
     for w in workers:
@@ -711,13 +747,29 @@ def test_two_server_processes_saving_at_once_lose_nothing(project, labels_dir, r
     """The same race between processes (two `autosink label serve` on one checkout): only the
     file lock (not a thread lock) can keep a check-then-write whole across them."""
     per_process = 25
-    args = [str(project["extracted"]), str(labels_dir), str(project["store"]), str(project["lake"].parent), EP,
-            str(per_process)]
-    procs = [subprocess.Popen([sys.executable, "-c", INCREMENT, *args], cwd=repo_root, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    args = [
+        str(project["extracted"]),
+        str(labels_dir),
+        str(project["store"]),
+        str(project["lake"].parent),
+        EP,
+        str(per_process),
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", INCREMENT, *args],
+            cwd=repo_root,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     stop, seen, bad = threading.Event(), [], []
-    reader = threading.Thread(target=check_complete_saves,
-                              args=(labels_dir / f"{EP}.csv", episode_sha(project), stop, seen, bad))
+    reader = threading.Thread(
+        target=check_complete_saves, args=(labels_dir / f"{EP}.csv", episode_sha(project), stop, seen, bad)
+    )
     try:
         for p in procs:
             assert p.stdout.readline().strip() == "ready", p.stderr.read()
@@ -775,8 +827,18 @@ def token_client(data):
         yield Client(s)
 
 
-@pytest.mark.parametrize("path", ["/", "/static/app.js", "/api/episodes", f"/api/episodes/{EP}",
-                                  f"/img/{EP}/thumb/1.png", f"/img/{EP}/frame/1.png", "/nope"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/static/app.js",
+        "/api/episodes",
+        f"/api/episodes/{EP}",
+        f"/img/{EP}/thumb/1.png",
+        f"/img/{EP}/frame/1.png",
+        "/nope",
+    ],
+)
 def test_with_a_token_every_request_needs_it(token_client, path):
     assert token_client.get(path)[0] == 401
     assert token_client.get(path, Authorization="Bearer wrong-token-0123456789")[0] == 401
@@ -825,8 +887,14 @@ def test_token_comes_from_the_flag_else_the_environment(monkeypatch):
 
 def test_command_refuses_0000_without_token_with_a_clear_error(repo_root):
     env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
-    r = subprocess.run([sys.executable, "-m", "autosink.labelapp", "--host", "0.0.0.0", "--port", "0"],
-                       cwd=repo_root, env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "autosink.labelapp", "--host", "0.0.0.0", "--port", "0"],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode != 0
     assert "refusing to serve on 0.0.0.0" in r.stderr and TOKEN_ENV in r.stderr
     assert "Traceback" not in r.stderr

@@ -15,8 +15,10 @@ from tests.conftest import CHROMIUM
 from tests.test_labelapp_api import EP, build_project, episode_sha
 
 pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None, reason="no `chromium` on PATH (apt-get install -y chromium); "
-                                                "Playwright's own browser download is not used"),
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="no `chromium` on PATH (apt-get install -y chromium); Playwright's own browser download is not used",
+    ),
 ]
 
 expect = pytest.importorskip("playwright.sync_api").expect

@@ -20,8 +20,19 @@ import pytest
 
 from autosink.fileio import sha256_file
 from autosink.labels import (
-    IGNORE, LABELS_MATCH, LABELS_MISMATCH, LABELS_UNVERIFIED, HumanLabelFile, LabelRules, human_labels_lock,
-    human_labels_lock_path, parse_human_labels, propagate, read_human_label_file, read_human_labels, user_events,
+    IGNORE,
+    LABELS_MATCH,
+    LABELS_MISMATCH,
+    LABELS_UNVERIFIED,
+    HumanLabelFile,
+    LabelRules,
+    human_labels_lock,
+    human_labels_lock_path,
+    parse_human_labels,
+    propagate,
+    read_human_label_file,
+    read_human_labels,
+    user_events,
     write_human_labels,
 )
 
@@ -167,15 +178,18 @@ def test_older_human_label_files_without_the_sha_still_load_unverified(tmp_path)
     assert path.read_text() == "frame_index,label\n5,1\n"
 
 
-@pytest.mark.parametrize("text, match", [
-    ("# episode sha256: xyz\nframe_index,label\n", "line 1: expected '# episode sha256: <64 hex digits>'"),
-    (f"# episode sha256: {SHA_A.upper()}\nframe_index,label\n", "line 1"),
-    ("# a note\nframe_index,label\n", "line 1"),
-    (f"# episode sha256: {SHA_A}\n", "line 2: expected header"),
-    (f"# episode sha256: {SHA_A}\nidx,label\n", "line 2: expected header"),
-    (f"# episode sha256: {SHA_A}\nframe_index,label\n1,1\n1,0\n", "line 4: frame 1 labelled twice"),
-    (f"frame_index,label\n# episode sha256: {SHA_A}\n", "line 2: expected 'frame_index,label'"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("# episode sha256: xyz\nframe_index,label\n", "line 1: expected '# episode sha256: <64 hex digits>'"),
+        (f"# episode sha256: {SHA_A.upper()}\nframe_index,label\n", "line 1"),
+        ("# a note\nframe_index,label\n", "line 1"),
+        (f"# episode sha256: {SHA_A}\n", "line 2: expected header"),
+        (f"# episode sha256: {SHA_A}\nidx,label\n", "line 2: expected header"),
+        (f"# episode sha256: {SHA_A}\nframe_index,label\n1,1\n1,0\n", "line 4: frame 1 labelled twice"),
+        (f"frame_index,label\n# episode sha256: {SHA_A}\n", "line 2: expected 'frame_index,label'"),
+    ],
+)
 def test_malformed_human_label_files_name_the_line(text, match):
     with pytest.raises(ValueError, match=re.escape(match)):
         parse_human_labels(text, "x.csv")
@@ -200,8 +214,14 @@ HOLD = textwrap.dedent("""
 
 def test_the_labels_lock_excludes_other_processes_and_leaves_no_file(tmp_path, repo_root):
     path = tmp_path / "labels" / "20240706_172000.csv"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], cwd=repo_root, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(path)],
+        cwd=repo_root,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held", holder.stderr.read()
         assert human_labels_lock_path(path).exists()
@@ -267,9 +287,15 @@ def test_label_stage_skips_and_reports_labels_given_for_another_file(tmp_path, m
     assert report["human_label_files_mismatched"] == [f"data/labels/{changed}.csv"]
     assert report["frames_human"] == metrics["frames_human"] == 3  # 2 (matching) + 1 (older file)
     record = json.loads(Path("runs/stages/label.json").read_text())
-    assert record["human_label_files_mismatched"] == [{
-        "file": f"data/labels/{changed}.csv", "episode": changed, "labels": 3,
-        "labels_for_sha256": "0" * 64, "episode_sha256": sha[changed]}]
+    assert record["human_label_files_mismatched"] == [
+        {
+            "file": f"data/labels/{changed}.csv",
+            "episode": changed,
+            "labels": 3,
+            "labels_for_sha256": "0" * 64,
+            "episode_sha256": sha[changed],
+        }
+    ]
     assert record["human_label_files_unverified"] == [f"data/labels/{old}.csv"]
     manifest = pd.read_csv("data/feature-store/manifest.csv", dtype={"episode": str})
     human = manifest[manifest["source"] == "human"]

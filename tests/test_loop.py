@@ -6,11 +6,11 @@ ONNX models (tests/edge_fixtures.py) and the simulated user."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 
 import numpy as np
 import pytest
-import yaml
 
 from autosink.episode import read_episode
 from autosink.labels import propagate
@@ -46,8 +46,11 @@ def _project(tmp_path, repo_root, bias: float):
     project = tmp_path / "project"
     write_tiny_model(project / "models/production/model.onnx", scale=0.0, bias=bias)
     (project / "data/data-lake").mkdir(parents=True)
-    params = {"sim": SIM, "data": {"lake": "data/data-lake"},
-              "water": {"controller_from": str(repo_root / "edge/config.toml")}}
+    params = {
+        "sim": SIM,
+        "data": {"lake": "data/data-lake"},
+        "water": {"controller_from": str(repo_root / "edge/config.toml")},
+    }
     return project, params
 
 
@@ -80,8 +83,11 @@ def _overridden(path) -> list[bytes]:
 
     ep = read_episode(path)
     with zipfile.ZipFile(path) as z:
-        return [cv2.imdecode(np.frombuffer(z.read(it.image), np.uint8), cv2.IMREAD_COLOR).tobytes()
-                for it in ep.meta.interactions if it.model_output != it.magnetic_status]
+        return [
+            cv2.imdecode(np.frombuffer(z.read(it.image), np.uint8), cv2.IMREAD_COLOR).tobytes()
+            for it in ep.meta.interactions
+            if it.model_output != it.magnetic_status
+        ]
 
 
 def test_replaying_an_episode_with_its_user_records_the_same_overrides(tmp_path, repo_root):
@@ -95,10 +101,16 @@ def test_replaying_an_episode_with_its_user_records_the_same_overrides(tmp_path,
     collect_round(project, params, 1, tmp_path / "spool", progress=False)
     original = max(sorted((project / "data/data-lake").glob("*.zip")), key=lambda p: len(_overridden(p)))
     assert _overridden(original)
-    cfg = merge_config(load_config(repo_root / "edge/config.toml"), {
-        "model": {"path": str(project / "models/production/model.onnx")},
-        "camera": {"source": f"episode:{original}", "fps": 2.0}, "valve": {"kind": "fake"},
-        "recorder": {"spool": str(tmp_path / "replay-spool")}, "upload": {"to": ""}})
+    cfg = merge_config(
+        load_config(repo_root / "edge/config.toml"),
+        {
+            "model": {"path": str(project / "models/production/model.onnx")},
+            "camera": {"source": f"episode:{original}", "fps": 2.0},
+            "valve": {"kind": "fake"},
+            "recorder": {"spool": str(tmp_path / "replay-spool")},
+            "upload": {"to": ""},
+        },
+    )
     cfg, feedback = replay_user(cfg)
     build_runtime(cfg, clock=SimClock(), feedback=feedback, background=False, install_signals=False).run()
     (replayed,) = sorted((tmp_path / "replay-spool").glob("*.zip"))
@@ -122,14 +134,42 @@ def test_user_closes_a_model_that_never_closes(tmp_path, repo_root):
 
 def test_settings_are_checked():
     assert LoopSettings(rounds=1, min_case_accuracy=0.5, overrides=["train.lr=0.01"]).compose_args("x=1") == [
-        "data=real", "validate_model.min_gain=0.02", "water.regime=none", "validate_model.min_accuracy=0.5",
-        "train.lr=0.01", "x=1"]
+        "data=real",
+        "validate_model.min_gain=0.02",
+        "water.regime=none",
+        "validate_model.min_accuracy=0.5",
+        "train.lr=0.01",
+        "x=1",
+    ]
     assert "model.weights=none" not in LoopSettings().start_args()  # default: start from the base model
     assert "model.weights=none" in LoopSettings(start="weak").start_args()
     lit = LoopSettings(regime="warm-dim").compose_args()
     assert "water.regime=warm-dim" in lit and "validate.enforce=false" in lit  # drift is the point there
-    for bad in ({"rounds": 0}, {"households": 0}, {"weak_epochs": 0}, {"min_case_accuracy": 1.5}, {"min_gain": -1},
-                {"start": "scratch"}, {"regime": "disco"}):
+    for bad in (
+        {"rounds": 0},
+        {"households": 0},
+        {"weak_epochs": 0},
+        {"min_case_accuracy": 1.5},
+        {"min_gain": -1},
+        {"start": "scratch"},
+        {"regime": "disco"},
+    ):
         with pytest.raises(ValueError):
             LoopSettings(**bad)
-    assert yaml.safe_dump(asdict(LoopSettings()))  # the report records the settings as plain data
+    # the report (metrics/loop.json) records the settings as plain JSON data, completely: they
+    # read back into the same settings
+    for settings in (
+        LoopSettings(),
+        LoopSettings(
+            rounds=3,
+            households=2,
+            start="weak",
+            regime="warm-dim",
+            weak_epochs=2,
+            min_case_accuracy=0.5,
+            min_gain=0.1,
+            overrides=["train.lr=0.01"],
+        ),
+    ):
+        recorded = json.loads(json.dumps(asdict(settings)))
+        assert recorded == asdict(settings) and LoopSettings(**recorded) == settings

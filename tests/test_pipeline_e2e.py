@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
-import yaml
 import pytest
+import yaml
 
 from autosink.bench import clone_episode, copy_project, run
 from autosink.labels import write_human_labels
@@ -32,24 +32,58 @@ TINY_PREPARE = {"fractions": {"train": 0.5, "val": 0.25, "test": 0.25}}  # a ses
 TINY_VALIDATE = {"enforce": False, "wandb": {"mode": "disabled"}}
 # Training shrunk to seconds: tiny input, one epoch of two batches, wandb offline (a real local run).
 TINY_MODEL = {"input_height": 48, "input_width": 48}
-TINY_TRAIN = {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 2, "batch_size": 8,
-              "accelerator": "cpu", "devices": 1, "early_stopping_patience": 0,
-              "replay": {"users": 1, "every": 8, "share": 0.5}, "decision": {"sessions": 1},
-              "wandb": {"mode": "offline", "project": "autosink", "log_model": True, "dir": "."}}
+TINY_TRAIN = {
+    "max_epochs": 1,
+    "limit_train_batches": 2,
+    "limit_val_batches": 2,
+    "batch_size": 8,
+    "accelerator": "cpu",
+    "devices": 1,
+    "early_stopping_patience": 0,
+    "replay": {"users": 1, "every": 8, "share": 0.5},
+    "decision": {"sessions": 1},
+    "wandb": {"mode": "offline", "project": "autosink", "log_model": True, "dir": "."},
+}
 # The base model: one kitchen to train on and one to validate on, every 8th frame, one epoch.
-TINY_BASE = {"users": 1, "val_users": 1, "sessions_per_user": 1, "every": 8,
-             "train": {"max_epochs": 1, "batch_size": 8, "balance": "loss"}}
-TINY_CONF = {"sim/default.yaml": TINY_SIM, "prepare/default.yaml": TINY_PREPARE, "validate/default.yaml": TINY_VALIDATE,
-             "model/mobilenet_v3_small.yaml": TINY_MODEL, "model/resnet18.yaml": TINY_MODEL,
-             "base/default.yaml": TINY_BASE, "train/default.yaml": TINY_TRAIN,
-             "evaluate/default.yaml": {"invariance": {"sessions": 1, "every": 8}}, "water/default.yaml": {"sessions": 2}}
-STAGES = ("simulate", "extract", "label", "prepare", "validate_data", "base", "train", "evaluate", "validate_model",
-          "export", "water")
+TINY_BASE = {
+    "users": 1,
+    "val_users": 1,
+    "sessions_per_user": 1,
+    "every": 8,
+    "train": {"max_epochs": 1, "batch_size": 8, "balance": "loss"},
+}
+TINY_CONF = {
+    "sim/default.yaml": TINY_SIM,
+    "prepare/default.yaml": TINY_PREPARE,
+    "validate/default.yaml": TINY_VALIDATE,
+    "model/mobilenet_v3_small.yaml": TINY_MODEL,
+    "model/resnet18.yaml": TINY_MODEL,
+    "base/default.yaml": TINY_BASE,
+    "train/default.yaml": TINY_TRAIN,
+    "evaluate/default.yaml": {"invariance": {"sessions": 1, "every": 8}},
+    "water/default.yaml": {"sessions": 2},
+}
+STAGES = (
+    "simulate",
+    "extract",
+    "label",
+    "prepare",
+    "validate_data",
+    "base",
+    "train",
+    "evaluate",
+    "validate_model",
+    "export",
+    "water",
+)
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def metrics(root: Path, name: str) -> dict:
@@ -102,8 +136,9 @@ def test_repro_runs_every_stage_then_nothing(project):
     # frames are written out of the lake once: into the store, not into data/extracted
     assert not list((root / "data/extracted").rglob("*.png"))
     # splits: no session in two splits
-    sessions = [set(pd.read_csv(root / f"data/splits/{s}.csv", dtype=str)["dishwashing_id"])
-                for s in ("train", "val", "test")]
+    sessions = [
+        set(pd.read_csv(root / f"data/splits/{s}.csv", dtype=str)["dishwashing_id"]) for s in ("train", "val", "test")
+    ]
     assert not (sessions[0] & sessions[1] or sessions[0] & sessions[2] or sessions[1] & sessions[2])
     assert prep["train"]["frames"] > 0 and len(manifest) == lab["frames"]
     assert val["n_frames"] == lab["frames_labeled"] and "passed" in val
@@ -154,8 +189,14 @@ def test_repro_runs_every_stage_then_nothing(project):
     shown = run(["dvc", "metrics", "show", "--json"], root, env)
     assert "auto_label_agreement" in shown and "episodes_quarantined" in shown
     # each metrics file holds a few headline numbers: `dvc metrics show` fits a 120-column terminal
-    declared = sorted({p for stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values()
-                       for m in stage.get("metrics", []) for p in (m if isinstance(m, dict) else {m: None})})
+    declared = sorted(
+        {
+            p
+            for stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values()
+            for m in stage.get("metrics", [])
+            for p in (m if isinstance(m, dict) else {m: None})
+        }
+    )
     assert len(declared) >= 8
     for path in declared:
         table = run(["dvc", "metrics", "show", path], root, env).rstrip("\n").splitlines()
@@ -183,7 +224,8 @@ def _drawn_charts(browser, page_file: Path) -> list[int]:
     """Open the page in headless Chromium with the network cut; the inked pixels of each chart."""
     ink = """() => Array.from(document.querySelectorAll('canvas')).map(c => {
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-        let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && Math.min(d[i], d[i + 1], d[i + 2]) < 200) n++;
+        let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && Math.min(d[i], d[i + 1], d[i + 2]) < 200) n++;
         return n; })"""
     context = browser.new_context(offline=True)
     try:
@@ -316,10 +358,32 @@ def test_closed_loop_round_records_retrains_gates_and_promotes(project, tmp_path
     regression check) to exercise promotion; the gate's rules have their own tests."""
     root, env, _ = project
     work, out_json, out_png = tmp_path / "loop", tmp_path / "loop.json", tmp_path / "loop.png"
-    log = run(["autosink", "loop", "--rounds", "1", "--households", "1", "--workdir", str(work), "--regime", "warm-dim",
-               "--min-case-accuracy", "0", "--set", "validate_model.max_regression=null",
-               "--set", "validate_model.min_frames=1",
-               "--json", str(out_json), "--plot", str(out_png)], root, env)
+    log = run(
+        [
+            "autosink",
+            "loop",
+            "--rounds",
+            "1",
+            "--households",
+            "1",
+            "--workdir",
+            str(work),
+            "--regime",
+            "warm-dim",
+            "--min-case-accuracy",
+            "0",
+            "--set",
+            "validate_model.max_regression=null",
+            "--set",
+            "validate_model.min_frames=1",
+            "--json",
+            str(out_json),
+            "--plot",
+            str(out_png),
+        ],
+        root,
+        env,
+    )
     report = json.loads(out_json.read_text())
     (r1,) = report["rounds"]
     assert r1["fleet"]["sessions"] == 1 and r1["fleet"]["user_interventions"] > 0 and r1["fleet"]["episodes"] > 0

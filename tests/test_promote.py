@@ -22,9 +22,17 @@ from tests.edge_fixtures import write_tiny_model
 CASES = {"tap_on_hands": {"accuracy": 0.96, "frames": 40}, "dishes_in_sink": {"accuracy": 0.9, "frames": 30}}
 
 
-def make_candidate(root: Path, version: str, *, scale: float = 100.0, passed: bool = True,
-                   failures: tuple[str, ...] = (), judged: str | None = None, card_sha: str | None = None,
-                   card_ckpt: str | None = None) -> dict:
+def make_candidate(
+    root: Path,
+    version: str,
+    *,
+    scale: float = 100.0,
+    passed: bool = True,
+    failures: tuple[str, ...] = (),
+    judged: str | None = None,
+    card_sha: str | None = None,
+    card_ckpt: str | None = None,
+) -> dict:
     """Write models/model.onnx, model.json, model.ckpt and reports/cases.json as the pipeline would."""
     models = root / "models"
     onnx = write_tiny_model(models / "model.onnx", card=False, scale=scale)
@@ -32,16 +40,33 @@ def make_candidate(root: Path, version: str, *, scale: float = 100.0, passed: bo
     ckpt.write_bytes(f"fake lightning checkpoint for {version}".encode() * 100)
     ckpt_sha = sha256_file(ckpt)
     onnx_sha = sha256_file(onnx)
-    write_card(models / "model.json", make_card(
-        model_sha256=card_sha or onnx_sha, backbone="tiny-roi-brightness", version=version,
-        threshold=0.4, data_version="data-abc123", git_revision="0123abcd", metrics={"test_f1": 0.91},
-        checkpoint_sha256=card_ckpt or ckpt_sha))
+    write_card(
+        models / "model.json",
+        make_card(
+            model_sha256=card_sha or onnx_sha,
+            backbone="tiny-roi-brightness",
+            version=version,
+            threshold=0.4,
+            data_version="data-abc123",
+            git_revision="0123abcd",
+            metrics={"test_f1": 0.91},
+            checkpoint_sha256=card_ckpt or ckpt_sha,
+        ),
+    )
     (root / "reports").mkdir(parents=True, exist_ok=True)
     production = root / "models" / "production" / "model.onnx"  # the champion the gate compared with
     champion = {"model_sha256": sha256_file(production)} if production.is_file() else None
-    (root / "reports" / "cases.json").write_text(json.dumps(
-        {"passed": passed, "failures": list(failures), "checkpoint_sha256": judged or ckpt_sha, "cases": CASES,
-         "champion": champion}))
+    (root / "reports" / "cases.json").write_text(
+        json.dumps(
+            {
+                "passed": passed,
+                "failures": list(failures),
+                "checkpoint_sha256": judged or ckpt_sha,
+                "cases": CASES,
+                "champion": champion,
+            }
+        )
+    )
     return {"onnx": onnx_sha, "ckpt": ckpt_sha, "version": version}
 
 
@@ -68,8 +93,12 @@ def test_refuses_missing_candidate(plain: Path) -> None:
 
 
 def test_refuses_failed_gate_listing_failures(plain: Path) -> None:
-    make_candidate(plain, "v-a", passed=False,
-                   failures=["tap_on_hands: accuracy 0.71 < 0.90", "dishes_in_sink: accuracy 0.55 < 0.85"])
+    make_candidate(
+        plain,
+        "v-a",
+        passed=False,
+        failures=["tap_on_hands: accuracy 0.71 < 0.90", "dishes_in_sink: accuracy 0.55 < 0.85"],
+    )
     with pytest.raises(PromotionError, match="failed the case gate") as e:
         promote(plain)
     assert "tap_on_hands: accuracy 0.71 < 0.90" in str(e.value)
@@ -155,7 +184,12 @@ def test_promote_rollback_cycle_in_a_plain_folder(plain: Path, monkeypatch: pyte
     promote(plain)  # previous is replaced by the last production (b); a is gone
     assert sha256_file(prod / "model.onnx") == c["onnx"] and sha256_file(prev / "model.onnx") == b["onnx"]
     assert sorted(p.name for p in (plain / "models").iterdir()) == [
-        "model.ckpt", "model.json", "model.onnx", "previous", "production"]  # no temp folders left
+        "model.ckpt",
+        "model.json",
+        "model.onnx",
+        "previous",
+        "production",
+    ]  # no temp folders left
 
     res = rollback(plain)
     assert res["version"] == "v-b" and sha256_file(prod / "model.onnx") == b["onnx"]
@@ -187,8 +221,9 @@ def _dvc(root: Path, *args: str) -> str:
 
 
 @pytest.mark.slow
-def test_promote_and_rollback_in_a_dvc_project(repo_root: Path, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_promote_and_rollback_in_a_dvc_project(
+    repo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root, remote = tmp_path / "p", tmp_path / "remote"
     env = copy_project(repo_root, root, remote=remote)
     for key, value in env.items():
@@ -203,16 +238,21 @@ def test_promote_and_rollback_in_a_dvc_project(repo_root: Path, tmp_path: Path,
     a = make_candidate(root, "v-a", scale=100.0)
     res = promote(root)
     assert res["status"] == "promoted"
-    assert {n: sha256_file(prod / n) for n in ("model.onnx", "model.ckpt")} == {"model.onnx": a["onnx"],
-                                                                                "model.ckpt": a["ckpt"]}
+    assert {n: sha256_file(prod / n) for n in ("model.onnx", "model.ckpt")} == {
+        "model.onnx": a["onnx"],
+        "model.ckpt": a["ckpt"],
+    }
     assert (prod / "model.json").read_bytes() == (root / "models" / "model.json").read_bytes()
     rec = json.loads((prod / "promotion.json").read_text())
     first = _shas(prod)
     head = _git(root, "rev-parse", "HEAD").strip()
     assert rec["experiment"] == "main" and rec["git_revision"] == head and rec["data_version"] == "data-abc123"
     assert rec["version"] == "v-a" and rec["model_sha256"] == a["onnx"]
-    assert rec["gate"] == {"passed": True, "failures": [],
-                           "case_accuracy": {"tap_on_hands": 0.96, "dishes_in_sink": 0.9}}
+    assert rec["gate"] == {
+        "passed": True,
+        "failures": [],
+        "case_accuracy": {"tap_on_hands": 0.96, "dishes_in_sink": 0.9},
+    }
     assert (root / "models" / "production.dvc").is_file() and not (root / "models" / "previous.dvc").exists()
     assert res["dvc"]["pushed"] is True
     assert "/production" in (root / "models" / ".gitignore").read_text().split()
@@ -246,8 +286,10 @@ def test_promote_and_rollback_in_a_dvc_project(repo_root: Path, tmp_path: Path,
     assert res["version"] == "v-a"
     assert _shas(prod) == first  # every file as it was promoted, promotion.json included
     assert sha256_file(prev / "model.onnx") == b["onnx"]
-    assert set(_git(root, "diff", "--cached", "--name-only").split()) == {"models/production.dvc",
-                                                                          "models/previous.dvc"}
+    assert set(_git(root, "diff", "--cached", "--name-only").split()) == {
+        "models/production.dvc",
+        "models/previous.dvc",
+    }
     _dvc(root, "status", "models/production.dvc", "models/previous.dvc")
     rollback(root)
     assert sha256_file(prod / "model.onnx") == b["onnx"] and sha256_file(prev / "model.onnx") == a["onnx"]
@@ -270,9 +312,13 @@ def test_production_keeps_the_image_features_of_its_training_frames(plain: Path)
     (plain / "data" / "validation").mkdir(parents=True)
     (plain / "data" / "splits").mkdir(parents=True)
     (plain / "data" / "validation" / "image_features.csv").write_text(
-        "path,brightness\n0/a.png,10\n1/b.png,20\n0/c.png,30\n")
+        "path,brightness\n0/a.png,10\n1/b.png,20\n0/c.png,30\n"
+    )
     (plain / "data" / "splits" / "train.csv").write_text("path,label\n0/a.png,0\n0/c.png,0\n")
     make_candidate(plain, "v-a")
     promote(plain)
     assert (plain / "models" / "production" / "data_features.csv").read_text().splitlines() == [
-        "path,brightness", "0/a.png,10", "0/c.png,30"]
+        "path,brightness",
+        "0/a.png,10",
+        "0/c.png,30",
+    ]

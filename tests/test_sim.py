@@ -101,8 +101,9 @@ def _scene(step: str, dish_xy=None, held=True, scrubber=False, hands=True) -> Sc
     if scrubber:
         sc = Scrubber("sponge", 330, 260, -90)
         hs.append(hand_on_scrubber(sc))
-    return SceneState(look, step, hands=tuple(hs), dish=dish, dish_held=held and dish is not None, scrubber=sc,
-                      scrubber_held=scrubber)
+    return SceneState(
+        look, step, hands=tuple(hs), dish=dish, dish_held=held and dish is not None, scrubber=sc, scrubber_held=scrubber
+    )
 
 
 def test_labels_follow_the_convention():
@@ -207,7 +208,8 @@ def test_deviant_users_change_only_the_wish():
         assert [u.look for u in dev] == [u.look for u in base]
         assert [u.habits for u in dev] == [u.habits for u in base]
         assert [(u.index, u.user_id, u.reaction_delay_s) for u in dev] == [
-            (u.index, u.user_id, u.reaction_delay_s) for u in base]
+            (u.index, u.user_id, u.reaction_delay_s) for u in base
+        ]
     # a share in between: some of each, and raising it only adds deviants (one draw per user)
     w3 = [u.wish for u in make_users(with_defaults(dict(TINY, users=40, deviant_users=0.3)))]
     w7 = [u.wish for u in make_users(with_defaults(dict(TINY, users=40, deviant_users=0.7)))]
@@ -365,8 +367,9 @@ def test_lake_episodes_read_back_with_matching_truth(tiny_lake):
 
 def test_lake_is_deterministic_by_seed(tiny_lake, tmp_path):
     root, m = tiny_lake
-    again = simulate_lake(TINY, tmp_path / "a" / "lake", tmp_path / "a" / "truth", tmp_path / "a" / "cases",
-                          progress=False)
+    again = simulate_lake(
+        TINY, tmp_path / "a" / "lake", tmp_path / "a" / "truth", tmp_path / "a" / "cases", progress=False
+    )
     assert again == m
     for sub in ("lake", "truth", "cases"):
         assert _tree(root / sub) == _tree(tmp_path / "a" / sub), sub
@@ -380,8 +383,13 @@ def test_simulate_lake_wipes_stale_outputs(tmp_path):
     for sub in ("lake", "truth", "cases"):
         (tmp_path / sub).mkdir()
         (tmp_path / sub / "stale.txt").write_text("x")
-    simulate_lake(dict(TINY, users=1, dishes_per_session=[1, 1]), tmp_path / "lake", tmp_path / "truth",
-                  tmp_path / "cases", progress=False)
+    simulate_lake(
+        dict(TINY, users=1, dishes_per_session=[1, 1]),
+        tmp_path / "lake",
+        tmp_path / "truth",
+        tmp_path / "cases",
+        progress=False,
+    )
     assert not list(tmp_path.rglob("stale.txt"))
 
 
@@ -428,9 +436,11 @@ def test_trivial_baseline_cannot_separate_the_scenes(tmp_path):
     cfg = {"seed": 11, "users": 4, "sessions_per_user": 2, "case_frames": 1}
     t0 = time.perf_counter()
     m = simulate_lake(cfg, tmp_path / "lake", tmp_path / "truth", tmp_path / "cases", progress=False)
-    print(f"\nmoderate lake: {m['frames']} frames in {time.perf_counter() - t0:.1f} s, "
-          f"trivial {m['trivial_baseline_accuracy']:.3f}, majority {m['majority_baseline_accuracy']:.3f}, "
-          f"classes {m['frames_per_class']}")
+    print(
+        f"\nmoderate lake: {m['frames']} frames in {time.perf_counter() - t0:.1f} s, "
+        f"trivial {m['trivial_baseline_accuracy']:.3f}, majority {m['majority_baseline_accuracy']:.3f}, "
+        f"classes {m['frames_per_class']}"
+    )
     assert m["trivial_baseline_accuracy"] < 0.9
     assert m["majority_baseline_accuracy"] < 0.9
     c = m["frames_per_class"]

@@ -17,10 +17,19 @@ def fake_manifest(sessions=30, seed=0) -> pd.DataFrame:
     for s in range(sessions):
         for e in range(rng.integers(1, 4)):
             for i in range(rng.integers(5, 30)):
-                rows.append({"episode": f"ep{s:02d}{e}", "frame_index": i, "user_id": f"user_{s % 4}",
-                             "dishwashing_id": f"{s:010x}", "label": int(rng.random() < 0.3 + 0.02 * (s % 10)),
-                             "source": "auto", "confidence": 0.9, "review": bool(rng.random() < 0.1),
-                             "path": f"x/{s}_{e}_{i}.png"})
+                rows.append(
+                    {
+                        "episode": f"ep{s:02d}{e}",
+                        "frame_index": i,
+                        "user_id": f"user_{s % 4}",
+                        "dishwashing_id": f"{s:010x}",
+                        "label": int(rng.random() < 0.3 + 0.02 * (s % 10)),
+                        "source": "auto",
+                        "confidence": 0.9,
+                        "review": bool(rng.random() < 0.1),
+                        "path": f"x/{s}_{e}_{i}.png",
+                    }
+                )
     return pd.DataFrame(rows)
 
 

@@ -25,8 +25,16 @@ def trained(repo_root, store, tmp_path_factory):
     """One real (tiny) training run: the checkpoint and fit()'s summary."""
     out = tmp_path_factory.mktemp("run")
     params = tiny_params(repo_root)
-    result = fit(params, splits_dir=store[1], store_dir=store[0], ckpt_dir=out / "ckpts",
-                 out_ckpt=out / "model.ckpt", logger=None, progress=False, data_version="fs-test")
+    result = fit(
+        params,
+        splits_dir=store[1],
+        store_dir=store[0],
+        ckpt_dir=out / "ckpts",
+        out_ckpt=out / "model.ckpt",
+        logger=None,
+        progress=False,
+        data_version="fs-test",
+    )
     return out / "model.ckpt", result, params
 
 
@@ -79,11 +87,39 @@ def test_split_leakage_is_refused(store):
         check_no_leakage(leaked)
 
 
-def test_real_prepare_split_has_no_leakage(repo_root):
-    splits = repo_root / "data" / "splits"
-    if not (splits / "test.csv").exists():
-        pytest.skip("run `dvc repro prepare` first")
-    check_no_leakage({s: read_split(splits / f"{s}.csv") for s in ("train", "val", "test")})
+def test_the_prepare_stage_writes_splits_the_training_side_finds_leak_free(repo_root, tmp_path, monkeypatch):
+    """The real prepare stage with the real config (conf/) on a small manifest: sessions of several
+    episodes, ids with leading zeros (read back as text), frames left for review. Training reads
+    its splits with read_split and refuses leakage of an episode or a session (check_no_leakage)."""
+    from autosink.config import compose
+    from autosink.stages import prepare
+
+    rng = np.random.default_rng(0)
+    rows = [
+        {
+            "path": f"{k % 2}/s{s}e{e}_{k:04d}.png",
+            "label": int(k % 2),
+            "episode": f"ep{s:02d}{e}",
+            "frame_index": k,
+            "user_id": f"user_{s % 3}",
+            "dishwashing_id": f"{s:010x}",
+            "source": "auto",
+            "confidence": 0.95,
+            "review": bool(rng.random() < 0.1),
+        }
+        for s in range(12)
+        for e in range(1 + s % 3)
+        for k in range(6)
+    ]
+    store = tmp_path / "data/feature-store"
+    store.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(store / "manifest.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    prepare.run(compose(repo_root), progress=False)
+    splits = {s: read_split(tmp_path / "data/splits" / f"{s}.csv") for s in ("train", "val", "test")}
+    check_no_leakage(splits)
+    assert sum(len(t) for t in splits.values()) == sum(not r["review"] for r in rows)  # every usable frame, once
+    assert all(t["dishwashing_id"].str.len().eq(10).all() for t in splits.values())
 
 
 def test_bad_split_and_frame_errors_name_the_file(tmp_path):
@@ -168,8 +204,14 @@ class _FirstEpoch(pl.Callback):
 def test_interrupted_training_resumes_from_last_checkpoint(repo_root, store, tmp_path):
     params = tiny_params(repo_root)
     params["train"]["max_epochs"] = 2
-    kw = dict(splits_dir=store[1], store_dir=store[0], ckpt_dir=tmp_path / "ckpts", out_ckpt=tmp_path / "m.ckpt",
-              logger=None, progress=False)
+    kw = dict(
+        splits_dir=store[1],
+        store_dir=store[0],
+        ckpt_dir=tmp_path / "ckpts",
+        out_ckpt=tmp_path / "m.ckpt",
+        logger=None,
+        progress=False,
+    )
     with pytest.raises(RuntimeError, match="simulated power cut"):
         fit(params, extra_callbacks=[_Crash()], **kw)
     assert (tmp_path / "ckpts" / "last.ckpt").exists() and not (tmp_path / "m.ckpt").exists()
@@ -200,8 +242,15 @@ def test_retraining_from_a_base_checkpoint(repo_root, store, trained, tmp_path):
     params = tiny_params(repo_root, ["model=resnet18"])
     params["model"]["weights"] = str(trained[0])
     with pytest.raises(ValueError, match="trained with backbone 'mobilenet_v3_small'"):
-        fit(params, splits_dir=store[1], store_dir=store[0], ckpt_dir=tmp_path / "c", out_ckpt=tmp_path / "m.ckpt",
-            logger=None, progress=False)
+        fit(
+            params,
+            splits_dir=store[1],
+            store_dir=store[0],
+            ckpt_dir=tmp_path / "c",
+            out_ckpt=tmp_path / "m.ckpt",
+            logger=None,
+            progress=False,
+        )
 
 
 # --------------------------------------------------------------------------- metrics
@@ -227,10 +276,16 @@ def test_truth_report_separates_label_noise_from_model_errors(tmp_path):
     truth.loc[2, "dish_held"] = 0  # frame 3 (label 0) is a state of its own
     truth.to_csv(tmp_path / "ep1.csv", index=False)
     pd.DataFrame({"image": ["1.png"], "label": [0], **{k: [1] for k in VISIBLE_STATE}}).to_csv(
-        tmp_path / "ep2.csv", index=False)
+        tmp_path / "ep2.csv", index=False
+    )
     rows = [("ep1", i, y) for i, y in enumerate([1, 1, 0, 1, 0, 1])] + [("ep2", 0, 1), ("ep2", 1, 0)]
-    table = pd.DataFrame({"path": [f"{y}/{e}_{i:04d}.png" for e, i, y in rows], "label": [y for _, _, y in rows],
-                          "episode": [e for e, _, _ in rows]})
+    table = pd.DataFrame(
+        {
+            "path": [f"{y}/{e}_{i:04d}.png" for e, i, y in rows],
+            "label": [y for _, _, y in rows],
+            "episode": [e for e, _, _ in rows],
+        }
+    )
     manifest = pd.DataFrame({"path": table["path"], "image": [f"{i + 1}.png" for _, i, _ in rows]})
     # the test table in another order than the episodes: predictions must follow their rows
     order = [6, 0, 3, 1, 7, 4, 2, 5]

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from autosink.stages import validate_data
-from autosink.validation import DataValidationError, FEATURES
+from autosink.validation import FEATURES, DataValidationError
 from autosink.validation.checks import check_drift
 from autosink.validation.drift import choose_reference
 from autosink.validation.features import FeatureConfig, compute_features
@@ -39,9 +39,12 @@ def frame(rng: np.random.Generator, label: int) -> np.ndarray:
     img[:] = (110, 80, 50)
     img[5:44, 8:56] = (150, 150, 155)
     x0, y0 = int(rng.integers(0, W - 12)), int(rng.integers(0, H - 10))
-    img[y0:y0 + int(rng.integers(4, 10)), x0:x0 + int(rng.integers(4, 12))] = rng.uniform(30, 220, 3)
-    x, y = (int(rng.integers(26, 38)), int(rng.integers(19, 31))) if label == 1 else \
-        (int(rng.choice([14, 50])), int(rng.integers(10, 38)))
+    img[y0 : y0 + int(rng.integers(4, 10)), x0 : x0 + int(rng.integers(4, 12))] = rng.uniform(30, 220, 3)
+    x, y = (
+        (int(rng.integers(26, 38)), int(rng.integers(19, 31)))
+        if label == 1
+        else (int(rng.choice([14, 50])), int(rng.integers(10, 38)))
+    )
     cv2.circle(img, (x, y), int(rng.integers(4, 7)), (190, 60, 50), -1)
     img *= rng.uniform(0.9, 1.1)
     img += rng.normal(0, 8, img.shape)
@@ -71,11 +74,24 @@ def make_store(root: Path, seed: int = 0, drift: str | None = None, labels: str 
                 path = f"{label}/{episode}_{i:04d}.png"
                 (store / str(label)).mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(store / path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-                rows.append({"episode": episode, "frame_index": i, "image": f"{i + 1}.png", "path": path,
-                             "timestamp": f"2024-07-0{e + 1}T0{u}:00:{i:02d}", "user_id": f"user_{u}",
-                             "dishwashing_id": f"{u:04d}{e:06d}", "label": label, "source": "auto",
-                             "confidence": 0.95, "review": False, "rule": "override",
-                             "model_output": label, "magnetic_status": label})
+                rows.append(
+                    {
+                        "episode": episode,
+                        "frame_index": i,
+                        "image": f"{i + 1}.png",
+                        "path": path,
+                        "timestamp": f"2024-07-0{e + 1}T0{u}:00:{i:02d}",
+                        "user_id": f"user_{u}",
+                        "dishwashing_id": f"{u:04d}{e:06d}",
+                        "label": label,
+                        "source": "auto",
+                        "confidence": 0.95,
+                        "review": False,
+                        "rule": "override",
+                        "model_output": label,
+                        "magnetic_status": label,
+                    }
+                )
     manifest = pd.DataFrame(rows)
     manifest.to_csv(store / "manifest.csv", index=False)
     (store / "version.json").write_text(json.dumps({"version": f"fs-test{seed}", "frames": len(manifest)}))
@@ -123,8 +139,14 @@ def test_clean_sample_passes_and_writes_everything(project):
     assert metrics["drift"]["reference"]["kind"] == "time_split"
     # the metrics file holds the headline numbers; the report every check with its message
     headline = json.loads(Path("metrics/data_validation.json").read_text())
-    assert headline == {"passed": True, "checks_failed": 0, "n_frames": metrics["n_frames"], "n_unreadable": 0,
-                        "n_episodes": metrics["n_episodes"], "drift_share": metrics["drift_share"]}
+    assert headline == {
+        "passed": True,
+        "checks_failed": 0,
+        "n_frames": metrics["n_frames"],
+        "n_unreadable": 0,
+        "n_episodes": metrics["n_episodes"],
+        "drift_share": metrics["drift_share"],
+    }
     on_disk = json.loads(Path("reports/data_validation.json").read_text())
     for key in ("drift_share", "n_frames", "per_class", "per_split", "passed", "checks"):
         assert key in on_disk
@@ -132,8 +154,17 @@ def test_clean_sample_passes_and_writes_everything(project):
     assert sum(on_disk["per_class"].values()) == metrics["n_frames"]
     for name, check in on_disk["checks"].items():
         assert set(check) == {"name", "passed", "value", "threshold", "message"} and check["name"] == name
-    assert {"readable", "frame_size", "near_duplicates", "class_balance", "min_frames_per_class",
-            "min_frames_per_split", "drift", "max_user_share", "max_episode_share"} <= set(on_disk["checks"])
+    assert {
+        "readable",
+        "frame_size",
+        "near_duplicates",
+        "class_balance",
+        "min_frames_per_class",
+        "min_frames_per_split",
+        "drift",
+        "max_user_share",
+        "max_episode_share",
+    } <= set(on_disk["checks"])
     # evidently's own HTML (its dashboard bootstrap and the drift preset's widget)
     html = Path("reports/data_validation.html").read_text()
     assert "window.drawDashboard(" in html and "Dataset Drift" in html
@@ -145,7 +176,8 @@ def test_clean_sample_passes_and_writes_everything(project):
     assert set(FEATURES) <= set(hist.columns) and np.allclose(hist[FEATURES].sum(), 1.0, atol=1e-3)
     episodes = pd.read_csv("reports/data_validation/episodes.csv")
     assert len(episodes) == USERS * EPISODES_PER_USER and {"frames", "share_label_1", "mean_brightness"} <= set(
-        episodes.columns)
+        episodes.columns
+    )
     # no temp files left behind
     assert not list(project.rglob(".*.tmp"))
     # a rerun takes every frame's features from the cache
@@ -199,8 +231,9 @@ def test_corrupt_and_wrong_size_images_fail_and_the_report_is_still_written(proj
 
 def test_production_reference_is_used_when_present(project):
     manifest = make_store(project)
-    ref, _ = compute_features(manifest["path"].tolist(), Path("data/feature-store"), project / "ref.csv",
-                              FeatureConfig(), progress=False)
+    ref, _ = compute_features(
+        manifest["path"].tolist(), Path("data/feature-store"), project / "ref.csv", FeatureConfig(), progress=False
+    )
     Path("models/production").mkdir(parents=True)
     ref[FEATURES] = ref[FEATURES] * 0.5  # as if the production model saw other pictures
     ref.to_csv("models/production/data_features.csv", index=False)
@@ -247,8 +280,12 @@ def test_feature_cache_recomputes_only_new_or_changed_frames(project):
 
 
 def test_time_split_reference_pairs_each_users_early_and_late_episodes(tmp_path):
-    rows = [{"episode": f"u{u}e{e}", "user_id": f"u{u}", "timestamp": f"2024-07-0{e + 1}T00:00:00",
-             "readable": True} for u in range(3) for e in range(4 if u < 2 else 1) for _ in range(3)]
+    rows = [
+        {"episode": f"u{u}e{e}", "user_id": f"u{u}", "timestamp": f"2024-07-0{e + 1}T00:00:00", "readable": True}
+        for u in range(3)
+        for e in range(4 if u < 2 else 1)
+        for _ in range(3)
+    ]
     frames = pd.DataFrame(rows)
     choice = choose_reference(frames, tmp_path / "absent.csv", min_episodes=4)
     assert choice["kind"] == "time_split"

@@ -38,10 +38,31 @@ from tests.edge_fixtures import write_tiny_model
 
 FLOW = 6.0
 TOTAL_KEYS = {
-    "litres_autosink", "litres_always_on", "litres_oracle", "litres_ir", "savings_pct", "oracle_savings_pct",
-    "ir_savings_pct", "withheld_s", "withheld_pct", "false_offs", "false_offs_per_10min", "valve_switches",
-    "valve_switches_per_min", "need_s", "open_s", "duration_s", "frames", "ir_open_s", "unneeded_open_s",
-    "need_stretches", "missed_needs", "max_open_cuts", "model_errors", "ir_withheld_s", "ir_switches",
+    "litres_autosink",
+    "litres_always_on",
+    "litres_oracle",
+    "litres_ir",
+    "savings_pct",
+    "oracle_savings_pct",
+    "ir_savings_pct",
+    "withheld_s",
+    "withheld_pct",
+    "false_offs",
+    "false_offs_per_10min",
+    "valve_switches",
+    "valve_switches_per_min",
+    "need_s",
+    "open_s",
+    "duration_s",
+    "frames",
+    "ir_open_s",
+    "unneeded_open_s",
+    "need_stretches",
+    "missed_needs",
+    "max_open_cuts",
+    "model_errors",
+    "ir_withheld_s",
+    "ir_switches",
     "ir_switches_per_min",
 }
 
@@ -57,8 +78,9 @@ def _small(params: dict, repo_root: Path, model: Path, **controller) -> dict:
     """The real config, shrunk: two short sessions, absolute paths (the stage runs in a tmp dir)."""
     p = copy.deepcopy(params)
     w = p["water"]
-    w.update(model=str(model), sessions=2, dishes_per_session=[1, 1],
-             controller_from=str(repo_root / "edge" / "config.toml"))
+    w.update(
+        model=str(model), sessions=2, dishes_per_session=[1, 1], controller_from=str(repo_root / "edge" / "config.toml")
+    )
     w["controller"].update(controller)
     return p
 
@@ -230,8 +252,14 @@ def test_the_edge_controller_is_in_the_loop(tmp_path, repo_root):
     """A constant 'water on' model is cut by the controller's maximum open time, and the edge
     runtime's own count of open seconds agrees with the benchmark's frame accounting."""
     model = write_tiny_model(tmp_path / "on" / "model.onnx", scale=0.0, bias=10.0)
-    cfg = {**DEFAULTS, "model": str(model), "sessions": 1, "dishes_per_session": [1, 1],
-           "controller_from": str(repo_root / "edge" / "config.toml"), "controller": {"max_open_s": 5.0}}
+    cfg = {
+        **DEFAULTS,
+        "model": str(model),
+        "sessions": 1,
+        "dishes_per_session": [1, 1],
+        "controller_from": str(repo_root / "edge" / "config.toml"),
+        "controller": {"max_open_s": 5.0},
+    }
     metrics, traces = run_benchmark(cfg, progress=False)
     (trace,) = traces
     m = metrics["total"]
@@ -263,8 +291,8 @@ class _Tap:
 def test_the_pis_hold_after_a_release_is_not_labelled_as_the_users_wish(tmp_path, base_params, repo_root):
     """A model that never opens, simulated users pressing the button while they want water, and
     the Pi's 10 s hold after each release: the label stage must not read the held water as wanted
-    (issue 17: when the hold was recorded as the user's state, every unwanted open frame came out
-    labelled 1); the held frames are ignored, neither wanted nor unwanted."""
+    (when the hold was recorded as the user's state, every unwanted open frame came out labelled
+    1); the held frames are ignored, neither wanted nor unwanted."""
     from dataclasses import replace
 
     from autosink.edge.inference import load_model

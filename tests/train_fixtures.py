@@ -32,14 +32,26 @@ def write_store(root: Path, sessions: int = 6, frames_per_session: int = 8, seed
             rel = f"{label}/ep{s:02d}_{i:04d}.png"
             (store / str(label)).mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(store / rel), cv2.cvtColor(tiny_frame(label, rng), cv2.COLOR_RGB2BGR))
-            rows.append({"path": rel, "label": label, "episode": f"ep{s:02d}", "frame_index": i,
-                         "user_id": f"user_{s % 3}", "dishwashing_id": f"{s:010x}", "source": "auto",
-                         "confidence": 0.95})
+            rows.append(
+                {
+                    "path": rel,
+                    "label": label,
+                    "episode": f"ep{s:02d}",
+                    "frame_index": i,
+                    "user_id": f"user_{s % 3}",
+                    "dishwashing_id": f"{s:010x}",
+                    "source": "auto",
+                    "confidence": 0.95,
+                }
+            )
     table = pd.DataFrame(rows)
     splits.mkdir(parents=True, exist_ok=True)
     n_test = max(1, sessions // 6)
-    parts = {"train": range(0, sessions - 2 * n_test), "val": range(sessions - 2 * n_test, sessions - n_test),
-             "test": range(sessions - n_test, sessions)}
+    parts = {
+        "train": range(0, sessions - 2 * n_test),
+        "val": range(sessions - 2 * n_test, sessions - n_test),
+        "test": range(sessions - n_test, sessions),
+    }
     for name, sess in parts.items():
         table[table["episode"].isin([f"ep{s:02d}" for s in sess])].to_csv(splits / f"{name}.csv", index=False)
     return store, splits
@@ -50,7 +62,16 @@ def tiny_params(repo_root: Path, overrides: list[str] | None = None) -> dict:
     params = compose(repo_root, overrides or [])
     params["data"].update(frame_width=W, frame_height=H)
     params["model"].update(input_height=32, input_width=32, crop=None, weights="none")
-    params["train"].update(max_epochs=1, batch_size=8, accelerator="cpu", devices=1, strategy="auto",
-                           threads=1, early_stopping_patience=0, limit_train_batches=2, limit_val_batches=2)
+    params["train"].update(
+        max_epochs=1,
+        batch_size=8,
+        accelerator="cpu",
+        devices=1,
+        strategy="auto",
+        threads=1,
+        early_stopping_patience=0,
+        limit_train_batches=2,
+        limit_val_batches=2,
+    )
     params["train"]["wandb"]["mode"] = "disabled"
     return params

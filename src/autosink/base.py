@@ -39,8 +39,14 @@ def base_sessions(sim_cfg: dict, base_cfg: dict, split: str) -> list:
     from autosink.sim.session import make_sessions
 
     n_train, n_val = int(base_cfg["users"]), int(base_cfg["val_users"])
-    cfg = with_defaults({**sim_cfg, "users": n_train + n_val,
-                         "sessions_per_user": int(base_cfg["sessions_per_user"]), "deviant_users": 0.0})
+    cfg = with_defaults(
+        {
+            **sim_cfg,
+            "users": n_train + n_val,
+            "sessions_per_user": int(base_cfg["sessions_per_user"]),
+            "deviant_users": 0.0,
+        }
+    )
     sessions = make_sessions(cfg, "base")
     keep = range(n_train) if split == "train" else range(n_train, n_train + n_val)
     return [s for s in sessions if s.user.index in keep]
@@ -59,8 +65,13 @@ def _render_chunk(args: tuple) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, 
         with torch.no_grad():
             x = preprocess.resize(torch.from_numpy(frames))
         out.append((x * 255.0).round().clamp(0, 255).to(torch.uint8))
-    return (out[0], out[1], np.array([float(wants_water(st)) for st in states], np.float32),
-            np.array([label_of(st) for st in states], np.int64), np.array([stratum(st) for st in states], np.int64))
+    return (
+        out[0],
+        out[1],
+        np.array([float(wants_water(st)) for st in states], np.float32),
+        np.array([label_of(st) for st in states], np.int64),
+        np.array([stratum(st) for st in states], np.int64),
+    )
 
 
 def stratum(state) -> int:
@@ -69,8 +80,12 @@ def stratum(state) -> int:
     dish scrubbed where it lies) are what a model gets wrong when it only sees common ones."""
     from autosink.sim.session import STEPS
 
-    return (STEPS.index(state.step) * 8 + 4 * int(state.dish_held and state.dish_in_roi)
-            + 2 * int(state.hand_in_roi) + int(state.scrubber_visible))
+    return (
+        STEPS.index(state.step) * 8
+        + 4 * int(state.dish_held and state.dish_in_roi)
+        + 2 * int(state.hand_in_roi)
+        + int(state.scrubber_visible)
+    )
 
 
 def stratum_weights(strata: np.ndarray, power: float) -> np.ndarray:
@@ -80,8 +95,14 @@ def stratum_weights(strata: np.ndarray, power: float) -> np.ndarray:
     return np.bincount(strata)[strata].astype(float) ** -float(power)
 
 
-def render_pairs(sessions: list, preprocess: Preprocess, every: int = 1, progress: bool = False,
-                 desc: str = "rendering", workers: int | None = None) -> dict[str, Any]:
+def render_pairs(
+    sessions: list,
+    preprocess: Preprocess,
+    every: int = 1,
+    progress: bool = False,
+    desc: str = "rendering",
+    workers: int | None = None,
+) -> dict[str, Any]:
     """Every ``every``-th frame of each session, rendered with the water off and on and shrunk by
     the network's own resize, stored as uint8 (a quarter of float32's memory; the rounding is
     below the colour jitter of augmentation). Rendering is spread over ``workers`` processes
@@ -96,9 +117,9 @@ def render_pairs(sessions: list, preprocess: Preprocess, every: int = 1, progres
 
     from tqdm import tqdm
 
-    indexed = [(k, st) for k, s in enumerate(sessions) for st in s.states[::max(1, int(every))]]
+    indexed = [(k, st) for k, s in enumerate(sessions) for st in s.states[:: max(1, int(every))]]
     states = [st for _, st in indexed]
-    chunks = [(states[i:i + 128], preprocess) for i in range(0, len(states), 128)]
+    chunks = [(states[i : i + 128], preprocess) for i in range(0, len(states), 128)]
     workers = max(1, min(int(workers or os.cpu_count() or 1), len(chunks)))
     bar = tqdm(total=len(states), desc=desc, unit="frame", disable=not progress, leave=False)
     parts = []
@@ -113,12 +134,14 @@ def render_pairs(sessions: list, preprocess: Preprocess, every: int = 1, progres
                 bar.update(len(part[2]))
     bar.close()
     empty = torch.empty(0, 3, preprocess.height, preprocess.width, dtype=torch.uint8)
-    return {"off": torch.cat([p[0] for p in parts]) if parts else empty,
-            "on": torch.cat([p[1] for p in parts]) if parts else empty,
-            "label": np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32),
-            "truth": np.concatenate([p[3] for p in parts]) if parts else np.zeros(0, np.int64),
-            "stratum": np.concatenate([p[4] for p in parts]) if parts else np.zeros(0, np.int64),
-            "session": np.array([k for k, _ in indexed], np.int64)}
+    return {
+        "off": torch.cat([p[0] for p in parts]) if parts else empty,
+        "on": torch.cat([p[1] for p in parts]) if parts else empty,
+        "label": np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32),
+        "truth": np.concatenate([p[3] for p in parts]) if parts else np.zeros(0, np.int64),
+        "stratum": np.concatenate([p[4] for p in parts]) if parts else np.zeros(0, np.int64),
+        "session": np.array([k for k, _ in indexed], np.int64),
+    }
 
 
 class PairDataset(Dataset):
@@ -159,8 +182,10 @@ class BaseDataModule(pl.LightningDataModule):
         from autosink.frames import build_augment
 
         self.cfg = train_cfg
-        self.datasets = {"train": PairDataset(train_pairs, "random", build_augment(train_cfg.get("augment")), stratify),
-                         "val": PairDataset(val_pairs, "both")}
+        self.datasets = {
+            "train": PairDataset(train_pairs, "random", build_augment(train_cfg.get("augment")), stratify),
+            "val": PairDataset(val_pairs, "both"),
+        }
         self.weights = self.datasets["train"].weights
 
     def setup(self, stage: str | None = None) -> None:
@@ -184,10 +209,18 @@ class BaseDataModule(pl.LightningDataModule):
         collate = AugmentCollate(ds.augment) if train and ds.augment is not None else None
         sampler = None
         if train and self.weights is not None:
-            sampler = WeightedRandomSampler(self.weights.tolist(), num_samples=len(ds), replacement=True,
-                                            generator=generator)
-        return DataLoader(ds, batch_size=int(self.cfg["batch_size"]), shuffle=train and sampler is None,
-                          sampler=sampler, generator=generator if train else None, num_workers=0, collate_fn=collate)
+            sampler = WeightedRandomSampler(
+                self.weights.tolist(), num_samples=len(ds), replacement=True, generator=generator
+            )
+        return DataLoader(
+            ds,
+            batch_size=int(self.cfg["batch_size"]),
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            generator=generator if train else None,
+            num_workers=0,
+            collate_fn=collate,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

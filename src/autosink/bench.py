@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,9 @@ def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> str:
     return out
 
 
-def copy_project(src_root: Path, dst: Path, conf_overrides: dict[str, dict] | None = None,
-                 remote: Path | None = None) -> dict:
+def copy_project(
+    src_root: Path, dst: Path, conf_overrides: dict[str, dict] | None = None, remote: Path | None = None
+) -> dict:
     """A fresh git+DVC copy of the project's files (as a clone would have them), its configs shrunk.
 
     ``conf_overrides`` maps a file under conf/ to the keys to change in it (top-level keys of that
@@ -51,15 +52,24 @@ def copy_project(src_root: Path, dst: Path, conf_overrides: dict[str, dict] | No
     """
     import yaml
 
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=src_root,
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=src_root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for rel in files:
         if (src_root / rel).is_file():
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src_root / rel, dst / rel)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "WANDB_MODE": "offline", "DVC_NO_ANALYTICS": "1",
-           "AUTOSINK_DVC_REMOTE": str(remote or dst.parent / "dvc-remote")}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "WANDB_MODE": "offline",
+        "DVC_NO_ANALYTICS": "1",
+        "AUTOSINK_DVC_REMOTE": str(remote or dst.parent / "dvc-remote"),
+    }
     for name, changes in (conf_overrides or {}).items():
         conf_file = dst / "conf" / name
         conf = yaml.safe_load(conf_file.read_text())
@@ -88,8 +98,9 @@ def clone_episode(src: Path, lake: Path, shift: timedelta) -> Path:
     for it in meta.interactions:
         it.timestamp = it.timestamp + shift
     stem = episode_stem(meta.interactions[0].timestamp if meta.interactions else meta.dishwashing_start)
-    return write_episode(lake / f"{stem}.zip", meta, [ep.read_frame_bytes(n) for n in ep.frame_names],
-                         expected_size=None)
+    return write_episode(
+        lake / f"{stem}.zip", meta, [ep.read_frame_bytes(n) for n in ep.frame_names], expected_size=None
+    )
 
 
 def _metrics(root: Path, name: str) -> dict:
@@ -111,8 +122,10 @@ def incremental(repo_root: Path, sizes: list[int], work: Path) -> list[dict]:
 
     # A tiny sample lake (only its cases and a few templates are used), and the data gate off:
     # cloned episodes are near-duplicates by construction.
-    tiny = {"sim/default.yaml": {"users": 1, "sessions_per_user": 2, "case_frames": 2},
-            "validate/default.yaml": {"enforce": False, "wandb": {"mode": "disabled"}}}
+    tiny = {
+        "sim/default.yaml": {"users": 1, "sessions_per_user": 2, "case_frames": 2},
+        "validate/default.yaml": {"enforce": False, "wandb": {"mode": "disabled"}},
+    }
     results = []
     for size in sizes:
         root = work / f"lake-{size}" / "autosink"
@@ -140,12 +153,19 @@ def incremental(repo_root: Path, sizes: list[int], work: Path) -> list[dict]:
         run(["dvc", "repro", "validate_data"], root, env)
         again = time.perf_counter() - t0
         ext, lab = _run_record(root, "extract"), _run_record(root, "label")
-        results.append({
-            "episodes": size, "frames": frames, "full_repro_s": round(first, 2), "dvc_add_s": round(add_s, 2),
-            "repro_after_one_s": round(again, 2), "extracted": ext["episodes_extracted"],
-            "extract_reused": ext["episodes_reused"], "relabelled": lab["episodes_relabelled"],
-            "label_reused": lab["episodes_reused"],
-        })
+        results.append(
+            {
+                "episodes": size,
+                "frames": frames,
+                "full_repro_s": round(first, 2),
+                "dvc_add_s": round(add_s, 2),
+                "repro_after_one_s": round(again, 2),
+                "extracted": ext["episodes_extracted"],
+                "extract_reused": ext["episodes_reused"],
+                "relabelled": lab["episodes_relabelled"],
+                "label_reused": lab["episodes_reused"],
+            }
+        )
         print(_row(results[-1]), flush=True)
     return results
 
@@ -175,8 +195,9 @@ def main_incremental(sizes: list[int], keep: Path | None, json_out: Path | None)
     return 0
 
 
-def train_throughput(params: dict, backbones: list[str], batches: int = 6, warmup: int = 2,
-                     threads: int | None = None) -> list[dict]:
+def train_throughput(
+    params: dict, backbones: list[str], batches: int = 6, warmup: int = 2, threads: int | None = None
+) -> list[dict]:
     """Training images/s of each backbone at the configured input size (forward, backward and
     AdamW step on resized frames, as one training step does) and the per-epoch time this means
     for the current training split."""
@@ -205,10 +226,18 @@ def train_throughput(params: dict, backbones: list[str], batches: int = 6, warmu
             if i >= warmup:
                 seconds += time.perf_counter() - t0
         ips = batches * bs / seconds
-        rows.append({"backbone": name, "input": [h, w], "batch_size": bs, "threads": torch.get_num_threads(),
-                     "images_per_s": round(ips, 1), "train_frames": n_train,
-                     "epoch_s": round(n_train / ips, 1) if n_train else None,
-                     "parameters_m": round(count_parameters(net) / 1e6, 2)})
+        rows.append(
+            {
+                "backbone": name,
+                "input": [h, w],
+                "batch_size": bs,
+                "threads": torch.get_num_threads(),
+                "images_per_s": round(ips, 1),
+                "train_frames": n_train,
+                "epoch_s": round(n_train / ips, 1) if n_train else None,
+                "parameters_m": round(count_parameters(net) / 1e6, 2),
+            }
+        )
     return rows
 
 
@@ -217,8 +246,10 @@ def main_train(backbones: list[str], batches: int, json_out: Path | None) -> int
 
     os.chdir(project_root())
     params = load_params()
-    print(f"training throughput, {params['model']['input_height']}x{params['model']['input_width']} input, "
-          f"batch {params['train']['batch_size']}, {os.cpu_count()} CPU threads (forward + backward + AdamW)")
+    print(
+        f"training throughput, {params['model']['input_height']}x{params['model']['input_width']} input, "
+        f"batch {params['train']['batch_size']}, {os.cpu_count()} CPU threads (forward + backward + AdamW)"
+    )
     print(f"  {'backbone':<20} {'params':>8} {'images/s':>9} {'s/epoch':>8}")
     rows = []
     for name in backbones:
@@ -279,6 +310,7 @@ def _edge_worker() -> None:
 
     paths = [p for p in spec["frames"] if decode(p) is not None]
     if paths:
+
         def frame(i: int):
             return decode(paths[i % len(paths)])
     else:  # no real frames of the model's size: a few fixed noise frames (latency does not depend on content)
@@ -305,25 +337,44 @@ def _edge_worker() -> None:
 
         peak = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # kB on Linux
     result = {
-        "model": str(model.path), "backbone": model.card.get("backbone"), "version": model.version,
-        "model_mb": round(model.path.stat().st_size / 1e6, 2), "input": [h, w],
-        "model_input": model.card.get("input_size"), "crop": model.card.get("crop"),
-        "threads": int(opts.intra_op_num_threads), "inter_op_threads": int(opts.inter_op_num_threads),
-        "iterations": iterations, "warmup": warmup,
-        "frame_source": "real" if paths else "synthetic", "distinct_frames": len(paths) or 4,
-        "p50_ms": round(float(np.percentile(lat, 50)), 3), "p90_ms": round(float(np.percentile(lat, 90)), 3),
-        "p99_ms": round(float(np.percentile(lat, 99)), 3), "mean_ms": round(float(lat.mean()), 3),
-        "min_ms": round(float(lat.min()), 3), "max_ms": round(float(lat.max()), 3),
+        "model": str(model.path),
+        "backbone": model.card.get("backbone"),
+        "version": model.version,
+        "model_mb": round(model.path.stat().st_size / 1e6, 2),
+        "input": [h, w],
+        "model_input": model.card.get("input_size"),
+        "crop": model.card.get("crop"),
+        "threads": int(opts.intra_op_num_threads),
+        "inter_op_threads": int(opts.inter_op_num_threads),
+        "iterations": iterations,
+        "warmup": warmup,
+        "frame_source": "real" if paths else "synthetic",
+        "distinct_frames": len(paths) or 4,
+        "p50_ms": round(float(np.percentile(lat, 50)), 3),
+        "p90_ms": round(float(np.percentile(lat, 90)), 3),
+        "p99_ms": round(float(np.percentile(lat, 99)), 3),
+        "mean_ms": round(float(lat.mean()), 3),
+        "min_ms": round(float(lat.min()), 3),
+        "max_ms": round(float(lat.max()), 3),
         "fps": round(1000.0 / float(lat.mean()), 1),
         "p_water_range": [round(min(probs), 4), round(max(probs), 4)],
-        "peak_rss_mb": peak, "rss_after_imports_mb": rss_imports, "rss_after_load_mb": rss_loaded,
+        "peak_rss_mb": peak,
+        "rss_after_imports_mb": rss_imports,
+        "rss_after_load_mb": rss_loaded,
         "torch_imported": "torch" in sys.modules,
     }
     print(json.dumps(result), flush=True)
 
 
-def edge_latency(model: Path, frames: list[Path] | None = None, *, iterations: int = 500, warmup: int = 20,
-                 threads: int = 1, timeout: float = 1800) -> dict:
+def edge_latency(
+    model: Path,
+    frames: list[Path] | None = None,
+    *,
+    iterations: int = 500,
+    warmup: int = 20,
+    threads: int = 1,
+    timeout: float = 1800,
+) -> dict:
     """Per-frame latency of ``model`` (an ONNX file with its card beside it) through the edge's own
     ``load_model(path, threads=...).predict``, in a fresh process that imports only the edge side;
     that process's peak memory too. ``frames``: RGB images of the card's size (others are
@@ -336,10 +387,20 @@ def edge_latency(model: Path, frames: list[Path] | None = None, *, iterations: i
             raise FileNotFoundError(f"{path}: not found; {_MISSING_MODEL}")
     if iterations < 1 or warmup < 0:
         raise ValueError(f"iterations must be >= 1 and warmup >= 0, got {iterations} and {warmup}")
-    spec = {"model": str(model.resolve()), "frames": [str(Path(p).resolve()) for p in frames or []],
-            "iterations": int(iterations), "warmup": int(warmup), "threads": int(threads)}
-    proc = subprocess.run([sys.executable, "-c", "from autosink.bench import _edge_worker; _edge_worker()"],
-                          input=json.dumps(spec), capture_output=True, text=True, timeout=timeout)
+    spec = {
+        "model": str(model.resolve()),
+        "frames": [str(Path(p).resolve()) for p in frames or []],
+        "iterations": int(iterations),
+        "warmup": int(warmup),
+        "threads": int(threads),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", "from autosink.bench import _edge_worker; _edge_worker()"],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"edge latency worker failed ({proc.returncode}) on {model}:\n{proc.stdout}{proc.stderr}")
@@ -382,9 +443,18 @@ def export_baseline(params: dict, out_dir: Path, backbone: str = BASELINE, seed:
     h, w = int(data_cfg["frame_height"]), int(data_cfg["frame_width"])
     path = Path(out_dir) / f"{backbone}.onnx"
     export_onnx(net, path, height=h, width=w, opset=int(params.get("export", {}).get("opset", OPSET)))
-    write_model_card(path, backbone=backbone, threshold=0.5, version=f"bench-{backbone}-random-weights",
-                     data_version="none", height=h, width=w, metrics={},
-                     input_size=(net.preprocess.height, net.preprocess.width), crop=net.preprocess.crop)
+    write_model_card(
+        path,
+        backbone=backbone,
+        threshold=0.5,
+        version=f"bench-{backbone}-random-weights",
+        data_version="none",
+        height=h,
+        width=w,
+        metrics={},
+        input_size=(net.preprocess.height, net.preprocess.width),
+        crop=net.preprocess.crop,
+    )
     return path
 
 
@@ -398,8 +468,7 @@ def latency_keys(edge: dict, baseline: dict, name: str = BASELINE) -> dict:
     return keys
 
 
-def compare_edge(root: Path, params: dict, model: Path, *, iterations: int, warmup: int,
-                 frames: int = 16) -> dict:
+def compare_edge(root: Path, params: dict, model: Path, *, iterations: int, warmup: int, frames: int = 16) -> dict:
     """The edge model and a ResNet-50 exported the same way, one after the other on the same frames."""
     import tempfile
 
@@ -424,20 +493,26 @@ def compare_edge(root: Path, params: dict, model: Path, *, iterations: int, warm
     base["model"] = f"{BASELINE} (random weights, exported to a temporary folder)"
     for r in (edge, base):
         r["frames_from"] = source if r["frame_source"] == "real" else "synthetic"
-    mismatch = [k for k, want in (("model_input", [int(params["model"]["input_height"]),
-                                                   int(params["model"]["input_width"])]),
-                                  ("crop", list(params["model"].get("crop") or []) or None))
-                if edge.get(k) != want]
-    return {**latency_keys(edge, base), "edge": edge, BASELINE: base, "seconds": seconds,
-            "input_mismatch": mismatch}
+    mismatch = [
+        k
+        for k, want in (
+            ("model_input", [int(params["model"]["input_height"]), int(params["model"]["input_width"])]),
+            ("crop", list(params["model"].get("crop") or []) or None),
+        )
+        if edge.get(k) != want
+    ]
+    return {**latency_keys(edge, base), "edge": edge, BASELINE: base, "seconds": seconds, "input_mismatch": mismatch}
 
 
 # --------------------------------------------------------------------------- dvc, machine, versions
 
 
 def _tool_env() -> dict:
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            "DVC_NO_ANALYTICS": "1"}
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+    }
 
 
 def dvc_noop_repro(root: Path) -> dict:
@@ -457,11 +532,20 @@ def dvc_noop_repro(root: Path) -> dict:
     except (ValueError, IndexError):
         status = None
     if status is None:
-        return {"up_to_date": None, "repro_s": None, "status_s": status_s,
-                "note": f"`dvc status` failed ({proc.returncode}): {(proc.stdout + proc.stderr).strip()[-300:]}"}
+        return {
+            "up_to_date": None,
+            "repro_s": None,
+            "status_s": status_s,
+            "note": f"`dvc status` failed ({proc.returncode}): {(proc.stdout + proc.stderr).strip()[-300:]}",
+        }
     if status:
-        return {"up_to_date": False, "repro_s": None, "status_s": status_s, "stale": sorted(status),
-                "note": "the pipeline is not up to date (run `make repro`); the no-op `dvc repro` was not timed"}
+        return {
+            "up_to_date": False,
+            "repro_s": None,
+            "status_s": status_s,
+            "stale": sorted(status),
+            "note": "the pipeline is not up to date (run `make repro`); the no-op `dvc repro` was not timed",
+        }
     lock = root / "dvc.lock"
 
     def lock_hash() -> str | None:
@@ -473,8 +557,14 @@ def dvc_noop_repro(root: Path) -> dict:
     repro_s = round(time.perf_counter() - t0, 2)
     out = proc.stdout + proc.stderr
     ran = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")]
-    result = {"up_to_date": True, "repro_s": repro_s, "status_s": status_s, "returncode": proc.returncode,
-              "ran_stages": ran, "changed": bool(ran) or lock_hash() != before}
+    result = {
+        "up_to_date": True,
+        "repro_s": repro_s,
+        "status_s": status_s,
+        "returncode": proc.returncode,
+        "ran_stages": ran,
+        "changed": bool(ran) or lock_hash() != before,
+    }
     if proc.returncode != 0:
         result["note"] = f"`dvc repro` failed: {out.strip()[-300:]}"
     return result
@@ -496,17 +586,31 @@ def machine_info() -> dict:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
-                mem_gb = round(int(line.split()[1]) / 1024 ** 2, 1)
+                mem_gb = round(int(line.split()[1]) / 1024**2, 1)
     except (OSError, ValueError):
         pass
-    return {"cpu": cpu or platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "memory_gb": mem_gb, "arch": platform.machine(), "os": platform.platform(),
-            "python": platform.python_version()}
+    return {
+        "cpu": cpu or platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gb": mem_gb,
+        "arch": platform.machine(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
-VERSIONED = ("autosink", "torch", "torchvision", "pytorch-lightning", "onnx", "onnxruntime", "numpy",
-             "opencv-python-headless", "dvc")
+VERSIONED = (
+    "autosink",
+    "torch",
+    "torchvision",
+    "pytorch-lightning",
+    "onnx",
+    "onnxruntime",
+    "numpy",
+    "opencv-python-headless",
+    "dvc",
+)
 
 
 def versions() -> dict:
@@ -522,9 +626,9 @@ def versions() -> dict:
 
 
 def _utc_now() -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 # --------------------------------------------------------------------------- report
@@ -536,46 +640,65 @@ def _fmt(v: Any, spec: str = ".2f") -> str:
 
 def format_edge(report: dict) -> list[str]:
     edge, base = report["edge"], report[BASELINE]
-    frames = (f"{edge['distinct_frames']} real {edge['input'][1]}x{edge['input'][0]} RGB frames from "
-              f"{edge['frames_from']}" if edge["frame_source"] == "real"
-              else f"synthetic {edge['input'][1]}x{edge['input'][0]} frames (no real ones found)")
+    frames = (
+        f"{edge['distinct_frames']} real {edge['input'][1]}x{edge['input'][0]} RGB frames from {edge['frames_from']}"
+        if edge["frame_source"] == "real"
+        else f"synthetic {edge['input'][1]}x{edge['input'][0]} frames (no real ones found)"
+    )
     inp = edge.get("model_input") or ["?", "?"]
-    lines = [f"edge inference: load_model(...).predict, onnxruntime, {edge['threads']} thread, "
-             f"{edge['iterations']} frames after {edge['warmup']} warm-up; {frames}; model input "
-             f"{inp[1]}x{inp[0]}, crop {edge.get('crop')}",
-             f"  {'model':<36} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'fps':>7} {'peak RSS MB':>12} "
-             f"{'file MB':>8}"]
-    for label, r in ((f"{Path(edge['model']).name} ({edge['backbone']})", edge),
-                     (f"{BASELINE} (random weights)", base)):
-        lines.append(f"  {label[:36]:<36} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['mean_ms']:>8.2f} "
-                     f"{r['fps']:>7.1f} {_fmt(r['peak_rss_mb'], '.1f'):>12} {r['model_mb']:>8.1f}")
-    lines.append(f"  speedup vs {BASELINE} (p50): {_fmt(report[f'speedup_vs_{BASELINE}'])}x; "
-                 f"edge process imports torch: {'YES' if edge['torch_imported'] else 'no'}; "
-                 f"its RSS after imports {_fmt(edge['rss_after_imports_mb'], '.1f')} MB, "
-                 f"after loading the model {_fmt(edge['rss_after_load_mb'], '.1f')} MB")
+    lines = [
+        f"edge inference: load_model(...).predict, onnxruntime, {edge['threads']} thread, "
+        f"{edge['iterations']} frames after {edge['warmup']} warm-up; {frames}; model input "
+        f"{inp[1]}x{inp[0]}, crop {edge.get('crop')}",
+        f"  {'model':<36} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'fps':>7} {'peak RSS MB':>12} {'file MB':>8}",
+    ]
+    for label, r in (
+        (f"{Path(edge['model']).name} ({edge['backbone']})", edge),
+        (f"{BASELINE} (random weights)", base),
+    ):
+        lines.append(
+            f"  {label[:36]:<36} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['mean_ms']:>8.2f} "
+            f"{r['fps']:>7.1f} {_fmt(r['peak_rss_mb'], '.1f'):>12} {r['model_mb']:>8.1f}"
+        )
+    lines.append(
+        f"  speedup vs {BASELINE} (p50): {_fmt(report[f'speedup_vs_{BASELINE}'])}x; "
+        f"edge process imports torch: {'YES' if edge['torch_imported'] else 'no'}; "
+        f"its RSS after imports {_fmt(edge['rss_after_imports_mb'], '.1f')} MB, "
+        f"after loading the model {_fmt(edge['rss_after_load_mb'], '.1f')} MB"
+    )
     if report.get("input_mismatch"):
-        lines.append(f"  NOTE: {edge['model']}'s card differs from params.yaml in {report['input_mismatch']}: "
-                     f"the {BASELINE} uses params.yaml (re-run `make repro`?)")
+        lines.append(
+            f"  NOTE: {edge['model']}'s card differs from params.yaml in {report['input_mismatch']}: "
+            f"the {BASELINE} uses params.yaml (re-run `make repro`?)"
+        )
     return lines
 
 
 def format_report(report: dict) -> str:
     m = report["machine"]
-    lines = [f"autosink bench, {report['date']}, {m['cpu']} ({m['cores']} cores, {_fmt(m['memory_gb'], '.1f')} GB), "
-             f"git {str(report.get('git_revision'))[:12]}"]
+    lines = [
+        f"autosink bench, {report['date']}, {m['cpu']} ({m['cores']} cores, {_fmt(m['memory_gb'], '.1f')} GB), "
+        f"git {str(report.get('git_revision'))[:12]}"
+    ]
     lines += format_edge(report)
     noop = report["dvc_noop"]
     if noop["repro_s"] is not None:
-        lines.append(f"no-op `dvc repro` in this repository: {noop['repro_s']:.2f} s (`dvc status` {noop['status_s']:.2f} s)"
-                     + ("; WARNING: it ran " + ", ".join(noop["ran_stages"]) if noop.get("changed") else ""))
+        lines.append(
+            f"no-op `dvc repro` in this repository: {noop['repro_s']:.2f} s (`dvc status` {noop['status_s']:.2f} s)"
+            + ("; WARNING: it ran " + ", ".join(noop["ran_stages"]) if noop.get("changed") else "")
+        )
     else:
-        lines.append(f"no-op `dvc repro`: not measured: {noop.get('note')}"
-                     + (f" (stale: {', '.join(noop['stale'])})" if noop.get("stale") else ""))
+        lines.append(
+            f"no-op `dvc repro`: not measured: {noop.get('note')}"
+            + (f" (stale: {', '.join(noop['stale'])})" if noop.get("stale") else "")
+        )
     tr = report.get("train")
     if tr:
-        lines.append(f"training: {tr['images_per_s']:.1f} images/s ({tr['backbone']}, {tr['input'][0]}x{tr['input'][1]}, "
-                     f"batch {tr['batch_size']}, {tr['threads']} threads; forward + backward + AdamW)"
-                     + (f", {tr['epoch_s']} s per epoch of {tr['train_frames']} frames" if tr.get("epoch_s") else ""))
+        lines.append(
+            f"training: {tr['images_per_s']:.1f} images/s ({tr['backbone']}, {tr['input'][0]}x{tr['input'][1]}, "
+            f"batch {tr['batch_size']}, {tr['threads']} threads; forward + backward + AdamW)"
+            + (f", {tr['epoch_s']} s per epoch of {tr['train_frames']} frames" if tr.get("epoch_s") else "")
+        )
     inc = report.get("incremental")
     if inc:
         lines.append("`dvc repro` after adding one episode (scratch copies, data=real):")
@@ -605,14 +728,24 @@ def main_edge(model: Path, iterations: int, warmup: int, json_out: Path | None) 
     print("\n".join(format_edge(report)))
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps({"date": _utc_now(), "machine": machine_info(), "versions": versions(),
-                                        **report}, indent=2) + "\n")
+        json_out.write_text(
+            json.dumps({"date": _utc_now(), "machine": machine_info(), "versions": versions(), **report}, indent=2)
+            + "\n"
+        )
         print(f"wrote {json_out}")
     return 0
 
 
-def main_all(model: Path, iterations: int, warmup: int, quick: bool, sizes: list[int], batches: int,
-             json_out: Path | None, keep: Path | None) -> int:
+def main_all(
+    model: Path,
+    iterations: int,
+    warmup: int,
+    quick: bool,
+    sizes: list[int],
+    batches: int,
+    json_out: Path | None,
+    keep: Path | None,
+) -> int:
     """`autosink bench all` / `make bench`: everything, a table, and metrics/bench.json."""
     import tempfile
 
@@ -627,12 +760,18 @@ def main_all(model: Path, iterations: int, warmup: int, quick: bool, sizes: list
     os.chdir(root)
     json_out = json_out or root / "metrics" / "bench.json"
     params = load_params()
-    report: dict[str, Any] = {"date": _utc_now(), "machine": machine_info(), "versions": versions(),
-                              "git_revision": git_revision(root)}
+    report: dict[str, Any] = {
+        "date": _utc_now(),
+        "machine": machine_info(),
+        "versions": versions(),
+        "git_revision": git_revision(root),
+    }
     print(f"autosink bench: {report['machine']['cpu']}, {report['machine']['cores']} cores", flush=True)
 
-    print(f"edge latency: exporting a {BASELINE} the same way, then {iterations} frames through each model ...",
-          flush=True)
+    print(
+        f"edge latency: exporting a {BASELINE} the same way, then {iterations} frames through each model ...",
+        flush=True,
+    )
     edge = compare_edge(root, params, model, iterations=iterations, warmup=warmup)
     seconds = edge.pop("seconds")
     report.update(edge)

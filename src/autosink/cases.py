@@ -2,8 +2,8 @@
 
 A hold-out accuracy can look fine while the model fails the one case where water is needed
 (the earlier system: 96.6 % overall, 4.4 % on "rinse, dish close"). So every candidate model is
-also run on fixed *cases*, ``CASEnn-<label>-<description>/`` folders of PNG frames (all frames
-of a case share its label, DESIGN.md section 2), and promoted only if every case passes.
+also run on fixed *cases*, ``CASEnn-<label>-<description>/`` folders of PNG frames (the label is
+in the folder's name: every frame of a case has that one label), and promoted only if every case passes.
 
 * :func:`list_cases` reads the folders (strictly: a misnamed folder is an error, not skipped,
   so a case cannot silently drop out of the gate).
@@ -22,17 +22,27 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
 from autosink.modelcard import card_path_for
 
 __all__ = [
-    "Case", "CaseError", "parse_case_name", "list_cases", "evaluate_cases", "onnx_predictor",
-    "OnnxCasePredictor", "gate", "format_report", "DEFAULT_MIN_ACCURACY", "DEFAULT_MAX_REGRESSION",
+    "Case",
+    "CaseError",
+    "parse_case_name",
+    "list_cases",
+    "evaluate_cases",
+    "onnx_predictor",
+    "OnnxCasePredictor",
+    "gate",
+    "format_report",
+    "DEFAULT_MIN_ACCURACY",
+    "DEFAULT_MAX_REGRESSION",
 ]
 
 CASE_PATTERN = "CASEnn-<0|1>-<description> (e.g. CASE03-1-rinse-dish-close-water)"
@@ -72,8 +82,7 @@ def parse_case_name(name: str) -> tuple[int, int, str]:
         raise CaseError(f"{name}: not a case folder name; expected {CASE_PATTERN}")
     number, label, description = m.groups()
     if label not in ("0", "1"):
-        raise CaseError(f"{name}: label {label!r} (second '-'-separated field) must be 0 or 1; "
-                        f"expected {CASE_PATTERN}")
+        raise CaseError(f"{name}: label {label!r} (second '-'-separated field) must be 0 or 1; expected {CASE_PATTERN}")
     if description != description.strip():
         raise CaseError(f"{name}: description has leading/trailing whitespace; expected {CASE_PATTERN}")
     return int(number), int(label), description
@@ -98,11 +107,13 @@ def list_cases(root: str | os.PathLike[str]) -> list[Case]:
         except CaseError as e:
             raise CaseError(f"{root}/{e}") from None
         if number in seen:
-            raise CaseError(f"{d}: case number {number:02d} is also used by {root / seen[number]}; "
-                            "case numbers must be unique")
+            raise CaseError(
+                f"{d}: case number {number:02d} is also used by {root / seen[number]}; case numbers must be unique"
+            )
         seen[number] = d.name
-        frames = tuple(sorted(p for p in d.iterdir()
-                              if p.is_file() and p.suffix.lower() == ".png" and not p.name.startswith(".")))
+        frames = tuple(
+            sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() == ".png" and not p.name.startswith("."))
+        )
         if not frames:
             raise CaseError(f"{d}: case folder holds no .png frames")
         cases.append(Case(d.name, number, label, description, frames))
@@ -118,11 +129,14 @@ def _probabilities(predict: Predict, batch: np.ndarray, case: Case, first: int) 
     except CaseError:
         raise
     except Exception as e:  # name the case: "predict failed" alone is useless in a stage log
-        raise CaseError(f"{case.name}: predict failed on {case.frames[first].name} and the next "
-                        f"{len(batch) - 1} frame(s): {type(e).__name__}: {e}") from e
+        raise CaseError(
+            f"{case.name}: predict failed on {case.frames[first].name} and the next "
+            f"{len(batch) - 1} frame(s): {type(e).__name__}: {e}"
+        ) from e
     if y.size != len(batch) or (y.ndim > 1 and y.shape[0] != len(batch)):
-        raise CaseError(f"{case.name}: predict returned shape {y.shape} for {len(batch)} frames, "
-                        "expected one probability per frame")
+        raise CaseError(
+            f"{case.name}: predict returned shape {y.shape} for {len(batch)} frames, expected one probability per frame"
+        )
     y = y.reshape(-1)
     bad = ~(np.isfinite(y) & (y >= 0.0) & (y <= 1.0))
     if bad.any():
@@ -131,8 +145,13 @@ def _probabilities(predict: Predict, batch: np.ndarray, case: Case, first: int) 
     return y
 
 
-def evaluate_cases(predict: Predict, cases: Iterable[Case], threshold: float,
-                   frame_size: tuple[int, int] | None = (640, 480), batch_size: int = 16) -> dict[str, dict]:
+def evaluate_cases(
+    predict: Predict,
+    cases: Iterable[Case],
+    threshold: float,
+    frame_size: tuple[int, int] | None = (640, 480),
+    batch_size: int = 16,
+) -> dict[str, dict]:
     """Run ``predict`` on every frame of every case; per case name:
     ``{"label", "n", "accuracy", "mean_p", "correct"}``.
 
@@ -157,7 +176,7 @@ def evaluate_cases(predict: Predict, cases: Iterable[Case], threshold: float,
             raise CaseError(f"{case.name}: case given twice")
         ps = []
         for start in range(0, len(case.frames), int(batch_size)):
-            batch = np.stack([read_frame(p, frame_size) for p in case.frames[start:start + int(batch_size)]])
+            batch = np.stack([read_frame(p, frame_size) for p in case.frames[start : start + int(batch_size)]])
             ps.append(_probabilities(predict, batch, case, start))
         p = np.concatenate(ps) if ps else np.zeros(0)
         correct = int(((p >= threshold).astype(int) == case.label).sum())
@@ -206,13 +225,17 @@ class OnnxCasePredictor:
         m = self.model
         frames = np.asarray(frames)
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (m.height, m.width, 3):
-            raise ValueError(f"{self.path}: expected uint8 RGB frames [N, {m.height}, {m.width}, 3] "
-                             f"(the card's size), got {frames.dtype} {tuple(frames.shape)}")
+            raise ValueError(
+                f"{self.path}: expected uint8 RGB frames [N, {m.height}, {m.width}, 3] "
+                f"(the card's size), got {frames.dtype} {tuple(frames.shape)}"
+            )
         x = frames[..., ::-1] if m.bgr else frames
         y = np.asarray(m.session.run([m.output_name], {m.input_name: np.ascontiguousarray(x)})[0])
         if y.size != len(frames):
-            raise ValueError(f"{self.path}: output {m.output_name!r} has shape {y.shape} for {len(frames)} "
-                             "frames, expected one probability per frame")
+            raise ValueError(
+                f"{self.path}: output {m.output_name!r} has shape {y.shape} for {len(frames)} "
+                "frames, expected one probability per frame"
+            )
         return y.reshape(-1).astype(np.float64)
 
 
@@ -231,8 +254,10 @@ def onnx_predictor(onnx_path: str | os.PathLike[str], *, threads: int = 0) -> tu
         raise FileNotFoundError(f"{path}: model file not found")
     cpath = card_path_for(path)
     if not cpath.is_file():
-        raise ValueError(f"{path}: no model card {cpath.name} beside it (the export writes both); "
-                         "refusing to evaluate a model without its threshold and input contract")
+        raise ValueError(
+            f"{path}: no model card {cpath.name} beside it (the export writes both); "
+            "refusing to evaluate a model without its threshold and input contract"
+        )
     try:
         model = load_model(path, threads=int(threads) or os.cpu_count() or 1)
     except ModelError as e:
@@ -242,6 +267,7 @@ def onnx_predictor(onnx_path: str | os.PathLike[str], *, threads: int = 0) -> tu
 
 
 # --------------------------------------------------------------------------- gate
+
 
 def _number(name: str) -> int | None:
     try:
@@ -276,8 +302,9 @@ def _minimums(names: list[str], cfg: Mapping[str, Any]) -> tuple[dict[str, float
     default = _fraction(cfg.get("min_accuracy", DEFAULT_MIN_ACCURACY), "min_accuracy")
     per_case = cfg.get("per_case") or {}
     if not isinstance(per_case, Mapping):
-        raise ValueError(f"case gate: per_case must be a mapping of case name or CASEnn to a minimum, "
-                         f"got {type(per_case).__name__}")
+        raise ValueError(
+            f"case gate: per_case must be a mapping of case name or CASEnn to a minimum, got {type(per_case).__name__}"
+        )
     by_name: dict[str, float] = {}
     by_number: dict[int, tuple[str, float]] = {}
     for key, value in per_case.items():
@@ -292,8 +319,9 @@ def _minimums(names: list[str], cfg: Mapping[str, Any]) -> tuple[dict[str, float
         elif _number(key) is not None:
             by_name[key] = v
         else:
-            raise ValueError(f"case gate: per_case key {key!r} is neither a case name nor CASEnn; "
-                             f"expected {CASE_PATTERN}")
+            raise ValueError(
+                f"case gate: per_case key {key!r} is neither a case name nor CASEnn; expected {CASE_PATTERN}"
+            )
     mins = {}
     used: set[str] = set()
     for name in names:
@@ -306,13 +334,19 @@ def _minimums(names: list[str], cfg: Mapping[str, Any]) -> tuple[dict[str, float
             used.add(by_number[n][0])
         else:
             mins[name] = default
-    notes = [f"per_case {key!r} matches no evaluated case; ignored"
-             for key in list(by_name) + [k for k, _ in by_number.values()] if key not in used]
+    notes = [
+        f"per_case {key!r} matches no evaluated case; ignored"
+        for key in list(by_name) + [k for k, _ in by_number.values()]
+        if key not in used
+    ]
     return mins, notes
 
 
-def gate(challenger: Mapping[str, Mapping[str, Any]], champion: Mapping[str, Mapping[str, Any]] | None,
-         cfg: Mapping[str, Any] | None) -> dict:
+def gate(
+    challenger: Mapping[str, Mapping[str, Any]],
+    champion: Mapping[str, Mapping[str, Any]] | None,
+    cfg: Mapping[str, Any] | None,
+) -> dict:
     """Pass or fail the challenger's case results (:func:`evaluate_cases`), optionally against the
     production model's (``champion``, None when there is none).
 
@@ -351,15 +385,20 @@ def gate(challenger: Mapping[str, Mapping[str, Any]], champion: Mapping[str, Map
     if not names:
         failures.append("no case results for the model: nothing to gate on")
     # cases the production model fails itself: then it is no reference for regressions
-    below = [] if champion is None else [n for n in names if n in champion
-                                         and not float(champion[n]["accuracy"]) >= mins[n] - _EPS]
+    below = (
+        []
+        if champion is None
+        else [n for n in names if n in champion and not float(champion[n]["accuracy"]) >= mins[n] - _EPS]
+    )
     if champion is None:
         notes.append("no production model: regression check skipped")
     elif max_reg is None:
         notes.append("max_regression is null: regression check off")
     elif below:
-        notes.append(f"production fails the case floor itself ({', '.join(below)}): regression check "
-                     "skipped, the floors alone decide")
+        notes.append(
+            f"production fails the case floor itself ({', '.join(below)}): regression check "
+            "skipped, the floors alone decide"
+        )
         max_reg = None
     else:
         new = [n for n in names if n not in champion]
@@ -399,8 +438,15 @@ def gate(challenger: Mapping[str, Mapping[str, Any]], champion: Mapping[str, Map
     return {"passed": not failures, "failures": failures, "notes": notes, "cases": cases}
 
 
-def _climb(challenger: Mapping, champion: Mapping, names: list[str], min_gain: float, min_frames: int,
-           failures: list[str], notes: list[str]) -> tuple[list[str], list[str]]:
+def _climb(
+    challenger: Mapping,
+    champion: Mapping,
+    names: list[str],
+    min_gain: float,
+    min_frames: int,
+    failures: list[str],
+    notes: list[str],
+) -> tuple[list[str], list[str]]:
     """The climb rule (see :func:`gate`): (failures, notes) after it. It never excuses a case
     that production has no result for, nor one with too few frames."""
     shared = [n for n in names if n in champion]
@@ -411,11 +457,14 @@ def _climb(challenger: Mapping, champion: Mapping, names: list[str], min_gain: f
     new = [float(challenger[n]["accuracy"]) for n in shared]
     old = [float(champion[n]["accuracy"]) for n in shared]
     mean_new, mean_old = float(np.mean(new)), float(np.mean(old))
-    verdict = (f"climb rule: mean case accuracy {mean_old:.3f} (production) -> {mean_new:.3f}, worst case "
-               f"{min(old):.2f} -> {min(new):.2f}")
+    verdict = (
+        f"climb rule: mean case accuracy {mean_old:.3f} (production) -> {mean_new:.3f}, worst case "
+        f"{min(old):.2f} -> {min(new):.2f}"
+    )
     if mean_new >= mean_old + min_gain - _EPS and min(new) >= min(old) - _EPS:
         return [], notes + [f"{verdict}: better than production by min_gain {min_gain:g}: passed"] + [
-            f"passed by the climb rule despite: {f}" for f in failures]
+            f"passed by the climb rule despite: {f}" for f in failures
+        ]
     return failures + [f"{verdict}: not better than production by min_gain {min_gain:g}"], notes
 
 
@@ -423,22 +472,26 @@ def format_report(result: Mapping[str, Any]) -> str:
     """The gate result as a fixed-width table, then failures, notes and one verdict line."""
     cases = result.get("cases") or {}
     width = max([len("case")] + [len(n) for n in cases])
-    head = (f"{'case':<{width}}  {'label':>5}  {'n':>4}  {'accuracy':>8}  {'95% interval':>13}  {'production':>10}  "
-            f"{'min':>5}  verdict")
+    head = (
+        f"{'case':<{width}}  {'label':>5}  {'n':>4}  {'accuracy':>8}  {'95% interval':>13}  {'production':>10}  "
+        f"{'min':>5}  verdict"
+    )
     lines = [head, "-" * len(head)]
     for name, c in cases.items():
         champ = c.get("champion_accuracy")
-        ci = (f"{float(c['wilson_low']):.2f}-{float(c['wilson_high']):.2f}" if c.get("wilson_low") is not None
-              else "-")
-        lines.append(f"{name:<{width}}  {c.get('label', ''):>5}  {c.get('n', ''):>4}  {float(c['accuracy']):>8.3f}  "
-                     f"{ci:>13}  {'-' if champ is None else f'{champ:.3f}':>10}  {float(c['min_accuracy']):>5.2f}  "
-                     f"{'ok' if c.get('passed') else 'FAIL'}")
+        ci = f"{float(c['wilson_low']):.2f}-{float(c['wilson_high']):.2f}" if c.get("wilson_low") is not None else "-"
+        lines.append(
+            f"{name:<{width}}  {c.get('label', ''):>5}  {c.get('n', ''):>4}  {float(c['accuracy']):>8.3f}  "
+            f"{ci:>13}  {'-' if champ is None else f'{champ:.3f}':>10}  {float(c['min_accuracy']):>5.2f}  "
+            f"{'ok' if c.get('passed') else 'FAIL'}"
+        )
     lines += [f"FAIL {f}" for f in result.get("failures", [])]
     lines += [f"note {n}" for n in result.get("notes", [])]
     failed = sum(1 for c in cases.values() if not c.get("passed"))
     if result.get("passed"):
         lines.append(f"case gate: PASSED ({len(cases)} case(s))")
     else:
-        lines.append(f"case gate: FAILED ({failed} of {len(cases)} case(s) failed, {len(result.get('failures', []))} "
-                     "problem(s))")
+        lines.append(
+            f"case gate: FAILED ({failed} of {len(cases)} case(s) failed, {len(result.get('failures', []))} problem(s))"
+        )
     return "\n".join(lines)

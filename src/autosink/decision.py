@@ -20,7 +20,8 @@ threshold is chosen by replaying sessions through :class:`autosink.edge.controll
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -45,8 +46,10 @@ def pair_probabilities(net, scripts: list, batch_size: int = 32, progress: bool 
 
     from autosink.evaluation import predict_water_on_off
 
-    return [predict_water_on_off(net, s.states, batch_size)
-            for s in tqdm(scripts, desc="decision sessions", unit="session", disable=not progress, leave=False)]
+    return [
+        predict_water_on_off(net, s.states, batch_size)
+        for s in tqdm(scripts, desc="decision sessions", unit="session", disable=not progress, leave=False)
+    ]
 
 
 def replay(p: np.ndarray, threshold: float, controller, fps: float) -> np.ndarray:
@@ -66,8 +69,14 @@ def replay(p: np.ndarray, threshold: float, controller, fps: float) -> np.ndarra
     return valve
 
 
-def sweep(probs: list[np.ndarray], needs: list[np.ndarray], controller, fps: float, flow_l_min: float,
-          thresholds=DEFAULT_THRESHOLDS) -> list[dict]:
+def sweep(
+    probs: list[np.ndarray],
+    needs: list[np.ndarray],
+    controller,
+    fps: float,
+    flow_l_min: float,
+    thresholds=DEFAULT_THRESHOLDS,
+) -> list[dict]:
     """One row per threshold: the water benchmark's metrics pooled over the sessions."""
     from autosink.water import derive, frame_counts
 
@@ -79,9 +88,17 @@ def sweep(probs: list[np.ndarray], needs: list[np.ndarray], controller, fps: flo
             for k, v in frame_counts(need, valve, np.zeros(len(need), bool), fps).items():
                 total[k] = total.get(k, 0) + v
         m = derive(total, flow_l_min)
-        rows.append({"threshold": float(t), "withheld_pct": m["withheld_pct"], "litres": m["litres_autosink"],
-                     "false_offs_per_10min": m["false_offs_per_10min"], "savings_pct": m["savings_pct"],
-                     "oracle_savings_pct": m["oracle_savings_pct"], "unneeded_open_s": m["unneeded_open_s"]})
+        rows.append(
+            {
+                "threshold": float(t),
+                "withheld_pct": m["withheld_pct"],
+                "litres": m["litres_autosink"],
+                "false_offs_per_10min": m["false_offs_per_10min"],
+                "savings_pct": m["savings_pct"],
+                "oracle_savings_pct": m["oracle_savings_pct"],
+                "unneeded_open_s": m["unneeded_open_s"],
+            }
+        )
     return rows
 
 
@@ -89,12 +106,20 @@ def choose(rows: list[dict], max_withheld_pct: float, max_false_offs_per_10min: 
     """The chosen row and why (module docstring)."""
     if not rows:
         raise ValueError("no thresholds to choose from")
-    ok = [r for r in rows if (r["withheld_pct"] or 0.0) <= max_withheld_pct
-          and (r["false_offs_per_10min"] or 0.0) <= max_false_offs_per_10min]
+    ok = [
+        r
+        for r in rows
+        if (r["withheld_pct"] or 0.0) <= max_withheld_pct
+        and (r["false_offs_per_10min"] or 0.0) <= max_false_offs_per_10min
+    ]
     if ok:
         best = min(ok, key=lambda r: (r["litres"], abs(r["threshold"] - 0.5)))
-        return best, (f"fewest litres ({best['litres']:.1f} L) among thresholds withholding <= {max_withheld_pct}% of "
-                      f"the needed water with <= {max_false_offs_per_10min} false-offs per 10 min")
+        return best, (
+            f"fewest litres ({best['litres']:.1f} L) among thresholds withholding <= {max_withheld_pct}% of "
+            f"the needed water with <= {max_false_offs_per_10min} false-offs per 10 min"
+        )
     best = min(rows, key=lambda r: (r["withheld_pct"] or 0.0, r["litres"]))
-    return best, (f"no threshold met withheld <= {max_withheld_pct}% and false-offs <= "
-                  f"{max_false_offs_per_10min}/10 min; the least withheld water ({best['withheld_pct']}%)")
+    return best, (
+        f"no threshold met withheld <= {max_withheld_pct}% and false-offs <= "
+        f"{max_false_offs_per_10min}/10 min; the least withheld water ({best['withheld_pct']}%)"
+    )

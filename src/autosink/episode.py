@@ -36,9 +36,23 @@ import numpy as np
 from autosink.fileio import NotRegularFileError, fsync_dir, json_type, open_regular
 
 __all__ = [
-    "FRAME_WIDTH", "FRAME_HEIGHT", "VERSIONS", "EpisodeError", "Interaction", "EpisodeMeta",
-    "Episode", "parse_meta", "meta_to_dict", "encode_meta", "episode_stem", "write_episode",
-    "read_episode", "check_episode", "extract_episode", "find_episodes", "format_verdict",
+    "FRAME_WIDTH",
+    "FRAME_HEIGHT",
+    "VERSIONS",
+    "EpisodeError",
+    "Interaction",
+    "EpisodeMeta",
+    "Episode",
+    "parse_meta",
+    "meta_to_dict",
+    "encode_meta",
+    "episode_stem",
+    "write_episode",
+    "read_episode",
+    "check_episode",
+    "extract_episode",
+    "find_episodes",
+    "format_verdict",
 ]
 
 FRAME_WIDTH, FRAME_HEIGHT = 640, 480
@@ -69,12 +83,27 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 _CORE_KEYS = ("version", "user_id", "dishwashing_id", "dishwashing_start", "interactions")
 _INTERACTION_KEYS = (
-    "timestamp", "model_output", "arduino_output", "magnetic_status", "image", "user_label", "validation",
+    "timestamp",
+    "model_output",
+    "arduino_output",
+    "magnetic_status",
+    "image",
+    "user_label",
+    "validation",
 )
 # Everything zipfile/zlib may raise on a damaged or hostile archive.
 _ZIP_ERRORS = (
-    zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError,
-    NotImplementedError, RuntimeError, struct.error, OverflowError, KeyError,
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    ValueError,
+    NotImplementedError,
+    RuntimeError,
+    struct.error,
+    OverflowError,
+    KeyError,
 )
 
 
@@ -266,8 +295,10 @@ def _check_meta(obj: object, c: _Collector) -> tuple[EpisodeMeta | None, list[tu
                 if not isinstance(raw_ts, str):
                     c.add(f"{where}.timestamp", f"expected string, got {json_type(raw_ts)}")
                 elif not _TS_RE.fullmatch(raw_ts):
-                    c.add(f"{where}.timestamp",
-                          f"{raw_ts!r} is not a naive ISO time with second precision (YYYY-mm-ddTHH:MM:SS)")
+                    c.add(
+                        f"{where}.timestamp",
+                        f"{raw_ts!r} is not a naive ISO time with second precision (YYYY-mm-ddTHH:MM:SS)",
+                    )
                 else:
                     try:
                         ts = datetime.fromisoformat(raw_ts)
@@ -275,8 +306,10 @@ def _check_meta(obj: object, c: _Collector) -> tuple[EpisodeMeta | None, list[tu
                         c.add(f"{where}.timestamp", f"{raw_ts!r} is not a valid date/time")
             if ts is not None:
                 if prev is not None and ts < prev[1]:
-                    c.add(f"{where}.timestamp",
-                          f"{ts.isoformat()} is earlier than interactions[{prev[0]}] ({prev[1].isoformat()})")
+                    c.add(
+                        f"{where}.timestamp",
+                        f"{ts.isoformat()} is earlier than interactions[{prev[0]}] ({prev[1].isoformat()})",
+                    )
                 prev = (i, ts)
 
             model_output = _check_choice(item, "model_output", (0, 1), f"{where}.model_output", c)
@@ -300,11 +333,17 @@ def _check_meta(obj: object, c: _Collector) -> tuple[EpisodeMeta | None, list[tu
 
             if len(c.errors) == item_errors:
                 assert ts is not None and model_output is not None and magnetic_status is not None
-                interactions.append(Interaction(
-                    timestamp=ts, model_output=model_output, magnetic_status=magnetic_status,
-                    image=str(image), arduino_output=arduino_output, user_label=user_label,
-                    validation=validation,
-                ))
+                interactions.append(
+                    Interaction(
+                        timestamp=ts,
+                        model_output=model_output,
+                        magnetic_status=magnetic_status,
+                        image=str(image),
+                        arduino_output=arduino_output,
+                        user_label=user_label,
+                        validation=validation,
+                    )
+                )
 
     if len(c.errors) != n_errors:
         return None, images
@@ -691,8 +730,9 @@ class Episode:
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def _inspect(path: StrPath, *, check_frames: bool, expected_size: Size,
-             fail_fast: bool) -> tuple[Episode | None, list[EpisodeError]]:
+def _inspect(
+    path: StrPath, *, check_frames: bool, expected_size: Size, fail_fast: bool
+) -> tuple[Episode | None, list[EpisodeError]]:
     """The one validation routine behind read_episode (fail fast) and check_episode (collect all)."""
     p = Path(path)
     c = _Collector(str(p), fail_fast)
@@ -809,8 +849,9 @@ def read_episode(path: StrPath, *, check_frames: bool = True, expected_size: Siz
     return episode
 
 
-def check_episode(path: StrPath, *, check_frames: bool = True,
-                  expected_size: Size = DEFAULT_SIZE) -> list[EpisodeError]:
+def check_episode(
+    path: StrPath, *, check_frames: bool = True, expected_size: Size = DEFAULT_SIZE
+) -> list[EpisodeError]:
     """Every problem found in an episode (empty list = ok). Never raises for a bad episode,
     so one broken upload cannot stop a run; it gets quarantined with its reasons instead."""
     try:
@@ -840,8 +881,9 @@ def _zip_info(name: str, date_time: tuple[int, int, int, int, int, int], compres
     return info
 
 
-def write_episode(zip_path: StrPath, meta: EpisodeMeta, frames: Iterable[np.ndarray | bytes], *,
-                  expected_size: Size = DEFAULT_SIZE) -> Path:
+def write_episode(
+    zip_path: StrPath, meta: EpisodeMeta, frames: Iterable[np.ndarray | bytes], *, expected_size: Size = DEFAULT_SIZE
+) -> Path:
     """Write an episode zip atomically and reproducibly; return its path.
 
     ``frames[i]`` is the frame of ``meta.interactions[i]``, whose image must be ``f"{i+1}.png"``.
@@ -865,8 +907,11 @@ def write_episode(zip_path: StrPath, meta: EpisodeMeta, frames: Iterable[np.ndar
     parse_meta(meta_dict, where)
     for i, it in enumerate(meta.interactions):
         if it.image != f"{i + 1}.png":
-            raise EpisodeError(where, f"interactions[{i}].image",
-                               f"expected '{i + 1}.png' (frames are written in order), got {it.image!r}")
+            raise EpisodeError(
+                where,
+                f"interactions[{i}].image",
+                f"expected '{i + 1}.png' (frames are written in order), got {it.image!r}",
+            )
     json_bytes = json.dumps(meta_dict).encode()
     date_time = _zip_date_time(meta)
     n = len(meta.interactions)
@@ -901,8 +946,14 @@ def write_episode(zip_path: StrPath, meta: EpisodeMeta, frames: Iterable[np.ndar
     return zip_path
 
 
-def extract_episode(path: StrPath, dest_dir: StrPath, *, check_frames: bool = True,
-                    expected_size: Size = DEFAULT_SIZE, overwrite: bool = False) -> Episode:
+def extract_episode(
+    path: StrPath,
+    dest_dir: StrPath,
+    *,
+    check_frames: bool = True,
+    expected_size: Size = DEFAULT_SIZE,
+    overwrite: bool = False,
+) -> Episode:
     """Validate an episode, then copy its json and frames (bytes unchanged) into ``dest_dir``.
 
     Never ZipFile.extractall: only the validated member names are written, as plain files,
@@ -959,9 +1010,12 @@ def _is_special(entry: os.DirEntry | Path) -> bool:
 def _is_episode_dir(path: Path) -> bool:
     try:
         with os.scandir(path) as entries:
-            return any(e.name.endswith(".json") and _STEM_RE.fullmatch(e.name[:-5])
-                       and (e.is_file(follow_symlinks=False) or _is_special(e))
-                       for e in entries)
+            return any(
+                e.name.endswith(".json")
+                and _STEM_RE.fullmatch(e.name[:-5])
+                and (e.is_file(follow_symlinks=False) or _is_special(e))
+                for e in entries
+            )
     except OSError:
         return False
 
@@ -1005,8 +1059,9 @@ def find_episodes(paths: StrPath | Iterable[StrPath]) -> list[Path]:
     return sorted(found, key=lambda q: (q.name, str(q)))
 
 
-def format_verdict(path: StrPath, problems: Sequence[EpisodeError], *, episode: Episode | None = None,
-                   name: str | None = None) -> str:
+def format_verdict(
+    path: StrPath, problems: Sequence[EpisodeError], *, episode: Episode | None = None, name: str | None = None
+) -> str:
     """One line per episode for humans and logs.
 
     ``OK   <name>  (<n> frames, v2, user_1234)`` or ``BAD  <name>  <first problem> (+k more)``.

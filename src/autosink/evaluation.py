@@ -16,25 +16,37 @@ from autosink.frames import read_frame
 from autosink.model import WaterNet
 from autosink.training import binary_metrics
 
-__all__ = ["predict_paths", "evaluate_table", "curve_tables", "truth_report", "VISIBLE_STATE",
-           "predict_water_on_off", "water_invariance"]
+__all__ = [
+    "predict_paths",
+    "evaluate_table",
+    "curve_tables",
+    "truth_report",
+    "VISIBLE_STATE",
+    "predict_water_on_off",
+    "water_invariance",
+]
 
 #: What a single frame shows of the scene, in the simulator's truth files: everything the v1
 #: label convention looks at except the washing step (pre-rinse / detergent / rinse).
 VISIBLE_STATE = ("dish_in_roi", "dish_held", "hand_in_roi", "scrubber_visible", "water_on")
 
 
-def predict_paths(net: WaterNet, paths: list[Path], frame_size: tuple[int, int], batch_size: int = 32,
-                  progress: bool = False, desc: str = "predicting") -> np.ndarray:
+def predict_paths(
+    net: WaterNet,
+    paths: list[Path],
+    frame_size: tuple[int, int],
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "predicting",
+) -> np.ndarray:
     """``p(water_on)`` for each image file (read as RGB), through the full serving graph."""
     from tqdm import tqdm
 
     net.eval()
     out: list[np.ndarray] = []
     with torch.no_grad():
-        for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", disable=not progress,
-                          leave=False):
-            frames = np.stack([read_frame(p, frame_size) for p in paths[start:start + batch_size]])
+        for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
+            frames = np.stack([read_frame(p, frame_size) for p in paths[start : start + batch_size]])
             out.append(net(torch.from_numpy(frames)).numpy())
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
@@ -49,7 +61,9 @@ def evaluate_table(table: pd.DataFrame, p: np.ndarray, threshold: float) -> dict
     for episode, idx in table.groupby("episode").indices.items():
         per_episode[str(episode)] = {"n": int(len(idx)), "accuracy": float((pred[idx] == y[idx]).mean())}
     metrics["per_episode"] = per_episode
-    metrics["worst_episode_accuracy"] = min(v["accuracy"] for v in per_episode.values()) if per_episode else float("nan")
+    metrics["worst_episode_accuracy"] = (
+        min(v["accuracy"] for v in per_episode.values()) if per_episode else float("nan")
+    )
     return metrics
 
 
@@ -64,13 +78,15 @@ def curve_tables(p: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, pd
         fpr, tpr, thr = roc_curve(y, p)
         tables["roc"] = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.minimum(thr, 1.0)})
         precision, recall, thr = precision_recall_curve(y, p)
-        tables["precision_recall"] = pd.DataFrame({"recall": recall, "precision": precision,
-                                                   "threshold": np.append(thr, 1.0)})
+        tables["precision_recall"] = pd.DataFrame(
+            {"recall": recall, "precision": precision, "threshold": np.append(thr, 1.0)}
+        )
     return tables
 
 
-def truth_report(table: pd.DataFrame, p: np.ndarray, threshold: float, truth_dir: Path,
-                 manifest: pd.DataFrame) -> dict | None:
+def truth_report(
+    table: pd.DataFrame, p: np.ndarray, threshold: float, truth_dir: Path, manifest: pd.DataFrame
+) -> dict | None:
     """Held-out frames against the simulator's hidden truth (sample lake only; None when no test
     episode has a truth file; ``manifest``: the feature store's, for each frame's image name).
     Separates the model's errors from the labels' and bounds what a frame can tell:
@@ -106,8 +122,9 @@ def truth_report(table: pd.DataFrame, p: np.ndarray, threshold: float, truth_dir
     }
 
 
-def predict_water_on_off(net: WaterNet, states: list, batch_size: int = 32, progress: bool = False,
-                         desc: str = "water on/off pairs") -> np.ndarray:
+def predict_water_on_off(
+    net: WaterNet, states: list, batch_size: int = 32, progress: bool = False, desc: str = "water on/off pairs"
+) -> np.ndarray:
     """``[N, 2]``: the network's probability (full serving graph) on each scene rendered with the
     water off (column 0) and running (column 1), the same scene and noise otherwise."""
     from dataclasses import replace
@@ -119,9 +136,10 @@ def predict_water_on_off(net: WaterNet, states: list, batch_size: int = 32, prog
     out = {False: [], True: []}
     net.eval()
     with torch.no_grad():
-        for start in tqdm(range(0, len(states), batch_size), desc=desc, unit="batch", disable=not progress,
-                          leave=False):
-            chunk = states[start:start + batch_size]
+        for start in tqdm(
+            range(0, len(states), batch_size), desc=desc, unit="batch", disable=not progress, leave=False
+        ):
+            chunk = states[start : start + batch_size]
             for water in (False, True):
                 frames = np.stack([render(replace(st, water_on=water)) for st in chunk])
                 out[water].append(net(torch.from_numpy(frames)).numpy())
@@ -130,8 +148,9 @@ def predict_water_on_off(net: WaterNet, states: list, batch_size: int = 32, prog
     return np.stack([np.concatenate(out[False]), np.concatenate(out[True])], 1)
 
 
-def water_invariance(net: WaterNet, sessions: list, threshold: float, every: int = 1, batch_size: int = 32,
-                     progress: bool = False) -> dict:
+def water_invariance(
+    net: WaterNet, sessions: list, threshold: float, every: int = 1, batch_size: int = 32, progress: bool = False
+) -> dict:
     """Does the model decide from the water it caused? Every ``every``-th frame of ``sessions``
     (held-out kitchens) is rendered twice, the same scene with the water running and without,
     and both go through the full serving graph (:func:`predict_water_on_off`).
@@ -143,7 +162,7 @@ def water_invariance(net: WaterNet, sessions: list, threshold: float, every: int
     """
     from autosink.sim.session import label_of
 
-    states = [st for s in sessions for st in s.states[::max(1, int(every))]]
+    states = [st for s in sessions for st in s.states[:: max(1, int(every))]]
     p = predict_water_on_off(net, states, batch_size, progress)
     off, on = p[:, 0], p[:, 1]
     truth = np.array([label_of(st) for st in states])
@@ -152,5 +171,9 @@ def water_invariance(net: WaterNet, sessions: list, threshold: float, every: int
     def acc(q: np.ndarray) -> float:
         return round(float(((q[known] >= threshold).astype(int) == truth[known]).mean()), 4)
 
-    return {"pairs": len(states), "mean_abs_diff": round(float(np.abs(on - off).mean()), 4),
-            "accuracy_water_off": acc(off), "accuracy_water_on": acc(on)}
+    return {
+        "pairs": len(states),
+        "mean_abs_diff": round(float(np.abs(on - off).mean()), 4),
+        "accuracy_water_off": acc(off),
+        "accuracy_water_on": acc(on),
+    }

@@ -39,8 +39,17 @@ import numpy as np
 from autosink.fileio import fsync_dir, sha256_file
 from autosink.modelcard import card_path_for, check_card_supported, make_card, write_card
 
-__all__ = ["OPSET", "INPUT_NAME", "OUTPUT_NAME", "ExportError", "export_onnx", "check_parity",
-           "write_model_card", "git_revision", "parity_frames"]
+__all__ = [
+    "OPSET",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "ExportError",
+    "export_onnx",
+    "check_parity",
+    "write_model_card",
+    "git_revision",
+    "parity_frames",
+]
 
 OPSET = 18  # pinned: the Pi's onnxruntime must support it; change deliberately, with the edge
 INPUT_NAME = "frames"
@@ -69,10 +78,12 @@ def _quiet_exporter() -> Iterator[None]:
     import torch
 
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"You are using the legacy TorchScript-based ONNX export",
-                                category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning,
-                                module=r"torch\.onnx")
+        warnings.filterwarnings(
+            "ignore", message=r"You are using the legacy TorchScript-based ONNX export", category=DeprecationWarning
+        )
+        warnings.filterwarnings(
+            "ignore", message=r"The feature will be removed", category=DeprecationWarning, module=r"torch\.onnx"
+        )
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"autosink\.model")
         yield
 
@@ -94,8 +105,9 @@ def _as_batch(frames: np.ndarray, height: int | None = None, width: int | None =
     if frames.ndim == 3:
         frames = frames[None]
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
-        raise ValueError(f"expected uint8 frames [N, H, W, 3] (or one [H, W, 3]), got {frames.dtype} "
-                         f"{list(frames.shape)}")
+        raise ValueError(
+            f"expected uint8 frames [N, H, W, 3] (or one [H, W, 3]), got {frames.dtype} {list(frames.shape)}"
+        )
     if height is not None and frames.shape[1:3] != (height, width):
         raise ValueError(f"frames are {frames.shape[2]}x{frames.shape[1]}, the model takes {width}x{height}")
     return np.ascontiguousarray(frames)
@@ -124,20 +136,23 @@ def _check_graph(model: Any, where: Path, height: int, width: int) -> None:
     g = model.graph
     inputs = [i for i in g.input if i.name not in {t.name for t in g.initializer}]
     if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in g.output] != [OUTPUT_NAME]:
-        raise ExportError(f"{where}: graph inputs {[i.name for i in inputs]} / outputs {[o.name for o in g.output]}, "
-                          f"expected [{INPUT_NAME!r}] / [{OUTPUT_NAME!r}]")
+        raise ExportError(
+            f"{where}: graph inputs {[i.name for i in inputs]} / outputs {[o.name for o in g.output]}, "
+            f"expected [{INPUT_NAME!r}] / [{OUTPUT_NAME!r}]"
+        )
 
     def dims(v: Any) -> list[int | str]:
-        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                for d in v.type.tensor_type.shape.dim]
+        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in v.type.tensor_type.shape.dim]
 
     inp, out = inputs[0], g.output[0]
     if inp.type.tensor_type.elem_type != onnx.TensorProto.UINT8:
         raise ExportError(f"{where}: input {INPUT_NAME!r} is not uint8")
     in_dims = dims(inp)
     if len(in_dims) != 4 or isinstance(in_dims[0], int) or in_dims[1:] != [height, width, 3]:
-        raise ExportError(f"{where}: input {INPUT_NAME!r} has shape {in_dims}, expected "
-                          f"[{BATCH_DIM}, {height}, {width}, 3] with a symbolic batch dimension")
+        raise ExportError(
+            f"{where}: input {INPUT_NAME!r} has shape {in_dims}, expected "
+            f"[{BATCH_DIM}, {height}, {width}, 3] with a symbolic batch dimension"
+        )
     if out.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise ExportError(f"{where}: output {OUTPUT_NAME!r} is not float32")
     out_dims = dims(out)
@@ -145,9 +160,18 @@ def _check_graph(model: Any, where: Path, height: int, width: int) -> None:
         raise ExportError(f"{where}: output {OUTPUT_NAME!r} has shape {out_dims}, expected [{BATCH_DIM}]")
 
 
-def export_onnx(net: Any, path: StrPath, *, height: int, width: int, opset: int = OPSET,
-                check_frames: np.ndarray | None = None, dynamo: bool = False,
-                rtol: float = 1e-3, atol: float = 1e-5) -> Path:
+def export_onnx(
+    net: Any,
+    path: StrPath,
+    *,
+    height: int,
+    width: int,
+    opset: int = OPSET,
+    check_frames: np.ndarray | None = None,
+    dynamo: bool = False,
+    rtol: float = 1e-3,
+    atol: float = 1e-5,
+) -> Path:
     """Export ``net`` (a :class:`~autosink.model.WaterNet`) to ``path`` (``*.onnx``), checked.
 
     ``height`` x ``width`` is the camera frame the graph takes (the module's source size; a
@@ -165,8 +189,10 @@ def export_onnx(net: Any, path: StrPath, *, height: int, width: int, opset: int 
     height, width = int(height), int(width)
     if _source_size(net) != (height, width):
         sh, sw = _source_size(net)
-        raise ValueError(f"{path}: asked for {width}x{height} frames, but the network was built for "
-                         f"{sw}x{sh} camera frames (data.frame_width/frame_height)")
+        raise ValueError(
+            f"{path}: asked for {width}x{height} frames, but the network was built for "
+            f"{sw}x{sh} camera frames (data.frame_width/frame_height)"
+        )
     extra = None if check_frames is None else _as_batch(check_frames, height, width)
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,21 +206,40 @@ def export_onnx(net: Any, path: StrPath, *, height: int, width: int, opset: int 
         try:
             with _quiet_exporter(), torch.no_grad():
                 if dynamo:
-                    torch.onnx.export(net, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                      dynamic_shapes=({0: torch.export.Dim(BATCH_DIM)},), opset_version=int(opset),
-                                      dynamo=True, external_data=False, verbose=False)
+                    torch.onnx.export(
+                        net,
+                        (example,),
+                        str(tmp),
+                        input_names=[INPUT_NAME],
+                        output_names=[OUTPUT_NAME],
+                        dynamic_shapes=({0: torch.export.Dim(BATCH_DIM)},),
+                        opset_version=int(opset),
+                        dynamo=True,
+                        external_data=False,
+                        verbose=False,
+                    )
                 else:
-                    torch.onnx.export(net, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                      dynamic_axes={INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}},
-                                      opset_version=int(opset), do_constant_folding=True, dynamo=False)
+                    torch.onnx.export(
+                        net,
+                        (example,),
+                        str(tmp),
+                        input_names=[INPUT_NAME],
+                        output_names=[OUTPUT_NAME],
+                        dynamic_axes={INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}},
+                        opset_version=int(opset),
+                        do_constant_folding=True,
+                        dynamo=False,
+                    )
         except Exception as e:
             raise ExportError(f"{path}: torch.onnx.export failed ({type(e).__name__}: {e})") from e
         stray = [p for p in path.parent.iterdir() if p.name.startswith(tmp.name) and p.name != tmp.name]
         if stray:
             for p in stray:
                 p.unlink()
-            raise ExportError(f"{path}: the exporter wrote external data ({', '.join(p.name for p in stray)}); "
-                              "the model must be one file")
+            raise ExportError(
+                f"{path}: the exporter wrote external data ({', '.join(p.name for p in stray)}); "
+                "the model must be one file"
+            )
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
@@ -212,11 +257,13 @@ def export_onnx(net: Any, path: StrPath, *, height: int, width: int, opset: int 
             if extra is not None:
                 check_parity(net, tmp, extra, rtol=rtol, atol=atol)
         except AssertionError as e:
-            raise ExportError(f"{path}: onnxruntime and torch disagree on the exported model "
-                              f"(rtol={rtol}, atol={atol}):\n{e}") from None
+            raise ExportError(
+                f"{path}: onnxruntime and torch disagree on the exported model (rtol={rtol}, atol={atol}):\n{e}"
+            ) from None
         except Exception as e:  # onnxruntime raises its own types (Fail, InvalidGraph, ...)
-            raise ExportError(f"{path}: onnxruntime cannot run the exported model "
-                              f"({type(e).__name__}: {str(e).strip()[:500]})") from e
+            raise ExportError(
+                f"{path}: onnxruntime cannot run the exported model ({type(e).__name__}: {str(e).strip()[:500]})"
+            ) from e
 
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -239,8 +286,7 @@ def _default_opset(model: Any) -> int | None:
     return None
 
 
-def check_parity(net: Any, onnx_path: StrPath, frames: np.ndarray, rtol: float = 1e-3,
-                 atol: float = 1e-5) -> float:
+def check_parity(net: Any, onnx_path: StrPath, frames: np.ndarray, rtol: float = 1e-3, atol: float = 1e-5) -> float:
     """Run the same raw uint8 frames ``[N, H, W, 3]`` through ``net`` (eval mode, torch) and
     through onnxruntime (CPU) on ``onnx_path``; ``np.testing.assert_allclose`` the
     probabilities (AssertionError when they differ); return the largest absolute difference."""
@@ -262,8 +308,9 @@ def check_parity(net: Any, onnx_path: StrPath, frames: np.ndarray, rtol: float =
     got = np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0])
     if got.shape != expected.shape:
         raise AssertionError(f"{onnx_path}: onnxruntime output shape {got.shape}, torch {expected.shape}")
-    np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol,
-                               err_msg=f"{onnx_path}: onnxruntime vs torch p_water")
+    np.testing.assert_allclose(
+        got, expected, rtol=rtol, atol=atol, err_msg=f"{onnx_path}: onnxruntime vs torch p_water"
+    )
     return float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64))))
 
 
@@ -283,13 +330,15 @@ def git_revision(cwd: StrPath | None = None) -> str:
 
     def git(*args: str) -> str:
         # --no-optional-locks: a status must not take index.lock under a concurrent git command
-        return subprocess.run(["git", "--no-optional-locks", *args], cwd=where, capture_output=True, text=True,
-                              timeout=30, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "--no-optional-locks", *args], cwd=where, capture_output=True, text=True, timeout=30, check=True
+        ).stdout.strip()
 
     try:
         head = git("rev-parse", "--verify", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--", ":(top)",
-                         *(f":(top,exclude){path}" for path in PIPELINE_OUTPUTS)))
+        dirty = bool(
+            git("status", "--porcelain", "--", ":(top)", *(f":(top,exclude){path}" for path in PIPELINE_OUTPUTS))
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{head}-dirty" if dirty else head
@@ -328,11 +377,20 @@ def _graph_input_dims(onnx_path: Path) -> tuple[list[int | str], int | None]:
     return dims, _default_opset(model)
 
 
-def write_model_card(onnx_path: StrPath, *, backbone: str, threshold: float, version: str, data_version: str,
-                     height: int, width: int, metrics: Mapping[str, Any],
-                     extra: Mapping[str, Any] | None = None,
-                     input_size: Sequence[int] | None = None,
-                     crop: Sequence[int] | None = None) -> Path:
+def write_model_card(
+    onnx_path: StrPath,
+    *,
+    backbone: str,
+    threshold: float,
+    version: str,
+    data_version: str,
+    height: int,
+    width: int,
+    metrics: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+    input_size: Sequence[int] | None = None,
+    crop: Sequence[int] | None = None,
+) -> Path:
     """Write ``<stem>.json`` beside ``onnx_path`` (a file from :func:`export_onnx`); return its path.
 
     ``height`` x ``width``: the camera frame the graph takes (checked against the file).
@@ -360,9 +418,18 @@ def write_model_card(onnx_path: StrPath, *, backbone: str, threshold: float, ver
         if key in fields:
             raise ValueError(f"extra key {key!r} collides with a card field")
         fields[str(key)] = _jsonable(value, str(key))
-    card = make_card(model_sha256=sha256_file(onnx_path), backbone=str(backbone), version=str(version),
-                     threshold=float(threshold), height=int(height), width=int(width), color="RGB",
-                     input_name=INPUT_NAME, output_name=OUTPUT_NAME, **fields)
+    card = make_card(
+        model_sha256=sha256_file(onnx_path),
+        backbone=str(backbone),
+        version=str(version),
+        threshold=float(threshold),
+        height=int(height),
+        width=int(width),
+        color="RGB",
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        **fields,
+    )
     cpath = card_path_for(onnx_path)
     check_card_supported(card, cpath)
     return write_card(cpath, card)

@@ -9,11 +9,11 @@ hard links (DVC copies every linked file of a persisted output before each run, 
 would make every run cost the size of the lake).
 
 Incremental by construction (the ``extract`` stage's output is ``persist: true``): each
-episode's record keeps the sha256 of the file it came from, so an unchanged episode is never re-validated, a changed one is redone,
-and one that left the lake is dropped. A bad episode is quarantined with its reasons (a
-record under ``quarantine/``; the raw file stays untouched in the lake) while the others
-go through; so is a ``*.zip`` that is a device, FIFO or socket (never opened; its record's
-sha256 is null).
+episode's record keeps the sha256 of the file it came from, so an unchanged episode is never
+re-validated, a changed one is redone, and one that left the lake is dropped. A bad episode is
+quarantined with its reasons (a record under ``quarantine/``; the raw file stays untouched in
+the lake) while the others go through; so is a ``*.zip`` that is a device, FIFO or socket (never
+opened; its record's sha256 is null).
 
 Layout of ``out_dir``::
 
@@ -37,8 +37,18 @@ from autosink.episode import check_episode, find_episodes, read_episode
 from autosink.fileio import atomic_write, code_version, not_regular, sha256_file
 
 FRAME_COLUMNS = [
-    "episode", "frame_index", "image", "source", "timestamp", "user_id", "dishwashing_id",
-    "dishwashing_start", "version", "model_output", "magnetic_status", "arduino_output",
+    "episode",
+    "frame_index",
+    "image",
+    "source",
+    "timestamp",
+    "user_id",
+    "dishwashing_id",
+    "dishwashing_start",
+    "version",
+    "model_output",
+    "magnetic_status",
+    "arduino_output",
 ]
 
 
@@ -147,16 +157,20 @@ def extract_lake(
 
     import autosink.episode as episode_module
 
-    checked = {"frame_size": list(expected_size) if expected_size else None,
-               "code": code_version(episode_module, sys.modules[__name__])}
+    checked = {
+        "frame_size": list(expected_size) if expected_size else None,
+        "code": code_version(episode_module, sys.modules[__name__]),
+    }
     extracted = reused = 0
     quarantined: dict[str, list[str]] = {}
     for key, paths in duplicates.items():
-        quarantined[key] = [f"{key}: episode: {len(paths)} files in the lake have this name: "
-                            + ", ".join(p.as_posix() for p in paths)]
+        quarantined[key] = [
+            f"{key}: episode: {len(paths)} files in the lake have this name: " + ", ".join(p.as_posix() for p in paths)
+        ]
         (episodes_dir / f"{key}.json").unlink(missing_ok=True)
-        _write_json(quarantine_dir / f"{key}.json", {"sources": [p.as_posix() for p in paths],
-                                                     "reasons": quarantined[key]})
+        _write_json(
+            quarantine_dir / f"{key}.json", {"sources": [p.as_posix() for p in paths], "reasons": quarantined[key]}
+        )
         tqdm.write(f"quarantined {quarantined[key][0]}")
     rows: dict[str, list[dict]] = {}
     for key, src in tqdm(sorted(sources.items()), desc="extract", unit="episode", disable=not progress):
@@ -191,6 +205,11 @@ def extract_lake(
     table = [row for key in sorted(rows) for row in rows[key]]
     atomic_write(out_dir / "frames.csv", pd.DataFrame(table, columns=FRAME_COLUMNS).to_csv(index=False))
     return ExtractResult(
-        episodes_ok=len(rows), episodes_quarantined=len(quarantined), episodes_extracted=extracted,
-        episodes_reused=reused, episodes_removed=removed, frames=len(table), quarantined=quarantined,
+        episodes_ok=len(rows),
+        episodes_quarantined=len(quarantined),
+        episodes_extracted=extracted,
+        episodes_reused=reused,
+        episodes_removed=removed,
+        frames=len(table),
+        quarantined=quarantined,
     )

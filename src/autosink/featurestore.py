@@ -39,12 +39,30 @@ import autosink.labels as labels_module
 from autosink.episode import read_episode
 from autosink.fileio import atomic_write, code_version, sha256_file
 from autosink.labels import (
-    IGNORE, LABELS_MISMATCH, LABELS_UNVERIFIED, LabelRules, frames_per_second, propagate, read_human_label_file,
+    IGNORE,
+    LABELS_MISMATCH,
+    LABELS_UNVERIFIED,
+    LabelRules,
+    frames_per_second,
+    propagate,
+    read_human_label_file,
 )
 
 MANIFEST_COLUMNS = [
-    "episode", "frame_index", "image", "path", "timestamp", "user_id", "dishwashing_id",
-    "label", "source", "confidence", "review", "rule", "model_output", "magnetic_status",
+    "episode",
+    "frame_index",
+    "image",
+    "path",
+    "timestamp",
+    "user_id",
+    "dishwashing_id",
+    "label",
+    "source",
+    "confidence",
+    "review",
+    "rule",
+    "model_output",
+    "magnetic_status",
 ]
 
 
@@ -53,10 +71,16 @@ def label_episode(frames: pd.DataFrame, human: dict[int, int], rules: LabelRules
     frames = frames.sort_values("frame_index")
     stamps = pd.to_datetime(frames["timestamp"]).tolist()
     valve = frames["arduino_output"].fillna(0).to_numpy() if "arduino_output" in frames else None
-    dense = propagate(frames["model_output"].to_numpy(), frames["magnetic_status"].to_numpy(),
-                      frames_per_second(stamps, default_fps), rules, valve)
-    out = frames[["episode", "frame_index", "image", "timestamp", "user_id", "dishwashing_id",
-                  "model_output", "magnetic_status"]].copy()
+    dense = propagate(
+        frames["model_output"].to_numpy(),
+        frames["magnetic_status"].to_numpy(),
+        frames_per_second(stamps, default_fps),
+        rules,
+        valve,
+    )
+    out = frames[
+        ["episode", "frame_index", "image", "timestamp", "user_id", "dishwashing_id", "model_output", "magnetic_status"]
+    ].copy()
     out["label"] = dense.label
     out["source"] = "auto"
     out["confidence"] = dense.confidence.round(3)
@@ -109,16 +133,17 @@ def build_feature_store(
             stale.unlink()
     orphans = sorted(p.name for p in labels_dir.glob("*.csv") if p.stem not in known) if labels_dir.is_dir() else []
     for name in orphans:
-        tqdm.write(f"warning: {labels_dir / name}: human labels for an episode that is not in the lake "
-                   "(removed, or quarantined: see data/extracted/quarantine/); they are not used")
+        tqdm.write(
+            f"warning: {labels_dir / name}: human labels for an episode that is not in the lake "
+            "(removed, or quarantined: see data/extracted/quarantine/); they are not used"
+        )
 
     relabelled = reused = 0
     mismatched: list[dict] = []  # human label files given for another file of the episode: not applied
     unverified: list[str] = []  # older human label files (no episode sha256): applied, unchecked
     changed: set[str] = set()
     keys: dict[Path, str] = {}
-    for episode, rows in tqdm(frames.groupby("episode", sort=True), desc="label", unit="episode",
-                              disable=not progress):
+    for episode, rows in tqdm(frames.groupby("episode", sort=True), desc="label", unit="episode", disable=not progress):
         source = json.loads((extracted_dir / "episodes" / f"{episode}.json").read_text())["sha256"]
         human_file = labels_dir / f"{episode}.csv"
         human_sha = sha256_file(human_file) if human_file.exists() else None
@@ -129,19 +154,30 @@ def build_feature_store(
             doc = read_human_label_file(human_file)
             state = doc.check(source)
             if state == LABELS_MISMATCH:
-                mismatched.append({"file": human_file.as_posix(), "episode": episode, "labels": len(doc.labels),
-                                   "labels_for_sha256": doc.episode_sha256, "episode_sha256": source})
-                tqdm.write(f"warning: {human_file}: its {len(doc.labels)} human labels were given for another file "
-                           f"of episode {episode} (sha256 {doc.episode_sha256[:12]}..., the lake's is now "
-                           f"{source[:12]}...: re-uploaded with other frames?); NOT applied. Relabel the episode "
-                           "(`autosink label serve`; saving records the new sha256) or delete the file")
+                mismatched.append(
+                    {
+                        "file": human_file.as_posix(),
+                        "episode": episode,
+                        "labels": len(doc.labels),
+                        "labels_for_sha256": doc.episode_sha256,
+                        "episode_sha256": source,
+                    }
+                )
+                tqdm.write(
+                    f"warning: {human_file}: its {len(doc.labels)} human labels were given for another file "
+                    f"of episode {episode} (sha256 {doc.episode_sha256[:12]}..., the lake's is now "
+                    f"{source[:12]}...: re-uploaded with other frames?); NOT applied. Relabel the episode "
+                    "(`autosink label serve`; saving records the new sha256) or delete the file"
+                )
             else:
                 human = doc.labels
                 if state == LABELS_UNVERIFIED:
                     unverified.append(human_file.as_posix())
-                    tqdm.write(f"warning: {human_file}: records no episode sha256 (an older labels file), so "
-                               "nothing shows they were given for these frames; applied as they are. Saving the "
-                               "episode once in `autosink label serve` records it")
+                    tqdm.write(
+                        f"warning: {human_file}: records no episode sha256 (an older labels file), so "
+                        "nothing shows they were given for these frames; applied as they are. Saving the "
+                        "episode once in `autosink label serve` records it"
+                    )
         key = json.dumps({"source": source, "human": human_sha, "rules": rules_json, "code": code}, sort_keys=True)
         key_file, table_file = tables_dir / f"{episode}.key", tables_dir / f"{episode}.csv"
         if table_file.exists() and key_file.exists() and key_file.read_text() == key:
@@ -154,10 +190,14 @@ def build_feature_store(
         changed.add(episode)
         relabelled += 1
 
-    manifest = pd.concat(
-        [pd.read_csv(tables_dir / f"{e}.csv", dtype={"episode": str}) for e in episodes],
-        ignore_index=True,
-    ) if episodes else pd.DataFrame(columns=[c for c in MANIFEST_COLUMNS if c != "path"])
+    manifest = (
+        pd.concat(
+            [pd.read_csv(tables_dir / f"{e}.csv", dtype={"episode": str}) for e in episodes],
+            ignore_index=True,
+        )
+        if episodes
+        else pd.DataFrame(columns=[c for c in MANIFEST_COLUMNS if c != "path"])
+    )
     manifest["path"] = [
         f"{int(label)}/{_frame_name(e, int(i))}" if int(label) != IGNORE else ""
         for e, i, label in zip(manifest["episode"], manifest["frame_index"], manifest["label"])
@@ -197,6 +237,13 @@ def build_feature_store(
         "per_class": {str(c): int(counts.get(c, 0)) for c in (0, 1, IGNORE)},
     }
     atomic_write(store_dir / "version.json", json.dumps(version, indent=2) + "\n")
-    return {"episodes_relabelled": relabelled, "human_label_files_orphaned": len(orphans), "episodes_reused": reused, "frames_written": written,
-            "frames_removed": removed, "human_label_files_mismatched": mismatched,
-            "human_label_files_unverified": unverified, **version}
+    return {
+        "episodes_relabelled": relabelled,
+        "human_label_files_orphaned": len(orphans),
+        "episodes_reused": reused,
+        "frames_written": written,
+        "frames_removed": removed,
+        "human_label_files_mismatched": mismatched,
+        "human_label_files_unverified": unverified,
+        **version,
+    }

@@ -15,7 +15,6 @@ dish-washing session may appear in two splits.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -26,8 +25,18 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomS
 
 from autosink.model import Preprocess
 
-__all__ = ["read_frame", "read_split", "check_no_leakage", "FrameDataset", "build_augment", "WaterDataModule",
-           "visible_water", "water_balanced_weights", "BatchAugment", "AugmentCollate"]
+__all__ = [
+    "read_frame",
+    "read_split",
+    "check_no_leakage",
+    "FrameDataset",
+    "build_augment",
+    "WaterDataModule",
+    "visible_water",
+    "water_balanced_weights",
+    "BatchAugment",
+    "AugmentCollate",
+]
 
 SPLIT_COLUMNS = ("path", "label", "episode", "dishwashing_id")
 LEAK_KEYS = ("episode", "dishwashing_id")
@@ -56,8 +65,9 @@ def read_split(path: str | Path, allow_empty: bool = False) -> pd.DataFrame:
         raise ValueError(f"{path}: no frames (too few sessions for this split? see prepare.fractions)")
     bad = ~table["label"].isin([0, 1])
     if bad.any():
-        raise ValueError(f"{path}: label must be 0 or 1, got {table.loc[bad, 'label'].iloc[0]} "
-                         f"(row {int(bad.idxmax()) + 2})")
+        raise ValueError(
+            f"{path}: label must be 0 or 1, got {table.loc[bad, 'label'].iloc[0]} (row {int(bad.idxmax()) + 2})"
+        )
     return table
 
 
@@ -66,14 +76,16 @@ def check_no_leakage(splits: dict[str, pd.DataFrame]) -> None:
     names = list(splits)
     for key in LEAK_KEYS:
         for i, a in enumerate(names):
-            for b in names[i + 1:]:
+            for b in names[i + 1 :]:
                 shared = set(splits[a][key]) & set(splits[b][key])
                 if shared:
-                    raise ValueError(f"split leakage: {key} {sorted(shared)[0]!r} (and {len(shared) - 1} more) "
-                                     f"in both {a} and {b}; rerun prepare")
+                    raise ValueError(
+                        f"split leakage: {key} {sorted(shared)[0]!r} (and {len(shared) - 1} more) "
+                        f"in both {a} and {b}; rerun prepare"
+                    )
 
 
-def build_augment(cfg: dict | None) -> "BatchAugment | None":
+def build_augment(cfg: dict | None) -> BatchAugment | None:
     """The training augmentation from ``train.augment`` (None when it is empty or all off)."""
     if not cfg:
         return None
@@ -95,7 +107,8 @@ class BatchAugment:
         self.hflip = float(cfg.get("hflip", 0))
         jitter = cfg.get("color_jitter") or {}
         self.brightness, self.contrast, self.saturation, self.hue = (
-            float(jitter.get(k, 0)) for k in ("brightness", "contrast", "saturation", "hue"))
+            float(jitter.get(k, 0)) for k in ("brightness", "contrast", "saturation", "hue")
+        )
         affine = cfg.get("affine") or {}
         self.degrees, self.translate = float(affine.get("degrees", 0)), float(affine.get("translate", 0))
         self.scale = tuple(float(v) for v in affine.get("scale", [1, 1]))
@@ -135,7 +148,7 @@ class BatchAugment:
             mean = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).mean((1, 2)).view(n, 1, 1, 1)
             x = (x - mean) * v(self._u(n, max(0.0, 1 - self.contrast), 1 + self.contrast)) + mean
         if self.saturation > 0:
-            gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+            gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
             x = (x - gray) * v(self._u(n, max(0.0, 1 - self.saturation), 1 + self.saturation)) + gray
         if self.hue > 0:  # rotate the chroma plane (YIQ) by up to hue * 360 degrees
             yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
@@ -170,8 +183,9 @@ class BatchAugment:
         g = g / g.sum(1, keepdim=True)
         kern = (g.view(n, k, 1) * g.view(n, 1, k)).repeat_interleave(3, 0).unsqueeze(1)  # [n*3, 1, k, k]
         c, h, w = x.shape[1:]
-        blurred = F.conv2d(F.pad(x.reshape(1, n * c, h, w), [k // 2] * 4, mode="replicate"), kern,
-                           groups=n * c).view(n, c, h, w)
+        blurred = F.conv2d(F.pad(x.reshape(1, n * c, h, w), [k // 2] * 4, mode="replicate"), kern, groups=n * c).view(
+            n, c, h, w
+        )
         return torch.where((torch.rand(n) < self.blur_p).view(n, 1, 1, 1), blurred, x)
 
 
@@ -191,9 +205,17 @@ class AugmentCollate:
 class FrameDataset(Dataset):
     """``(resized image [3, h, w] float, label float, row index)`` per frame of one split."""
 
-    def __init__(self, table: pd.DataFrame, root: str | Path, preprocess: Preprocess,
-                 frame_size: tuple[int, int], augment=None, cache: bool = True, progress: bool = False,
-                 name: str = "") -> None:
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        root: str | Path,
+        preprocess: Preprocess,
+        frame_size: tuple[int, int],
+        augment=None,
+        cache: bool = True,
+        progress: bool = False,
+        name: str = "",
+    ) -> None:
         self.table = table.reset_index(drop=True)
         self.root = Path(root)
         self.preprocess = preprocess
@@ -213,8 +235,9 @@ class FrameDataset(Dataset):
         from tqdm import tqdm
 
         out = torch.empty(len(self.table), 3, self.preprocess.height, self.preprocess.width)
-        for i in tqdm(range(len(self.table)), desc=f"loading {name or 'frames'}", unit="frame",
-                      disable=not progress, leave=False):
+        for i in tqdm(
+            range(len(self.table)), desc=f"loading {name or 'frames'}", unit="frame", disable=not progress, leave=False
+        ):
             out[i] = self._load(i)
         return out
 
@@ -276,9 +299,17 @@ class WaterDataModule(pl.LightningDataModule):
     cache_images, augment.
     """
 
-    def __init__(self, preprocess: Preprocess, train_cfg: dict, data_cfg: dict,
-                 splits_dir: str | Path = "data/splits", store_dir: str | Path = "data/feature-store",
-                 progress: bool = True, replay: Dataset | None = None, replay_share: float = 0.0) -> None:
+    def __init__(
+        self,
+        preprocess: Preprocess,
+        train_cfg: dict,
+        data_cfg: dict,
+        splits_dir: str | Path = "data/splits",
+        store_dir: str | Path = "data/feature-store",
+        progress: bool = True,
+        replay: Dataset | None = None,
+        replay_share: float = 0.0,
+    ) -> None:
         super().__init__()
         self.replay, self.replay_share = replay, float(replay_share) if replay is not None else 0.0
         if not 0.0 <= self.replay_share < 1.0:
@@ -294,16 +325,26 @@ class WaterDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if not self.tables:
             # training needs train and val; test may be empty until evaluate needs it
-            self.tables = {s: read_split(self.splits_dir / f"{s}.csv", allow_empty=s == "test")
-                           for s in ("train", "val", "test")}
+            self.tables = {
+                s: read_split(self.splits_dir / f"{s}.csv", allow_empty=s == "test") for s in ("train", "val", "test")
+            }
             check_no_leakage(self.tables)
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", ("train", "val", "test"))
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(
+            stage or "", ("train", "val", "test")
+        )
         for name in wanted:
             if name not in self.datasets:
                 augment = build_augment(self.cfg.get("augment")) if name == "train" else None
-                self.datasets[name] = FrameDataset(self.tables[name], self.store_dir, self.preprocess, self.frame_size,
-                                                   augment=augment, cache=bool(self.cfg.get("cache_images", True)),
-                                                   progress=self.progress, name=name)
+                self.datasets[name] = FrameDataset(
+                    self.tables[name],
+                    self.store_dir,
+                    self.preprocess,
+                    self.frame_size,
+                    augment=augment,
+                    cache=bool(self.cfg.get("cache_images", True)),
+                    progress=self.progress,
+                    name=name,
+                )
 
     @property
     def pos_weight(self) -> float:
@@ -333,13 +374,22 @@ class WaterDataModule(pl.LightningDataModule):
                 rw = np.ones(len(self.replay)) if rw is None else np.asarray(rw, float)
                 weights = np.concatenate([weights, rw / rw.sum() * self.replay_share])
                 ds = ConcatDataset([ds, self.replay])
-            sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(ds), replacement=True,
-                                            generator=generator)
+            sampler = WeightedRandomSampler(
+                weights.tolist(), num_samples=len(ds), replacement=True, generator=generator
+            )
         workers = int(self.cfg.get("num_workers", 0))
         collate = AugmentCollate(augment) if train and augment is not None else None
-        return DataLoader(ds, batch_size=int(self.cfg["batch_size"]), shuffle=train and sampler is None,
-                          sampler=sampler, generator=generator if train else None, num_workers=workers,
-                          persistent_workers=workers > 0, drop_last=False, collate_fn=collate)
+        return DataLoader(
+            ds,
+            batch_size=int(self.cfg["batch_size"]),
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            generator=generator if train else None,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            drop_last=False,
+            collate_fn=collate,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

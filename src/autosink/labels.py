@@ -48,9 +48,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from autosink.fileio import atomic_write
-
 import numpy as np
+
+from autosink.fileio import atomic_write
 
 IGNORE = -1
 
@@ -66,14 +66,16 @@ class LabelRules:
     conf_review: float = 0.5
 
     @classmethod
-    def from_params(cls, params: dict) -> "LabelRules":
+    def from_params(cls, params: dict) -> LabelRules:
         names = {f.name for f in fields(cls)}
         return cls(**{k: float(v) for k, v in params.items() if k in names})
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_reaction_s <= self.max_reaction_s:
             raise ValueError(
-                f"label rules: need 0 <= min_reaction_s <= max_reaction_s, got {self.min_reaction_s}, {self.max_reaction_s}")
+                "label rules: need 0 <= min_reaction_s <= max_reaction_s, "
+                f"got {self.min_reaction_s}, {self.max_reaction_s}"
+            )
 
 
 @dataclass
@@ -86,12 +88,12 @@ class DenseLabels:
 
 def user_events(m: np.ndarray, s: np.ndarray) -> list[int]:
     """Frames where the user changed the faucet state (not the model carrying it along)."""
-    return [k for k in range(1, len(s))
-            if s[k] != s[k - 1] and (m[k] == m[k - 1] or s[k] != m[k])]
+    return [k for k in range(1, len(s)) if s[k] != s[k - 1] and (m[k] == m[k - 1] or s[k] != m[k])]
 
 
-def propagate(model_output, magnetic_status, fps: float, rules: LabelRules = LabelRules(),
-              arduino_output=None) -> DenseLabels:
+def propagate(
+    model_output, magnetic_status, fps: float, rules: LabelRules = LabelRules(), arduino_output=None
+) -> DenseLabels:
     """Dense labels for one episode (frames in time order); ``arduino_output`` (the valve the Pi
     commanded, None: not recorded) finds the frames of rule 6."""
     m = np.asarray(model_output, dtype=np.int8)
@@ -359,8 +361,7 @@ def human_labels_lock(path, timeout: float = 10.0):
             os.close(fd)
 
 
-def write_human_labels(path, labels: dict[int, int], episode_sha256: str | None = None, *,
-                       lock: bool = True) -> None:
+def write_human_labels(path, labels: dict[int, int], episode_sha256: str | None = None, *, lock: bool = True) -> None:
     """Write one episode's human labels atomically (temp file + rename, fsynced; sorted rows).
 
     ``episode_sha256`` is the sha256 of the episode's lake file the labels were given for (as

@@ -103,13 +103,23 @@ class LoopSettings:
         # under a new light the fleet's frames drift from the production model's on purpose: the
         # data gate still measures and reports it, but does not stop the round
         drift = [] if self.regime == "none" else ["validate.enforce=false"]
-        return ["data=real", f"validate_model.min_gain={self.min_gain}", f"water.regime={self.regime}", *drift, *floor,
-                *self.overrides, *extra]
+        return [
+            "data=real",
+            f"validate_model.min_gain={self.min_gain}",
+            f"water.regime={self.regime}",
+            *drift,
+            *floor,
+            *self.overrides,
+            *extra,
+        ]
 
     def start_args(self) -> list[str]:
         """Overrides of the round-0 repro: the first model is promoted whatever its cases."""
-        weak = [] if self.start == "base" else ["model.weights=none", f"train.max_epochs={self.weak_epochs}",
-                                                 "train.early_stopping_patience=0"]
+        weak = (
+            []
+            if self.start == "base"
+            else ["model.weights=none", f"train.max_epochs={self.weak_epochs}", "train.early_stopping_patience=0"]
+        )
         return [*weak, "validate_model.min_accuracy=0.0", "validate_model.min_frames=1"]
 
 
@@ -131,8 +141,9 @@ def fleet_scripts(sim_cfg: dict, round_index: int, households: int | None = None
     return [make_session(users[u], s, cfg, start, "lake") for u, s, start in starts if s == index and u < n]
 
 
-def collect_round(project: Path, params: dict, round_index: int, spool: Path, households: int | None = None,
-                  progress: bool = True) -> dict:
+def collect_round(
+    project: Path, params: dict, round_index: int, spool: Path, households: int | None = None, progress: bool = True
+) -> dict:
     """Run the fleet's sessions of one round through the edge with the production model and a
     simulated user; upload the recorded episodes into the copy's lake. Returns what happened."""
     from tqdm import tqdm
@@ -140,8 +151,16 @@ def collect_round(project: Path, params: dict, round_index: int, spool: Path, ho
     from autosink.edge.inference import load_model
     from autosink.edge.runtime import recorder_from_config
     from autosink.edge.uploader import FolderTarget, Uploader
-    from autosink.water import (COUNT_KEYS, SimUserFeedback, controller_config, derive, edge_config, run_session,
-                                trace_counts, with_water_defaults)
+    from autosink.water import (
+        COUNT_KEYS,
+        SimUserFeedback,
+        controller_config,
+        derive,
+        edge_config,
+        run_session,
+        trace_counts,
+        with_water_defaults,
+    )
 
     wcfg = with_water_defaults(params.get("water"))
     model = load_model(project / PRODUCTION / "model.onnx", threads=int(wcfg["threads"]))
@@ -158,10 +177,17 @@ def collect_round(project: Path, params: dict, round_index: int, spool: Path, ho
     interventions = 0
     for script in tqdm(scripts, desc=f"round {round_index}: fleet sessions", disable=not progress, unit="session"):
         feedback = SimUserFeedback(script)
-        recorder = recorder_from_config(rec, spool, script.user.user_id, background=False, used_stems=uploader.names,
-                                        new_id=lambda s=script: s.dishwashing_id)
-        trace = run_session(script, model, ccfg, flow_l_min=float(wcfg["flow_l_min"]), feedback=feedback,
-                            recorder=recorder)  # the runtime closes the recorder (flushes) at the end
+        recorder = recorder_from_config(
+            rec,
+            spool,
+            script.user.user_id,
+            background=False,
+            used_stems=uploader.names,
+            new_id=lambda s=script: s.dishwashing_id,
+        )
+        trace = run_session(
+            script, model, ccfg, flow_l_min=float(wcfg["flow_l_min"]), feedback=feedback, recorder=recorder
+        )  # the runtime closes the recorder (flushes) at the end
         interventions += feedback.user.interventions
         counts = trace_counts(trace)
         for k in COUNT_KEYS:
@@ -169,13 +195,21 @@ def collect_round(project: Path, params: dict, round_index: int, spool: Path, ho
     uploader.run_once()
     left = uploader.spooled()
     if left or uploader.conflicted or uploader.skipped:
-        raise RuntimeError(f"{spool}: not uploaded to {lake}: {len(left)} left, conflicts {uploader.conflicted}, "
-                           f"already there {uploader.skipped}")
+        raise RuntimeError(
+            f"{spool}: not uploaded to {lake}: {len(left)} left, conflicts {uploader.conflicted}, "
+            f"already there {uploader.skipped}"
+        )
     water = derive(totals, float(wcfg["flow_l_min"]))
-    return {"model_version": model.version, "sessions": len(scripts), "frames": int(totals["frames"]),
-            "user_interventions": interventions, "episodes": len(uploader.uploaded),
-            "litres": water["litres_autosink"], "withheld_pct": water["withheld_pct"],
-            "false_offs_per_10min": water["false_offs_per_10min"]}
+    return {
+        "model_version": model.version,
+        "sessions": len(scripts),
+        "frames": int(totals["frames"]),
+        "user_interventions": interventions,
+        "episodes": len(uploader.uploaded),
+        "litres": water["litres_autosink"],
+        "withheld_pct": water["withheld_pct"],
+        "false_offs_per_10min": water["false_offs_per_10min"],
+    }
 
 
 # --------------------------------------------------------------------------- the pipeline side
@@ -199,10 +233,15 @@ def model_report(project: Path) -> dict:
     acc = {name.split("-")[0]: round(float(c["accuracy"]), 3) for name, c in (cases.get("cases") or {}).items()}
     total = water.get("total", {})
     return {
-        "version": card.get("version"), "sha256": card.get("model_sha256"),
-        "train_frames": train.get("train_frames"), "test_accuracy": ev.get("accuracy"), "test_f1": ev.get("f1"),
-        "case_accuracy": acc, "case_mean": round(float(np.mean(list(acc.values()))), 4) if acc else None,
-        "case_min": min(acc.values()) if acc else None, "gate_passed": bool(cases.get("passed")),
+        "version": card.get("version"),
+        "sha256": card.get("model_sha256"),
+        "train_frames": train.get("train_frames"),
+        "test_accuracy": ev.get("accuracy"),
+        "test_f1": ev.get("f1"),
+        "case_accuracy": acc,
+        "case_mean": round(float(np.mean(list(acc.values()))), 4) if acc else None,
+        "case_min": min(acc.values()) if acc else None,
+        "gate_passed": bool(cases.get("passed")),
         "gate_failures": list(cases.get("failures") or []),
         "water": water_summary(total),
     }
@@ -210,9 +249,20 @@ def model_report(project: Path) -> dict:
 
 def water_summary(total: dict) -> dict:
     """The held-out water numbers the loop compares (``reports/water.json``'s ``total``)."""
-    return {k: total.get(k) for k in ("savings_pct", "withheld_pct", "missed_needs_pct", "false_offs_per_10min",
-                                      "valve_switches_per_min", "litres_autosink", "litres_oracle", "missed_needs",
-                                      "need_stretches")}
+    return {
+        k: total.get(k)
+        for k in (
+            "savings_pct",
+            "withheld_pct",
+            "missed_needs_pct",
+            "false_offs_per_10min",
+            "valve_switches_per_min",
+            "litres_autosink",
+            "litres_oracle",
+            "missed_needs",
+            "need_stretches",
+        )
+    }
 
 
 def _repro(project: Path, env: dict, settings: LoopSettings, *extra: str) -> None:
@@ -255,8 +305,11 @@ def setup(root: Path, workdir: Path, settings: LoopSettings, progress: bool = Tr
         shutil.copy2(zip_path, lake / zip_path.name)
     run(["dvc", "add", data["lake"]], project, env)
     _reuse_output(root, project, BASE)
-    first = ("the default recipe (the base model fine-tuned on the sample lake)" if settings.start == "base"
-             else f"a deliberately weak model ({settings.weak_epochs} epoch(s) from scratch)")
+    first = (
+        "the default recipe (the base model fine-tuned on the sample lake)"
+        if settings.start == "base"
+        else f"a deliberately weak model ({settings.weak_epochs} epoch(s) from scratch)"
+    )
     say(f"loop: round 0: training {first} with dvc repro")
     _repro(project, env, settings, *settings.start_args())
     run(["autosink", "promote"], project, env)
@@ -281,8 +334,10 @@ def run_loop(root: Path, workdir: Path, settings: LoopSettings, progress: bool =
         t0 = time.perf_counter()
         params = _params(project)
         fleet = collect_round(project, params, r, workdir / "spool", settings.households, progress)
-        say(f"loop: round {r}: {fleet['sessions']} fleet sessions with model {fleet['model_version']}: "
-            f"{fleet['user_interventions']} user corrections -> {fleet['episodes']} new episodes in the lake")
+        say(
+            f"loop: round {r}: {fleet['sessions']} fleet sessions with model {fleet['model_version']}: "
+            f"{fleet['user_interventions']} user corrections -> {fleet['episodes']} new episodes in the lake"
+        )
         say(f"loop: round {r}: dvc add + dvc repro (trains a candidate: minutes)")
         run(["dvc", "add", params["data"]["lake"]], project, env)
         _repro(project, env, settings)
@@ -291,12 +346,24 @@ def run_loop(root: Path, workdir: Path, settings: LoopSettings, progress: bool =
         promoted = candidate["gate_passed"]
         if promoted:
             run(["autosink", "promote"], project, env)
-        _commit(project, env, f"loop round {r}: " + (f"promote {candidate['version']}" if promoted
-                                                      else "candidate refused by the gate"))
-        row = {"round": r, "serving": serving, "fleet": fleet,
-               "lake": {"episodes": extract.get("episodes_ok"), "extracted_now": extract.get("episodes_extracted"),
-                        "reused": extract.get("episodes_reused")},
-               "candidate": candidate, "promoted": promoted, "seconds": round(time.perf_counter() - t0, 1)}
+        _commit(
+            project,
+            env,
+            f"loop round {r}: " + (f"promote {candidate['version']}" if promoted else "candidate refused by the gate"),
+        )
+        row = {
+            "round": r,
+            "serving": serving,
+            "fleet": fleet,
+            "lake": {
+                "episodes": extract.get("episodes_ok"),
+                "extracted_now": extract.get("episodes_extracted"),
+                "reused": extract.get("episodes_reused"),
+            },
+            "candidate": candidate,
+            "promoted": promoted,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         report["rounds"].append(row)
         say(format_round(row))
         if promoted:
@@ -333,8 +400,11 @@ def format_round(row: dict) -> str:
         f"{_f(cw['savings_pct'])}%, withheld {_f(cw['withheld_pct'])}%, {_f(cw['missed_needs_pct'])}% of needs got "
         f"none, false-offs {_f(cw['false_offs_per_10min'], '.2f')}/10 min",
         f"  gate      {'passed: promoted' if row['promoted'] else 'failed: production unchanged'}"
-        + ("" if row["promoted"] else f" ({'; '.join(c['gate_failures'][:3])}"
-           f"{'; ...' if len(c['gate_failures']) > 3 else ''})"),
+        + (
+            ""
+            if row["promoted"]
+            else f" ({'; '.join(c['gate_failures'][:3])}{'; ...' if len(c['gate_failures']) > 3 else ''})"
+        ),
     ]
     return "\n".join(lines)
 
@@ -351,17 +421,20 @@ def plot_rounds(report: dict, path: Path) -> Path:
     fig = Figure(figsize=(12, 3.4), dpi=110)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 4)
-    series = [("needed water withheld (%)", [m["water"]["withheld_pct"] for m in models]),
-              ("needs that got no water (%)", [m["water"]["missed_needs_pct"] for m in models]),
-              ("false-offs per 10 min", [m["water"]["false_offs_per_10min"] for m in models]),
-              ("case accuracy (mean)", [m["case_mean"] for m in models])]
+    series = [
+        ("needed water withheld (%)", [m["water"]["withheld_pct"] for m in models]),
+        ("needs that got no water (%)", [m["water"]["missed_needs_pct"] for m in models]),
+        ("false-offs per 10 min", [m["water"]["false_offs_per_10min"] for m in models]),
+        ("case accuracy (mean)", [m["case_mean"] for m in models]),
+    ]
     for ax, (title, ys) in zip(axes, series):
         ax.plot(x, [np.nan if y is None else y for y in ys], "o-", color="tab:blue")
         ax.set_title(title, fontsize=9)
         ax.set_xticks(x, labels, fontsize=8)
         ax.grid(alpha=0.3, lw=0.5)
-    fig.suptitle("closed loop: the model serving the fleet in each round, on held-out sessions and the case sets",
-                 fontsize=9)
+    fig.suptitle(
+        "closed loop: the model serving the fleet in each round, on held-out sessions and the case sets", fontsize=9
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -379,16 +452,20 @@ def main_loop(settings: LoopSettings, workdir: Path, json_out: Path | None, plot
     if len(rounds) >= 2:
         a, b = rounds[0]["serving"], rounds[1]["serving"]
         wa, wb = a["water"], b["water"]
-        print(f"round 2 vs round 1 (serving models, held-out): withheld {_f(wa['withheld_pct'])}% -> "
-              f"{_f(wb['withheld_pct'])}%, needs with no water {_f(wa['missed_needs_pct'])}% -> "
-              f"{_f(wb['missed_needs_pct'])}%, false-offs {_f(wa['false_offs_per_10min'], '.2f')} -> "
-              f"{_f(wb['false_offs_per_10min'], '.2f')}/10 min, case mean {_f(a['case_mean'], '.3f')} -> "
-              f"{_f(b['case_mean'], '.3f')}")
+        print(
+            f"round 2 vs round 1 (serving models, held-out): withheld {_f(wa['withheld_pct'])}% -> "
+            f"{_f(wb['withheld_pct'])}%, needs with no water {_f(wa['missed_needs_pct'])}% -> "
+            f"{_f(wb['missed_needs_pct'])}%, false-offs {_f(wa['false_offs_per_10min'], '.2f')} -> "
+            f"{_f(wb['false_offs_per_10min'], '.2f')}/10 min, case mean {_f(a['case_mean'], '.3f')} -> "
+            f"{_f(b['case_mean'], '.3f')}"
+        )
     json_out = json_out or root / "metrics/loop.json"
     plot_out = plot_out or root / "reports/loop_rounds.png"
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(report, indent=2) + "\n")
     plot_rounds(report, plot_out)
-    print(f"loop: {len(rounds)} rounds in {report['seconds']:.0f} s -> {json_out}, {plot_out} "
-          f"(the copy, with its git history per round: {report['workdir']}/project)")
+    print(
+        f"loop: {len(rounds)} rounds in {report['seconds']:.0f} s -> {json_out}, {plot_out} "
+        f"(the copy, with its git history per round: {report['workdir']}/project)"
+    )
     return 0

@@ -25,8 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BACKBONES", "Preprocess", "WaterNet", "build_backbone", "build_preprocess", "build_model",
-           "load_base_weights"]
+__all__ = [
+    "BACKBONES",
+    "Preprocess",
+    "WaterNet",
+    "build_backbone",
+    "build_preprocess",
+    "build_model",
+    "load_base_weights",
+]
 
 # ImageNet statistics: torchvision backbones were designed (and pretrained) for these.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -77,9 +84,16 @@ def build_backbone(name: str, weights: str = "none") -> nn.Module:
 class Preprocess(nn.Module):
     """uint8 NHWC RGB frames at the camera resolution -> (crop) -> normalised float NCHW at the model size."""
 
-    def __init__(self, height: int, width: int, source_height: int, source_width: int,
-                 crop: tuple[int, int, int, int] | None = None,
-                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        source_height: int,
+        source_width: int,
+        crop: tuple[int, int, int, int] | None = None,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+    ) -> None:
         super().__init__()
         self.height, self.width = int(height), int(width)
         self.source_height, self.source_width = int(source_height), int(source_width)
@@ -87,7 +101,9 @@ class Preprocess(nn.Module):
             raise ValueError("image sizes must be positive")
         x0, y0, x1, y1 = (0, 0, self.source_width, self.source_height) if crop is None else (int(v) for v in crop)
         if not (0 <= x0 < x1 <= self.source_width and 0 <= y0 < y1 <= self.source_height):
-            raise ValueError(f"crop {list(crop or [])} must lie inside the {self.source_width}x{self.source_height} frame")
+            raise ValueError(
+                f"crop {list(crop or [])} must lie inside the {self.source_width}x{self.source_height} frame"
+            )
         self.crop = (x0, y0, x1, y1)
         # Box-filter by the largest whole factor that keeps the image at least the model size.
         self.pool = max(1, min((y1 - y0) // self.height, (x1 - x0) // self.width))
@@ -103,8 +119,7 @@ class Preprocess(nn.Module):
         if self.pool > 1:
             x = F.avg_pool2d(x, kernel_size=self.pool, stride=self.pool)
         if x.shape[-2] != self.height or x.shape[-1] != self.width:
-            x = F.interpolate(x, size=(self.height, self.width), mode="bilinear", align_corners=False,
-                              antialias=False)
+            x = F.interpolate(x, size=(self.height, self.width), mode="bilinear", align_corners=False, antialias=False)
         return x
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,9 +132,16 @@ class Preprocess(nn.Module):
 class WaterNet(nn.Module):
     """Preprocessing + backbone; ``forward(uint8 frames) -> p(water_on)`` of shape ``[N]``."""
 
-    def __init__(self, backbone: str, height: int, width: int, source_height: int = 480,
-                 source_width: int = 640, crop: tuple[int, int, int, int] | None = None,
-                 weights: str = "none") -> None:
+    def __init__(
+        self,
+        backbone: str,
+        height: int,
+        width: int,
+        source_height: int = 480,
+        source_width: int = 640,
+        crop: tuple[int, int, int, int] | None = None,
+        weights: str = "none",
+    ) -> None:
         super().__init__()
         self.backbone_name = backbone
         self.preprocess = Preprocess(height, width, source_height, source_width, crop)
@@ -138,9 +160,13 @@ class WaterNet(nn.Module):
 
 def build_preprocess(model_cfg: dict, data_cfg: dict) -> Preprocess:
     """The preprocessing from the ``model`` (input size, crop) and ``data`` (camera size) groups."""
-    return Preprocess(int(model_cfg["input_height"]), int(model_cfg["input_width"]),
-                      int(data_cfg["frame_height"]), int(data_cfg["frame_width"]),
-                      crop=tuple(model_cfg["crop"]) if model_cfg.get("crop") else None)
+    return Preprocess(
+        int(model_cfg["input_height"]),
+        int(model_cfg["input_width"]),
+        int(data_cfg["frame_height"]),
+        int(data_cfg["frame_width"]),
+        crop=tuple(model_cfg["crop"]) if model_cfg.get("crop") else None,
+    )
 
 
 def build_model(model_cfg: dict, data_cfg: dict) -> WaterNet:
@@ -148,8 +174,15 @@ def build_model(model_cfg: dict, data_cfg: dict) -> WaterNet:
     when they name a checkpoint: see :func:`load_base_weights`)."""
     weights = str(model_cfg.get("weights", "none"))
     pre = build_preprocess(model_cfg, data_cfg)
-    return WaterNet(str(model_cfg["backbone"]), pre.height, pre.width, pre.source_height, pre.source_width,
-                    crop=pre.crop, weights=weights if weights in ("none", "imagenet") else "none")
+    return WaterNet(
+        str(model_cfg["backbone"]),
+        pre.height,
+        pre.width,
+        pre.source_height,
+        pre.source_width,
+        crop=pre.crop,
+        weights=weights if weights in ("none", "imagenet") else "none",
+    )
 
 
 def checkpoint_backbone(ckpt: dict, path: str | Path) -> str:
@@ -163,24 +196,26 @@ def checkpoint_backbone(ckpt: dict, path: str | Path) -> str:
 
 def net_state_dict(ckpt: dict) -> dict:
     """The WaterNet weights inside a Lightning checkpoint of LitWaterNet (its ``net.`` entries)."""
-    return {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    return {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
 
 
 def load_base_weights(net: WaterNet, path: str | Path) -> None:
     """Start from a checkpoint's weights (e.g. the production model's); the backbone must match."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: base checkpoint not found (model.weights names it); "
-                                "use model.weights=none, or `dvc pull` it")
+        raise FileNotFoundError(
+            f"{path}: base checkpoint not found (model.weights names it); use model.weights=none, or `dvc pull` it"
+        )
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     trained = checkpoint_backbone(ckpt, path)
     if trained != net.backbone_name:
-        raise ValueError(f"{path}: checkpoint was trained with backbone {trained!r}, "
-                         f"but the config asks for {net.backbone_name!r}; use model={trained} "
-                         "or start from other weights")
+        raise ValueError(
+            f"{path}: checkpoint was trained with backbone {trained!r}, "
+            f"but the config asks for {net.backbone_name!r}; use model={trained} "
+            "or start from other weights"
+        )
     net.load_state_dict(net_state_dict(ckpt))
 
 
 def count_parameters(net: nn.Module) -> int:
     return int(sum(p.numel() for p in net.parameters()))
-

@@ -47,8 +47,17 @@ from typing import Any
 from autosink.fileio import atomic_write, json_type, sha256_file
 
 __all__ = [
-    "FORMAT", "CLASSES", "CardError", "card_path_for", "validate_card", "read_card", "write_card",
-    "check_card_supported", "sha256_file", "sha256_bytes", "make_card",
+    "FORMAT",
+    "CLASSES",
+    "CardError",
+    "card_path_for",
+    "validate_card",
+    "read_card",
+    "write_card",
+    "check_card_supported",
+    "sha256_file",
+    "sha256_bytes",
+    "make_card",
 ]
 
 FORMAT = "autosink-model-card/1"
@@ -116,11 +125,13 @@ def validate_card(obj: object, path: StrPath = "<card>") -> dict[str, Any]:
     if "format" in obj:
         fmt = obj["format"]
         if not isinstance(fmt, str) or not _FORMAT_RE.fullmatch(fmt):
-            add("format", f"expected \"autosink-model-card/<n>\", got {_show(fmt)}")
+            add("format", f'expected "autosink-model-card/<n>", got {_show(fmt)}')
 
     if "classes" in obj and obj["classes"] != CLASSES:
-        add("classes", f"must be {json.dumps(CLASSES)} (the output is the probability of classes[1]), "
-                       f"got {_show(obj['classes'])}")
+        add(
+            "classes",
+            f"must be {json.dumps(CLASSES)} (the output is the probability of classes[1]), got {_show(obj['classes'])}",
+        )
 
     def text(where: str, value: object) -> None:
         if not isinstance(value, str):
@@ -167,8 +178,7 @@ def validate_card(obj: object, path: StrPath = "<card>") -> dict[str, Any]:
 
     if "threshold" in obj:
         thr = obj["threshold"]
-        if (not isinstance(thr, (int, float)) or isinstance(thr, bool) or not math.isfinite(thr)
-                or not 0.0 < thr < 1.0):
+        if not isinstance(thr, (int, float)) or isinstance(thr, bool) or not math.isfinite(thr) or not 0.0 < thr < 1.0:
             add("threshold", f"expected a number strictly between 0 and 1, got {_show(thr)}")
     if "backbone" in obj:
         text("backbone", obj["backbone"])
@@ -223,11 +233,20 @@ def check_card_supported(card: dict[str, Any], path: StrPath = "<card>") -> None
         problems.append(("format", f"this runtime reads {FORMAT}, got {_show(fmt)} (update the edge code)"))
     inp = card.get("input") or {}
     if inp.get("dtype") != "uint8":
-        problems.append(("input.dtype", f"the edge feeds raw uint8 frames; got {_show(inp.get('dtype'))} "
-                                        "(put the normalisation inside the graph)"))
+        problems.append(
+            (
+                "input.dtype",
+                f"the edge feeds raw uint8 frames; got {_show(inp.get('dtype'))} "
+                "(put the normalisation inside the graph)",
+            )
+        )
     if inp.get("layout") != "NHWC":
-        problems.append(("input.layout", f"the edge feeds NHWC frames; got {_show(inp.get('layout'))} "
-                                         "(put the transpose inside the graph)"))
+        problems.append(
+            (
+                "input.layout",
+                f"the edge feeds NHWC frames; got {_show(inp.get('layout'))} (put the transpose inside the graph)",
+            )
+        )
     if inp.get("color") not in _COLORS:
         problems.append(("input.color", f"must be one of {', '.join(_COLORS)}, got {_show(inp.get('color'))}"))
     if (card.get("output") or {}).get("kind") != "probability":
@@ -240,15 +259,31 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def make_card(*, model_sha256: str, backbone: str, version: str, threshold: float = 0.5,
-              height: int = 480, width: int = 640, color: str = "RGB", input_name: str = "frames",
-              output_name: str = "p_water", **extra: Any) -> dict[str, Any]:
+def make_card(
+    *,
+    model_sha256: str,
+    backbone: str,
+    version: str,
+    threshold: float = 0.5,
+    height: int = 480,
+    width: int = 640,
+    color: str = "RGB",
+    input_name: str = "frames",
+    output_name: str = "p_water",
+    **extra: Any,
+) -> dict[str, Any]:
     """A format-1 card for a uint8 NHWC model (what the export writes); extra keys are kept."""
     card: dict[str, Any] = {
         "format": FORMAT,
         "classes": list(CLASSES),
-        "input": {"name": input_name, "dtype": "uint8", "layout": "NHWC", "color": color,
-                  "height": int(height), "width": int(width)},
+        "input": {
+            "name": input_name,
+            "dtype": "uint8",
+            "layout": "NHWC",
+            "color": color,
+            "height": int(height),
+            "width": int(width),
+        },
         "output": {"name": output_name, "kind": "probability"},
         "threshold": float(threshold),
         "backbone": backbone,

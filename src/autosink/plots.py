@@ -22,12 +22,24 @@ __all__ = ["SCRIPTS", "vendored_scripts", "write_template", "show_plots"]
 
 #: (package, version, file in the tarball, the registry's sha512 integrity of the tarball)
 SCRIPTS = (
-    ("vega", "5.20.2", "package/build/vega.min.js",
-     "sha512-qmH7aD9GGPpssVdxL1xgcdxTbQzyRUeRR16Os385ymvQhiwCYQNA6+eXUPAZDTVLfk0RXu6Jzj6kUE5jQ80EVw=="),
-    ("vega-lite", "5.2.0", "package/build/vega-lite.min.js",
-     "sha512-Yxcg8MvYfxHcG6BbkaKT0oVCIMIcE19UvqIsEwBmyd/7h2nzW7oRnID81T8UrY7hpDrIr6wa2JADOT2dhGNErw=="),
-    ("vega-embed", "6.18.2", "package/build/vega-embed.min.js",
-     "sha512-wcDyQPE4J5aiCDc3/suH5RQDvrKkjuLkhzUcbOLwEkNF8/+pp17tS0JghzEvAPNRg+5aG1/N2ydixq8Lk3dOlg=="),
+    (
+        "vega",
+        "5.20.2",
+        "package/build/vega.min.js",
+        "sha512-qmH7aD9GGPpssVdxL1xgcdxTbQzyRUeRR16Os385ymvQhiwCYQNA6+eXUPAZDTVLfk0RXu6Jzj6kUE5jQ80EVw==",
+    ),
+    (
+        "vega-lite",
+        "5.2.0",
+        "package/build/vega-lite.min.js",
+        "sha512-Yxcg8MvYfxHcG6BbkaKT0oVCIMIcE19UvqIsEwBmyd/7h2nzW7oRnID81T8UrY7hpDrIr6wa2JADOT2dhGNErw==",
+    ),
+    (
+        "vega-embed",
+        "6.18.2",
+        "package/build/vega-embed.min.js",
+        "sha512-wcDyQPE4J5aiCDc3/suH5RQDvrKkjuLkhzUcbOLwEkNF8/+pp17tS0JghzEvAPNRg+5aG1/N2ydixq8Lk3dOlg==",
+    ),
 )
 REGISTRY = "https://registry.npmjs.org"
 
@@ -52,8 +64,9 @@ def vendored_scripts(cache: Path | None = None, registry: str = REGISTRY, timeou
                 with urllib.request.urlopen(url, timeout=timeout) as r:
                     data = r.read()
             except OSError as e:
-                raise RuntimeError(f"{url}: cannot download ({e}); the plots page needs it once, then it is "
-                                   f"cached in {cache}") from None
+                raise RuntimeError(
+                    f"{url}: cannot download ({e}); the plots page needs it once, then it is cached in {cache}"
+                ) from None
             if _integrity(data) != integrity:
                 raise RuntimeError(f"{url}: the download does not match the registry's integrity {integrity}")
             with tarfile.open(fileobj=io.BytesIO(data)) as tar:
@@ -72,17 +85,27 @@ def vendored_scripts(cache: Path | None = None, registry: str = REGISTRY, timeou
 def write_template(path: Path, scripts: list[Path]) -> Path:
     """An ``--html-template`` for `dvc plots show` with the scripts inlined (DVC puts the plots
     where ``{plot_divs}`` is, by plain text replacement)."""
-    inline = "\n".join("<script>\n" + p.read_text(encoding="utf-8").replace("</script", "<\\/script") + "\n</script>"
-                       for p in scripts)
+    inline = "\n".join(
+        "<script>\n" + p.read_text(encoding="utf-8").replace("</script", "<\\/script") + "\n</script>" for p in scripts
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n<title>autosink plots</title>\n"
-                    + inline + "\n</head>\n<body>\n{plot_divs}\n</body>\n</html>\n", encoding="utf-8")
+    path.write_text(
+        '<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n<title>autosink plots</title>\n'
+        + inline
+        + "\n</head>\n<body>\n{plot_divs}\n</body>\n</html>\n",
+        encoding="utf-8",
+    )
     return path
 
 
 def show_plots(out_dir: Path, root: Path | None = None) -> Path:
     """`dvc plots show` into ``out_dir`` with the offline template; returns the page."""
     template = write_template(out_dir / "template.html", vendored_scripts())
-    subprocess.run(["dvc", "plots", "show", "--html-template", str(template.resolve()), "-o",
-                    str(out_dir.resolve())], cwd=root, check=True, capture_output=True, text=True)
+    subprocess.run(
+        ["dvc", "plots", "show", "--html-template", str(template.resolve()), "-o", str(out_dir.resolve())],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return out_dir / "index.html"

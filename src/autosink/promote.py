@@ -23,10 +23,10 @@ command and saying that the files are promoted locally.
 from __future__ import annotations
 
 import contextlib
+import csv
 import ctypes
 import ctypes.util
 import datetime as dt
-import csv
 import json
 import os
 import re
@@ -66,8 +66,11 @@ def _write_training_features(root: Path, dest: Path) -> None:
         os.fsync(out.fileno())
 
 
-CANDIDATE = {"model.onnx": MODELS / "model.onnx", "model.json": MODELS / "model.json",
-             "model.ckpt": MODELS / "model.ckpt"}
+CANDIDATE = {
+    "model.onnx": MODELS / "model.onnx",
+    "model.json": MODELS / "model.json",
+    "model.ckpt": MODELS / "model.ckpt",
+}
 CASES = Path("reports/cases.json")  # the gate's verdict (metrics/cases.json: its headline numbers)
 #: what a user can do when the gate refused the candidate
 NEXT_STEPS = """next steps:
@@ -97,6 +100,7 @@ class PromotionError(ValueError):
 
 
 # --------------------------------------------------------------------------- commands
+
 
 def _run(cmd: list[str], root: Path) -> str:
     """Run ``cmd`` in ``root`` (tools from PATH, this process's environment); its output, or
@@ -188,8 +192,9 @@ def _copy_durable(src: Path, dst: Path) -> None:
 
 # --------------------------------------------------------------------------- records
 
+
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _read_json(path: Path) -> Any:
@@ -203,15 +208,21 @@ def _gate_summary(cases: dict[str, Any]) -> dict[str, Any]:
     """passed, failures and each case's accuracy from the case gate's verdict."""
     per_case: dict[str, Any] = {}
     raw = cases.get("cases") or {}
-    items = raw.items() if isinstance(raw, dict) else (
-        (c.get("name") or c.get("case") or str(i), c) for i, c in enumerate(raw) if isinstance(c, dict))
+    items = (
+        raw.items()
+        if isinstance(raw, dict)
+        else ((c.get("name") or c.get("case") or str(i), c) for i, c in enumerate(raw) if isinstance(c, dict))
+    )
     for name, value in items:
         if isinstance(value, dict):
             value = value.get("accuracy")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             per_case[str(name)] = value
-    return {"passed": cases.get("passed") is True, "failures": list(cases.get("failures") or []),
-            "case_accuracy": per_case}
+    return {
+        "passed": cases.get("passed") is True,
+        "failures": list(cases.get("failures") or []),
+        "case_accuracy": per_case,
+    }
 
 
 def _experiment(root: Path, given: str | None) -> str | None:
@@ -256,45 +267,60 @@ def production_status(root: Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- checks
 
+
 def _check_candidate(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The candidate's card and gate verdict, or PromotionError saying why it can't be promoted."""
     missing = [str(p) for p in (*CANDIDATE.values(), CASES) if not (root / p).is_file()]
     if missing:
-        raise PromotionError(f"nothing to promote: missing {', '.join(missing)} "
-                             "(run `dvc repro` to train, export and gate a candidate)")
+        raise PromotionError(
+            f"nothing to promote: missing {', '.join(missing)} (run `dvc repro` to train, export and gate a candidate)"
+        )
     try:
         card = read_card(root / CANDIDATE["model.json"])
     except CardError as e:
         raise PromotionError(f"the candidate's model card is invalid:\n{e}") from None
     onnx_sha = sha256_file(root / CANDIDATE["model.onnx"])
     if card["model_sha256"] != onnx_sha:
-        raise PromotionError(f"{CANDIDATE['model.json']} describes another model: its model_sha256 is "
-                             f"{card['model_sha256']}, {CANDIDATE['model.onnx']} has {onnx_sha} "
-                             "(run `dvc repro` to re-export)")
+        raise PromotionError(
+            f"{CANDIDATE['model.json']} describes another model: its model_sha256 is "
+            f"{card['model_sha256']}, {CANDIDATE['model.onnx']} has {onnx_sha} "
+            "(run `dvc repro` to re-export)"
+        )
     cases = _read_json(root / CASES)
     if not isinstance(cases, dict):
         raise PromotionError(f"{CASES}: expected an object")
     ckpt_sha = sha256_file(root / CANDIDATE["model.ckpt"])
     judged, exported = cases.get("checkpoint_sha256"), card.get("checkpoint_sha256")
     if exported != ckpt_sha:
-        raise PromotionError(f"{CANDIDATE['model.json']} was exported from checkpoint {exported}, but "
-                             f"{CANDIDATE['model.ckpt']} is {ckpt_sha} (run `dvc repro`)")
+        raise PromotionError(
+            f"{CANDIDATE['model.json']} was exported from checkpoint {exported}, but "
+            f"{CANDIDATE['model.ckpt']} is {ckpt_sha} (run `dvc repro`)"
+        )
     if judged != ckpt_sha:
-        raise PromotionError(f"the case gate judged another model: {CASES} is about checkpoint {judged}, "
-                             f"the candidate is {ckpt_sha} (run `dvc repro` to gate this candidate)")
+        raise PromotionError(
+            f"the case gate judged another model: {CASES} is about checkpoint {judged}, "
+            f"the candidate is {ckpt_sha} (run `dvc repro` to gate this candidate)"
+        )
     champion = (cases.get("champion") or {}).get("model_sha256")
     current = sha256_file(root / PRODUCTION / "model.onnx") if (root / PRODUCTION / "model.onnx").is_file() else None
     if champion != current and current != onnx_sha:  # (promoting the production model again is a no-op)
-        raise PromotionError(f"the case gate compared the candidate with production model {champion or 'none'}, "
-                             f"but production is now {current or 'empty'} (run `dvc repro -s -f validate_model && dvc repro`)")
+        raise PromotionError(
+            f"the case gate compared the candidate with production model {champion or 'none'}, "
+            f"but production is now {current or 'empty'} (run `dvc repro -s -f validate_model && dvc repro`)"
+        )
     if cases.get("passed") is not True:
         failures = cases.get("failures") or ["(no failures listed)"]
-        raise PromotionError(f"the candidate failed the case gate ({CASES}):\n"
-                             + "\n".join(f"  - {f}" for f in failures) + "\n" + NEXT_STEPS)
+        raise PromotionError(
+            f"the candidate failed the case gate ({CASES}):\n"
+            + "\n".join(f"  - {f}" for f in failures)
+            + "\n"
+            + NEXT_STEPS
+        )
     return card, cases
 
 
 # --------------------------------------------------------------------------- DVC, git, W&B
+
 
 def _check_checked_out(root: Path) -> None:
     """Refuse to touch production/previous when DVC tracks them but they are not in the workspace
@@ -303,8 +329,10 @@ def _check_checked_out(root: Path) -> None:
         return
     absent = [p for p in (PRODUCTION, PREVIOUS) if (root / f"{p}.dvc").is_file() and not (root / p).exists()]
     if absent:
-        raise PromotionError(f"{', '.join(map(str, absent))} tracked by DVC but not in the workspace: run "
-                             f"`dvc pull {' '.join(f'{p}.dvc' for p in absent)}` first")
+        raise PromotionError(
+            f"{', '.join(map(str, absent))} tracked by DVC but not in the workspace: run "
+            f"`dvc pull {' '.join(f'{p}.dvc' for p in absent)}` first"
+        )
 
 
 def _track(root: Path, push: bool, wandb_mode: str | None, what: str, result: dict[str, Any]) -> None:
@@ -334,8 +362,11 @@ def _track(root: Path, push: bool, wandb_mode: str | None, what: str, result: di
         try:
             _run(["dvc", "push", *dvc_files], root)
         except PromotionError as e:
-            raise PromotionError(f"{done} and tracked by DVC, but the push failed (fix the remote, then run "
-                                 f"`dvc push {' '.join(dvc_files)}`): {e}", result) from None
+            raise PromotionError(
+                f"{done} and tracked by DVC, but the push failed (fix the remote, then run "
+                f"`dvc push {' '.join(dvc_files)}`): {e}",
+                result,
+            ) from None
         result["dvc"]["pushed"] = True
 
 
@@ -357,19 +388,38 @@ def _log_wandb(root: Path, wandb_mode: str | None, result: dict[str, Any]) -> No
         card = read_card(folder / "model.json")
         record = _read_json(folder / RECORD) if (folder / RECORD).is_file() else {}
         aliases = ["production", re.sub(r"[/:]", "-", str(card["version"]))]
-        run = wandb.init(project="autosink", mode=mode, dir=str(root), job_type="promote",
-                         config={"action": result["action"], "experiment": record.get("experiment")},
-                         settings=wandb.Settings(silent=True, console="off"))
+        run = wandb.init(
+            project="autosink",
+            mode=mode,
+            dir=str(root),
+            job_type="promote",
+            config={"action": result["action"], "experiment": record.get("experiment")},
+            settings=wandb.Settings(silent=True, console="off"),
+        )
         try:
-            art = wandb.Artifact(ARTIFACT, type="model", metadata={
-                **card, "promoted_at": record.get("promoted_at"), "experiment": record.get("experiment"),
-                "gate": record.get("gate")})
+            art = wandb.Artifact(
+                ARTIFACT,
+                type="model",
+                metadata={
+                    **card,
+                    "promoted_at": record.get("promoted_at"),
+                    "experiment": record.get("experiment"),
+                    "gate": record.get("gate"),
+                },
+            )
             art.add_file(str(folder / "model.onnx"), name="model.onnx")
             art.add_file(str(folder / "model.json"), name="model.json")
             run.log_artifact(art, aliases=aliases)
-            result["wandb"].update({"artifact": ARTIFACT, "type": "model", "aliases": aliases,
-                                    "digest": art.digest, "run_id": run.id,
-                                    "run_dir": str(Path(run.dir).parent)})
+            result["wandb"].update(
+                {
+                    "artifact": ARTIFACT,
+                    "type": "model",
+                    "aliases": aliases,
+                    "digest": art.digest,
+                    "run_id": run.id,
+                    "run_dir": str(Path(run.dir).parent),
+                }
+            )
         finally:
             run.finish()
     except Exception as e:  # noqa: BLE001 - tracking never undoes a promotion
@@ -379,8 +429,10 @@ def _log_wandb(root: Path, wandb_mode: str | None, result: dict[str, Any]) -> No
 
 # --------------------------------------------------------------------------- promote / rollback
 
-def promote(root: Path, *, experiment: str | None = None, push: bool = True,
-            wandb_mode: str | None = None) -> dict[str, Any]:
+
+def promote(
+    root: Path, *, experiment: str | None = None, push: bool = True, wandb_mode: str | None = None
+) -> dict[str, Any]:
     """Promote the candidate in ``root/models`` to ``root/models/production`` (see the module doc).
 
     Returns ``{"action": "promote", "status": "promoted" | "unchanged", "message", "version",
@@ -394,15 +446,30 @@ def promote(root: Path, *, experiment: str | None = None, push: bool = True,
     if (production / "model.onnx").is_file() and sha256_file(production / "model.onnx") == sha:
         msg = f"model {version} ({sha[:12]}) is already in production: nothing to do"
         print(f"promote: {msg}")
-        return {"action": "promote", "status": "unchanged", "message": msg, "version": version,
-                "model_sha256": sha, **production_status(root), "dvc": None, "git_hint": None, "wandb": None}
+        return {
+            "action": "promote",
+            "status": "unchanged",
+            "message": msg,
+            "version": version,
+            "model_sha256": sha,
+            **production_status(root),
+            "dvc": None,
+            "git_hint": None,
+            "wandb": None,
+        }
 
     record = {
-        "promoted_at": _now(), "experiment": _experiment(root, experiment),
-        "git_revision": _git(root, "rev-parse", "HEAD"), "training_fingerprint": card.get("training_fingerprint"),
-        "data_version": card.get("data_version"), "version": version, "model_sha256": sha,
-        "checkpoint_sha256": card.get("checkpoint_sha256"), "backbone": card.get("backbone"),
-        "threshold": card.get("threshold"), "gate": _gate_summary(cases),
+        "promoted_at": _now(),
+        "experiment": _experiment(root, experiment),
+        "git_revision": _git(root, "rev-parse", "HEAD"),
+        "training_fingerprint": card.get("training_fingerprint"),
+        "data_version": card.get("data_version"),
+        "version": version,
+        "model_sha256": sha,
+        "checkpoint_sha256": card.get("checkpoint_sha256"),
+        "backbone": card.get("backbone"),
+        "threshold": card.get("threshold"),
+        "gate": _gate_summary(cases),
     }
     (root / MODELS).mkdir(parents=True, exist_ok=True)
     new = Path(tempfile.mkdtemp(prefix=".production.new-", suffix=".tmp", dir=root / MODELS))
@@ -421,8 +488,9 @@ def promote(root: Path, *, experiment: str | None = None, push: bool = True,
         raise
     msg = f"Promote model {version} to production"
     print(f"promote: {PRODUCTION} is now model {version} ({sha[:12]}), experiment {record['experiment']}")
-    return _record_change(root, "promote", "promoted", msg, version, sha, push, wandb_mode,
-                          f"model {version} is promoted")
+    return _record_change(
+        root, "promote", "promoted", msg, version, sha, push, wandb_mode, f"model {version} is promoted"
+    )
 
 
 def rollback(root: Path, *, push: bool = True, wandb_mode: str | None = None) -> dict[str, Any]:
@@ -432,8 +500,10 @@ def rollback(root: Path, *, push: bool = True, wandb_mode: str | None = None) ->
     production, previous = root / PRODUCTION, root / PREVIOUS
     _check_checked_out(root)
     if not (previous / "model.onnx").is_file():
-        raise PromotionError("no previous production model to roll back to"
-                             + (f" ({PREVIOUS} has no model.onnx)" if previous.exists() else ""))
+        raise PromotionError(
+            "no previous production model to roll back to"
+            + (f" ({PREVIOUS} has no model.onnx)" if previous.exists() else "")
+        )
     try:
         card = read_card(previous / "model.json")
     except CardError as e:
@@ -449,16 +519,42 @@ def rollback(root: Path, *, push: bool = True, wandb_mode: str | None = None) ->
     version, sha = info.get("version"), info.get("model_sha256")
     msg = f"Roll production back to model {version}"
     print(f"promote: rolled back: {PRODUCTION} is model {version} ({(sha or '')[:12]}) again")
-    return _record_change(root, "rollback", "rolled back", msg, version, sha, push, wandb_mode,
-                          f"production is rolled back to model {version}")
+    return _record_change(
+        root,
+        "rollback",
+        "rolled back",
+        msg,
+        version,
+        sha,
+        push,
+        wandb_mode,
+        f"production is rolled back to model {version}",
+    )
 
 
-def _record_change(root: Path, action: str, status: str, msg: str, version: Any, sha: Any, push: bool,
-                   wandb_mode: str | None, what: str) -> dict[str, Any]:
+def _record_change(
+    root: Path,
+    action: str,
+    status: str,
+    msg: str,
+    version: Any,
+    sha: Any,
+    push: bool,
+    wandb_mode: str | None,
+    what: str,
+) -> dict[str, Any]:
     """After production changed on disk: the result, then DVC, git and W&B (:func:`_track`)."""
-    result: dict[str, Any] = {"action": action, "status": status, "message": msg, "version": version,
-                              "model_sha256": sha, **production_status(root), "dvc": None, "git_hint": None,
-                              "wandb": None}
+    result: dict[str, Any] = {
+        "action": action,
+        "status": status,
+        "message": msg,
+        "version": version,
+        "model_sha256": sha,
+        **production_status(root),
+        "dvc": None,
+        "git_hint": None,
+        "wandb": None,
+    }
     _track(root, push, wandb_mode, what, result)
     _finish(result)
     return result

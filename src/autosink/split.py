@@ -52,8 +52,14 @@ def assign_groups(frames: pd.DataFrame, group_by: str, fractions: dict[str, floa
     return out
 
 
-def make_splits(manifest: pd.DataFrame, group_by: str, fractions: dict[str, float], seed: int,
-                include_review: bool = False, min_confidence: float = 0.0) -> dict[str, pd.DataFrame]:
+def make_splits(
+    manifest: pd.DataFrame,
+    group_by: str,
+    fractions: dict[str, float],
+    seed: int,
+    include_review: bool = False,
+    min_confidence: float = 0.0,
+) -> dict[str, pd.DataFrame]:
     frames = usable_frames(manifest, include_review, min_confidence)
     assignment = assign_groups(frames, group_by, fractions, seed)
     split_of = frames[group_by].astype(str).map(assignment)

@@ -33,8 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from autosink.fileio import atomic_write, code_version
-from autosink.model import (WaterNet, build_model, build_preprocess, count_parameters, load_base_weights,
-                            net_state_dict)
+from autosink.model import WaterNet, build_model, build_preprocess, count_parameters, load_base_weights, net_state_dict
 
 __all__ = ["LitWaterNet", "fit", "run_fingerprint", "choose_threshold", "load_trained"]
 
@@ -87,8 +86,9 @@ class LitWaterNet(pl.LightningModule):
         self._val.clear()
         p, y = self.all_gather(p).reshape(-1), self.all_gather(y).reshape(-1)  # whole val set under DDP
         m = binary_metrics(p.cpu().numpy(), y.cpu().numpy().astype(int), 0.5)
-        self.log_dict({"val/acc": m["accuracy"], "val/f1": m["f1"], "val/auroc": m["auroc"]}, prog_bar=True,
-                      rank_zero_only=True)
+        self.log_dict(
+            {"val/acc": m["accuracy"], "val/f1": m["f1"], "val/auroc": m["auroc"]}, prog_bar=True, rank_zero_only=True
+        )
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         return torch.sigmoid(self._logits(batch[0]))
@@ -101,7 +101,9 @@ class LitWaterNet(pl.LightningModule):
             return opt
         if schedule == "cosine":
             total = max(1, int(self.trainer.estimated_stepping_batches))
-            warmup = min(total - 1, int(round(float(cfg.get("warmup_epochs", 0)) * total / max(1, self.trainer.max_epochs))))
+            warmup = min(
+                total - 1, int(round(float(cfg.get("warmup_epochs", 0)) * total / max(1, self.trainer.max_epochs)))
+            )
 
             def factor(step: int) -> float:
                 if step < warmup:
@@ -127,8 +129,15 @@ def binary_metrics(p: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, 
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     auroc = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
-    return {"n": int(len(y)), "accuracy": (tp + tn) / max(1, len(y)), "precision": precision, "recall": recall,
-            "f1": f1, "auroc": auroc, "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp}}
+    return {
+        "n": int(len(y)),
+        "accuracy": (tp + tn) / max(1, len(y)),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "auroc": auroc,
+        "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
+    }
 
 
 def choose_threshold(p: np.ndarray, y: np.ndarray) -> float:
@@ -145,8 +154,9 @@ def run_fingerprint(params: dict, splits_dir: Path) -> str:
     tables' bytes."""
     from autosink import frames, model
 
-    h = hashlib.sha256(json.dumps({k: params.get(k) for k in ("model", "train", "data")}, sort_keys=True,
-                                  default=str).encode())
+    h = hashlib.sha256(
+        json.dumps({k: params.get(k) for k in ("model", "train", "data")}, sort_keys=True, default=str).encode()
+    )
     h.update(code_version(model, frames, sys.modules[__name__]).encode())
     for name in ("train", "val"):
         p = splits_dir / f"{name}.csv"
@@ -165,12 +175,22 @@ class HistoryCallback(pl.Callback):
         m = trainer.callback_metrics
         get = lambda k: float(m[k]) if k in m else float("nan")  # noqa: E731
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
-        row = {"epoch": trainer.current_epoch, "train_loss": get("train/loss"), "val_loss": get("val/loss"),
-               "val_acc": get("val/acc"), "val_f1": get("val/f1"), "val_auroc": get("val/auroc"), "lr": lr}
+        row = {
+            "epoch": trainer.current_epoch,
+            "train_loss": get("train/loss"),
+            "val_loss": get("val/loss"),
+            "val_acc": get("val/acc"),
+            "val_f1": get("val/f1"),
+            "val_auroc": get("val/auroc"),
+            "lr": lr,
+        }
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
         if trainer.is_global_zero:  # one line per epoch, also in logs without a progress bar
-            print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
-                  f"val acc {row['val_acc']:.3f}, val auroc {row['val_auroc']:.3f}", flush=True)
+            print(
+                f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+                f"val acc {row['val_acc']:.3f}, val auroc {row['val_auroc']:.3f}",
+                flush=True,
+            )
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}
@@ -216,8 +236,14 @@ def make_logger(cfg: dict, save_dir: Path, job_type: str = "train", key: str = "
     save_dir.mkdir(parents=True, exist_ok=True)
     # Lightning refuses log_model with offline=True, yet an offline wandb run records artifacts
     # locally (`wandb sync` uploads them later): so the mode goes to wandb.init directly.
-    logger = WandbLogger(project=w.get("project", "autosink"), save_dir=str(save_dir), offline=False, mode=mode,
-                         log_model=bool(w.get("log_model", True)), **run_identity(job_type, key))
+    logger = WandbLogger(
+        project=w.get("project", "autosink"),
+        save_dir=str(save_dir),
+        offline=False,
+        mode=mode,
+        log_model=bool(w.get("log_model", True)),
+        **run_identity(job_type, key),
+    )
     # Lightning always passes anonymous=None, which wandb >= 0.19 warns about on every run
     logger._wandb_init.pop("anonymous", None)
     return logger
@@ -247,11 +273,21 @@ def _quiet_lightning():
         rank_zero.removeFilter(adverts)
 
 
-def fit(params: dict, splits_dir: str | Path = "data/splits", store_dir: str | Path = "data/feature-store",
-        ckpt_dir: str | Path = "models/checkpoints", out_ckpt: str | Path = "models/model.ckpt",
-        logger: Any = "config", progress: bool = True, extra_callbacks: list | None = None,
-        data_version: str = "", datamodule: Any = None, replay: Any = None, replay_share: float = 0.0,
-        job_type: str = "train") -> dict:
+def fit(
+    params: dict,
+    splits_dir: str | Path = "data/splits",
+    store_dir: str | Path = "data/feature-store",
+    ckpt_dir: str | Path = "models/checkpoints",
+    out_ckpt: str | Path = "models/model.ckpt",
+    logger: Any = "config",
+    progress: bool = True,
+    extra_callbacks: list | None = None,
+    data_version: str = "",
+    datamodule: Any = None,
+    replay: Any = None,
+    replay_share: float = 0.0,
+    job_type: str = "train",
+) -> dict:
     """Train per ``params`` (model, data, train groups); write ``out_ckpt``; return the summary.
 
     ``logger="config"`` builds the wandb logger from ``train.wandb``; pass None for none.
@@ -280,14 +316,29 @@ def fit(params: dict, splits_dir: str | Path = "data/splits", store_dir: str | P
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(stamp, json.dumps({"fingerprint": fingerprint}) + "\n")
 
-    dm = datamodule or WaterDataModule(build_preprocess(model_cfg, data_cfg), cfg, data_cfg, splits_dir, store_dir,
-                                       progress=progress, replay=replay, replay_share=replay_share)
+    dm = datamodule or WaterDataModule(
+        build_preprocess(model_cfg, data_cfg),
+        cfg,
+        data_cfg,
+        splits_dir,
+        store_dir,
+        progress=progress,
+        replay=replay,
+        replay_share=replay_share,
+    )
     dm.setup("fit")
     module = LitWaterNet(model_cfg, data_cfg, cfg, pos_weight=dm.pos_weight)
 
     monitor, mode = str(cfg.get("monitor", "val/loss")), str(cfg.get("monitor_mode", "min"))
-    best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_last=True,
-                              save_top_k=1, enable_version_counter=False)
+    best_cb = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_last=True,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
     history, speed = HistoryCallback(), ThroughputCallback()
     callbacks: list = [best_cb, history, speed, *(extra_callbacks or [])]
     patience = int(cfg.get("early_stopping_patience", 0))
@@ -299,13 +350,21 @@ def fit(params: dict, splits_dir: str | Path = "data/splits", store_dir: str | P
     limits = {k: cfg.get(k) if cfg.get(k, 1.0) != 1.0 else None for k in ("limit_train_batches", "limit_val_batches")}
     with _quiet_lightning():
         trainer = pl.Trainer(
-            max_epochs=int(cfg["max_epochs"]), accelerator=str(cfg.get("accelerator", "auto")),
-            devices=cfg.get("devices", "auto"), strategy=str(cfg.get("strategy", "auto")),
-            num_nodes=int(cfg.get("num_nodes", 1)), precision=cfg.get("precision", "32-true"),
+            max_epochs=int(cfg["max_epochs"]),
+            accelerator=str(cfg.get("accelerator", "auto")),
+            devices=cfg.get("devices", "auto"),
+            strategy=str(cfg.get("strategy", "auto")),
+            num_nodes=int(cfg.get("num_nodes", 1)),
+            precision=cfg.get("precision", "32-true"),
             **limits,
-            deterministic=bool(cfg.get("deterministic", False)), callbacks=callbacks, logger=logger or False,
-            enable_progress_bar=progress, enable_model_summary=progress, log_every_n_steps=1,
-            num_sanity_val_steps=0, default_root_dir=str(ckpt_dir),
+            deterministic=bool(cfg.get("deterministic", False)),
+            callbacks=callbacks,
+            logger=logger or False,
+            enable_progress_bar=progress,
+            enable_model_summary=progress,
+            log_every_n_steps=1,
+            num_sanity_val_steps=0,
+            default_root_dir=str(ckpt_dir),
         )
         started = time.perf_counter()
         trainer.fit(module, datamodule=dm, ckpt_path=resume)
@@ -334,24 +393,39 @@ def fit(params: dict, splits_dir: str | Path = "data/splits", store_dir: str | P
     # come out byte-identical on every machine)
     ckpt = {k: ckpt[k] for k in RESULT_KEYS if k in ckpt}
     run_id = getattr(getattr(logger, "experiment", None), "id", None) if logger is not None else None
-    ckpt["autosink"] = {"threshold": threshold, "data_version": data_version, "fingerprint": fingerprint,
-                        "best_epoch": int(ckpt.get("epoch", -1)), "val": val_metrics, "wandb_run_id": run_id}
+    ckpt["autosink"] = {
+        "threshold": threshold,
+        "data_version": data_version,
+        "fingerprint": fingerprint,
+        "best_epoch": int(ckpt.get("epoch", -1)),
+        "val": val_metrics,
+        "wandb_run_id": run_id,
+    }
     out_ckpt.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_ckpt.with_name(out_ckpt.name + ".tmp")
     torch.save(ckpt, tmp)
     os.replace(tmp, out_ckpt)
 
     result = dict(
-        backbone=model_cfg["backbone"], input=[int(model_cfg["input_height"]), int(model_cfg["input_width"])],
-        epochs=int(trainer.current_epoch), best_epoch=int(ckpt.get("epoch", -1)), threshold=threshold,
-        val={k: v for k, v in val_metrics.items() if k != "confusion"}, train_frames=len(dm.datasets["train"]),
+        backbone=model_cfg["backbone"],
+        input=[int(model_cfg["input_height"]), int(model_cfg["input_width"])],
+        epochs=int(trainer.current_epoch),
+        best_epoch=int(ckpt.get("epoch", -1)),
+        threshold=threshold,
+        val={k: v for k, v in val_metrics.items() if k != "confusion"},
+        train_frames=len(dm.datasets["train"]),
         images_per_s=speed.images / speed.seconds if speed.seconds else float("nan"),
         epoch_s=float(np.mean(speed.epoch_seconds)) if speed.epoch_seconds else float("nan"),
-        seconds=seconds, resumed=resume is not None, parameters=count_parameters(module), wandb_run_id=run_id,
+        seconds=seconds,
+        resumed=resume is not None,
+        parameters=count_parameters(module),
+        wandb_run_id=run_id,
     )
     result["history"] = history.rows
     if logger is not None and hasattr(logger, "experiment"):
-        logger.experiment.summary.update({"threshold": threshold, **{f"val_best/{k}": v for k, v in result["val"].items()}})
+        logger.experiment.summary.update(
+            {"threshold": threshold, **{f"val_best/{k}": v for k, v in result["val"].items()}}
+        )
     return result
 
 

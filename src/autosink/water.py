@@ -90,7 +90,7 @@ import math
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,17 +100,39 @@ from autosink.edge.camera import IteratorCamera
 from autosink.edge.controller import ControllerConfig, UserInput
 from autosink.edge.devices import FakeValve
 from autosink.edge.inference import OnnxModel, load_model
-from autosink.edge.runtime import (DEFAULT_CONFIG, EdgeRuntime, FeedbackContext, NoFeedback, RunStats, SimClock,
-                                   load_config)
+from autosink.edge.runtime import (
+    DEFAULT_CONFIG,
+    EdgeRuntime,
+    FeedbackContext,
+    NoFeedback,
+    RunStats,
+    SimClock,
+    load_config,
+)
 from autosink.sim.lake import with_defaults
 from autosink.sim.scene import in_roi, render
 from autosink.sim.session import SessionScript, make_sessions, wants_water
 from autosink.sim.user import CLOSED, FORCED_ON, SimUser
 
-__all__ = ["DEFAULTS", "SessionTrace", "SimUserFeedback", "edge_config", "controller_config", "heldout_scripts",
-           "ir_presence", "run_session", "frame_counts", "derive", "run_benchmark", "write_session_csv", "plot_session", "CSV_COLUMNS"]
+__all__ = [
+    "DEFAULTS",
+    "SessionTrace",
+    "SimUserFeedback",
+    "edge_config",
+    "controller_config",
+    "heldout_scripts",
+    "ir_presence",
+    "run_session",
+    "frame_counts",
+    "derive",
+    "run_benchmark",
+    "write_session_csv",
+    "plot_session",
+    "CSV_COLUMNS",
+]
 
-#: Defaults of the ``water:`` config group (conf/water/default.yaml lists the same keys).
+#: Defaults of the ``water:`` config group: exactly conf/water/default.yaml, key by key
+#: (tests/test_defaults.py). ``controller``: every key null (the edge config's settings).
 DEFAULTS: dict[str, Any] = {
     "model": "models/model.onnx",
     "flow_l_min": 6.0,
@@ -124,14 +146,28 @@ DEFAULTS: dict[str, Any] = {
     "threads": 1,
     "plot_session": 0,
     "controller_from": "edge/config.toml",
-    "controller": {},
+    "controller": {f.name: None for f in fields(ControllerConfig)},
 }
 
 CSV_COLUMNS = ("t_s", "need", "p", "valve")
 
-COUNT_KEYS = ("frames", "duration_s", "need_s", "open_s", "ir_open_s", "withheld_s", "ir_withheld_s",
-              "unneeded_open_s", "need_stretches", "false_offs", "missed_needs", "valve_switches", "ir_switches",
-              "max_open_cuts", "model_errors")
+COUNT_KEYS = (
+    "frames",
+    "duration_s",
+    "need_s",
+    "open_s",
+    "ir_open_s",
+    "withheld_s",
+    "ir_withheld_s",
+    "unneeded_open_s",
+    "need_stretches",
+    "false_offs",
+    "missed_needs",
+    "valve_switches",
+    "ir_switches",
+    "max_open_cuts",
+    "model_errors",
+)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -168,9 +204,16 @@ def heldout_scripts(cfg: Mapping[str, Any]) -> list[SessionScript]:
     first k sessions do not change when ``sessions`` grows (each user's and session's seed
     depends on its index only)."""
     cfg = with_water_defaults(cfg)
-    sim = with_defaults({"seed": int(cfg["seed"]), "users": int(cfg["sessions"]), "sessions_per_user": 1,
-                         "dishes_per_session": cfg["dishes_per_session"], "fps": float(cfg["fps"]),
-                         "regime": str(cfg["regime"])})
+    sim = with_defaults(
+        {
+            "seed": int(cfg["seed"]),
+            "users": int(cfg["sessions"]),
+            "sessions_per_user": 1,
+            "dishes_per_session": cfg["dishes_per_session"],
+            "fps": float(cfg["fps"]),
+            "regime": str(cfg["regime"]),
+        }
+    )
     return make_sessions(sim, "heldout")
 
 
@@ -272,9 +315,17 @@ class SimUserFeedback:
         return UserInput(forced_on=self.user.mode == FORCED_ON, closed=self.user.mode == CLOSED)
 
 
-def run_session(script: SessionScript, model: OnnxModel, controller: ControllerConfig, *, name: str = "",
-                flow_l_min: float = 6.0, ir_off_delay_s: float = 0.0, feedback: Any = None,
-                recorder: Any = None) -> SessionTrace:
+def run_session(
+    script: SessionScript,
+    model: OnnxModel,
+    controller: ControllerConfig,
+    *,
+    name: str = "",
+    flow_l_min: float = 6.0,
+    ir_off_delay_s: float = 0.0,
+    feedback: Any = None,
+    recorder: Any = None,
+) -> SessionTrace:
     """Drive one held-out session through the edge runtime (see the module docstring).
     ``feedback`` (default: nobody) and ``recorder`` (default: none) are the runtime's own parts;
     the wall clock starts at the script's start time, so a recorder names episodes as a Pi would."""
@@ -288,10 +339,20 @@ def run_session(script: SessionScript, model: OnnxModel, controller: ControllerC
             yield render(replace(state, water_on=bool(valve.is_open)))
 
     camera = IteratorCamera(frames(), clock.monotonic, name=f"sim:{trace.name}")
-    runtime = EdgeRuntime(camera=camera, model=_TracedModel(model, trace), valve=valve, controller=controller,
-                          feedback=NoFeedback() if feedback is None else feedback, recorder=recorder, clock=clock,
-                          fps=fps, flow_l_min=flow_l_min, stats_every_s=0.0,
-                          reload_check_s=math.inf, install_signals=False)
+    runtime = EdgeRuntime(
+        camera=camera,
+        model=_TracedModel(model, trace),
+        valve=valve,
+        controller=controller,
+        feedback=NoFeedback() if feedback is None else feedback,
+        recorder=recorder,
+        clock=clock,
+        fps=fps,
+        flow_l_min=flow_l_min,
+        stats_every_s=0.0,
+        reload_check_s=math.inf,
+        install_signals=False,
+    )
     valve.runtime = runtime
     with _quiet_edge_log():
         trace.stats = runtime.run()
@@ -362,24 +423,26 @@ def derive(counts: Mapping[str, float], flow_l_min: float) -> dict[str, Any]:
     dur = c["duration_s"]
     out: dict[str, Any] = {k: (int(c[k]) if isinstance(c[k], (int, np.integer)) else _r(c[k])) for k in COUNT_KEYS}
     la, lo, lor, li = litres(c["open_s"]), litres(dur), litres(c["need_s"]), litres(c["ir_open_s"])
-    out.update({
-        "litres_autosink": _r(la),
-        "litres_always_on": _r(lo),
-        "litres_oracle": _r(lor),
-        "litres_ir": _r(li),
-        "savings_pct": _r(_pct_saved(la, lo)),
-        "oracle_savings_pct": _r(_pct_saved(lor, lo)),
-        "ir_savings_pct": _r(_pct_saved(li, lo)),
-        # the share of the oracle's saving autosink achieves (100: all of it); alone it rewards
-        # withholding, so read it with withheld_pct
-        "savings_of_oracle_pct": _r(100.0 * (lo - la) / (lo - lor)) if lo > lor else None,
-        "withheld_pct": _r(100.0 * c["withheld_s"] / c["need_s"]) if c["need_s"] > 0 else None,
-        # needs that got no water at all (a model that never opens has no false-offs)
-        "missed_needs_pct": _r(100.0 * c["missed_needs"] / c["need_stretches"]) if c["need_stretches"] else None,
-        "false_offs_per_10min": _r(c["false_offs"] / (dur / 600.0)) if dur > 0 else None,
-        "valve_switches_per_min": _r(c["valve_switches"] / (dur / 60.0)) if dur > 0 else None,
-        "ir_switches_per_min": _r(c["ir_switches"] / (dur / 60.0)) if dur > 0 else None,
-    })
+    out.update(
+        {
+            "litres_autosink": _r(la),
+            "litres_always_on": _r(lo),
+            "litres_oracle": _r(lor),
+            "litres_ir": _r(li),
+            "savings_pct": _r(_pct_saved(la, lo)),
+            "oracle_savings_pct": _r(_pct_saved(lor, lo)),
+            "ir_savings_pct": _r(_pct_saved(li, lo)),
+            # the share of the oracle's saving autosink achieves (100: all of it); alone it rewards
+            # withholding, so read it with withheld_pct
+            "savings_of_oracle_pct": _r(100.0 * (lo - la) / (lo - lor)) if lo > lor else None,
+            "withheld_pct": _r(100.0 * c["withheld_s"] / c["need_s"]) if c["need_s"] > 0 else None,
+            # needs that got no water at all (a model that never opens has no false-offs)
+            "missed_needs_pct": _r(100.0 * c["missed_needs"] / c["need_stretches"]) if c["need_stretches"] else None,
+            "false_offs_per_10min": _r(c["false_offs"] / (dur / 600.0)) if dur > 0 else None,
+            "valve_switches_per_min": _r(c["valve_switches"] / (dur / 60.0)) if dur > 0 else None,
+            "ir_switches_per_min": _r(c["ir_switches"] / (dur / 60.0)) if dur > 0 else None,
+        }
+    )
     return out
 
 
@@ -390,8 +453,9 @@ def trace_counts(trace: SessionTrace) -> dict[str, float]:
 # --------------------------------------------------------------------------- the benchmark
 
 
-def run_benchmark(cfg: Mapping[str, Any] | None, *, root: Path | None = None, model: OnnxModel | None = None,
-                  progress: bool = True) -> tuple[dict[str, Any], list[SessionTrace]]:
+def run_benchmark(
+    cfg: Mapping[str, Any] | None, *, root: Path | None = None, model: OnnxModel | None = None, progress: bool = True
+) -> tuple[dict[str, Any], list[SessionTrace]]:
     """Run every held-out session; return ``(metrics, traces)``. ``metrics``: the settings used,
     ``total`` (pooled over sessions) and ``sessions`` (per session, keyed ``sNN_<dishwashing_id>``)."""
     from tqdm import tqdm
@@ -409,8 +473,9 @@ def run_benchmark(cfg: Mapping[str, Any] | None, *, root: Path | None = None, mo
     t0 = time.perf_counter()
     for k, script in enumerate(tqdm(scripts, desc="water sessions", disable=not progress, unit="session")):
         name = f"s{k:02d}_{script.dishwashing_id}"
-        trace = run_session(script, model, ccfg, name=name, flow_l_min=flow,
-                            ir_off_delay_s=float(cfg["ir_off_delay_s"]))
+        trace = run_session(
+            script, model, ccfg, name=name, flow_l_min=flow, ir_off_delay_s=float(cfg["ir_off_delay_s"])
+        )
         counts = trace_counts(trace)
         for key in COUNT_KEYS:
             total[key] += counts[key]
@@ -418,8 +483,12 @@ def run_benchmark(cfg: Mapping[str, Any] | None, *, root: Path | None = None, mo
         traces.append(trace)
     elapsed = time.perf_counter() - t0
     metrics = {
-        "model": {"path": str(cfg["model"]), "version": model.version, "sha256": model.sha256,
-                  "threshold": _r(model.threshold)},
+        "model": {
+            "path": str(cfg["model"]),
+            "version": model.version,
+            "sha256": model.sha256,
+            "threshold": _r(model.threshold),
+        },
         "flow_l_min": flow,
         "fps": float(cfg["fps"]),
         "n_sessions": len(scripts),
@@ -430,8 +499,10 @@ def run_benchmark(cfg: Mapping[str, Any] | None, *, root: Path | None = None, mo
     }
     if progress:
         frames = int(total["frames"])
-        print(f"water: {len(scripts)} sessions, {frames} frames in {elapsed:.1f} s "
-              f"({frames / max(elapsed, 1e-9):.0f} frames/s)")
+        print(
+            f"water: {len(scripts)} sessions, {frames} frames in {elapsed:.1f} s "
+            f"({frames / max(elapsed, 1e-9):.0f} frames/s)"
+        )
     return metrics, traces
 
 
@@ -456,8 +527,9 @@ def _raw_probability(q: float, threshold: float) -> float:
     return 2.0 * q * threshold if q < 0.5 else threshold + (2.0 * q - 1.0) * (1.0 - threshold)
 
 
-def plot_session(trace: SessionTrace, path: str | Path, *, threshold: float, controller: ControllerConfig,
-                 flow_l_min: float = 6.0) -> Path:
+def plot_session(
+    trace: SessionTrace, path: str | Path, *, threshold: float, controller: ControllerConfig, flow_l_min: float = 6.0
+) -> Path:
     """A PNG of one session over time: the model's probability with the card threshold and the
     controller's hysteresis band (top), need vs autosink's valve and the IR faucet (bottom).
     Uses matplotlib's Agg canvas directly (no pyplot, no global backend change)."""
@@ -478,8 +550,16 @@ def plot_session(trace: SessionTrace, path: str | Path, *, threshold: float, con
     FigureCanvasAgg(fig)
     ax1, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     need_e = np.append(need, need[-1:])
-    ax1.fill_between(te, -0.02, np.where(need_e > 0, 1.02, -0.02), step="post", color="tab:blue", alpha=0.12, lw=0,
-                     label="water needed")
+    ax1.fill_between(
+        te,
+        -0.02,
+        np.where(need_e > 0, 1.02, -0.02),
+        step="post",
+        color="tab:blue",
+        alpha=0.12,
+        lw=0,
+        label="water needed",
+    )
     lo = _raw_probability(controller.off_threshold, threshold)
     hi = _raw_probability(controller.on_threshold, threshold)
     ax1.axhspan(lo, hi, color="tab:orange", alpha=0.12, lw=0, label="controller hysteresis (off..on)")
@@ -489,17 +569,17 @@ def plot_session(trace: SessionTrace, path: str | Path, *, threshold: float, con
     ax1.set_ylim(-0.02, 1.02)
     ax1.set_ylabel("probability")
     ax1.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
-    ax1.set_title(f"session {trace.name}: autosink {m['litres_autosink']:.2f} L, always-on "
-                  f"{m['litres_always_on']:.2f} L, oracle {m['litres_oracle']:.2f} L, IR {m['litres_ir']:.2f} L "
-                  f"(savings {m['savings_pct']:.0f}%, withheld {m['withheld_s']:.1f} s, "
-                  f"false-offs {m['false_offs']})", fontsize=9)
+    ax1.set_title(
+        f"session {trace.name}: autosink {m['litres_autosink']:.2f} L, always-on "
+        f"{m['litres_always_on']:.2f} L, oracle {m['litres_oracle']:.2f} L, IR {m['litres_ir']:.2f} L "
+        f"(savings {m['savings_pct']:.0f}%, withheld {m['withheld_s']:.1f} s, "
+        f"false-offs {m['false_offs']})",
+        fontsize=9,
+    )
 
-    ax2.fill_between(te, 0, need_e, step="post", color="tab:blue", alpha=0.3, lw=0,
-                     label="need")
-    ax2.step(te, np.append(valve, valve[-1:]) * 0.9, where="post", color="tab:green", lw=1.8,
-             label="autosink valve")
-    ax2.step(te, np.append(ir, ir[-1:]) * 0.8, where="post", color="tab:red", lw=1, ls=":",
-             label="IR faucet")
+    ax2.fill_between(te, 0, need_e, step="post", color="tab:blue", alpha=0.3, lw=0, label="need")
+    ax2.step(te, np.append(valve, valve[-1:]) * 0.9, where="post", color="tab:green", lw=1.8, label="autosink valve")
+    ax2.step(te, np.append(ir, ir[-1:]) * 0.8, where="post", color="tab:red", lw=1, ls=":", label="IR faucet")
     ax2.set_yticks([0, 1], ["off", "on"])
     ax2.set_ylim(-0.08, 1.08)
     ax2.set_xlabel("time (s)")

@@ -39,8 +39,17 @@ import numpy as np
 
 from autosink.fileio import not_regular
 
-__all__ = ["Frame", "BadFrame", "CameraError", "Camera", "IteratorCamera", "ThreadedCamera", "open_camera",
-           "natural_key", "IMAGE_SUFFIXES"]
+__all__ = [
+    "Frame",
+    "BadFrame",
+    "CameraError",
+    "Camera",
+    "IteratorCamera",
+    "ThreadedCamera",
+    "open_camera",
+    "natural_key",
+    "IMAGE_SUFFIXES",
+]
 
 log = logging.getLogger("autosink.edge.camera")
 
@@ -79,8 +88,15 @@ def _fit(image: np.ndarray, size: tuple[int, int] | None, warned: list[bool], wh
     if size is None or (image.shape[1], image.shape[0]) == tuple(size):
         return image
     if not warned[0]:
-        log.warning("%s delivers %dx%d frames, the model expects %dx%d: resizing (set the camera's resolution "
-                    "to avoid the cost)", what, image.shape[1], image.shape[0], size[0], size[1])
+        log.warning(
+            "%s delivers %dx%d frames, the model expects %dx%d: resizing (set the camera's resolution "
+            "to avoid the cost)",
+            what,
+            image.shape[1],
+            image.shape[0],
+            size[0],
+            size[1],
+        )
         warned[0] = True
     return cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA)
 
@@ -101,7 +117,7 @@ class Camera:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "Camera":
+    def __enter__(self) -> Camera:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -117,9 +133,15 @@ class IteratorCamera(Camera):
     None for it (the runtime sees a stall) and its index is not reused.
     """
 
-    def __init__(self, images: Iterator[np.ndarray | BadFrame], clock: Callable[[], float], *,
-                 name: str = "replay", size: tuple[int, int] | None = None,
-                 on_close: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        images: Iterator[np.ndarray | BadFrame],
+        clock: Callable[[], float],
+        *,
+        name: str = "replay",
+        size: tuple[int, int] | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self._images = images
         self._clock = clock
         self._index = 0
@@ -139,8 +161,14 @@ class IteratorCamera(Camera):
             return None
         if isinstance(image, BadFrame):
             self.bad_frames += 1
-            log.warning("camera %s: frame %d (%s) skipped: %s (%d bad so far)", self.name, self._index,
-                        image.what, image.problem, self.bad_frames)
+            log.warning(
+                "camera %s: frame %d (%s) skipped: %s (%d bad so far)",
+                self.name,
+                self._index,
+                image.what,
+                image.problem,
+                self.bad_frames,
+            )
             self._index += 1
             return None
         image = _fit(image, self._size, self._warned, self.name)
@@ -165,8 +193,14 @@ class ThreadedCamera(Camera):
 
     live = True
 
-    def __init__(self, opener: Callable[[], tuple[Callable[[], np.ndarray | None], Callable[[], None]]],
-                 clock: Callable[[], float], *, name: str, size: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        opener: Callable[[], tuple[Callable[[], np.ndarray | None], Callable[[], None]]],
+        clock: Callable[[], float],
+        *,
+        name: str,
+        size: tuple[int, int] | None = None,
+    ) -> None:
         self.name = name
         self._opener = opener
         self._clock = clock
@@ -304,6 +338,7 @@ def _opencv_opener(index: int, width: int, height: int, fps: float):
             return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if ok and bgr is not None else None
 
         return grab, cap.release
+
     return opener
 
 
@@ -312,13 +347,16 @@ def _picamera2_opener(width: int, height: int, fps: float):
         try:
             from picamera2 import Picamera2  # only on the Pi (apt: python3-picamera2)
         except ImportError as e:
-            raise CameraError(f"picamera2: not importable ({e}); on Raspberry Pi OS: sudo apt install "
-                              "python3-picamera2 and create the venv with --system-site-packages") from None
+            raise CameraError(
+                f"picamera2: not importable ({e}); on Raspberry Pi OS: sudo apt install "
+                "python3-picamera2 and create the venv with --system-site-packages"
+            ) from None
         cam = Picamera2()
         # libcamera names formats by little-endian word order: "BGR888" is R,G,B bytes per
         # pixel in numpy, i.e. the RGB array the model card asks for.
-        config = cam.create_video_configuration(main={"size": (width, height), "format": "BGR888"},
-                                                controls={"FrameRate": float(fps)}, buffer_count=2)
+        config = cam.create_video_configuration(
+            main={"size": (width, height), "format": "BGR888"}, controls={"FrameRate": float(fps)}, buffer_count=2
+        )
         cam.configure(config)
         cam.start()
 
@@ -332,11 +370,13 @@ def _picamera2_opener(width: int, height: int, fps: float):
                 cam.close()
 
         return grab, release
+
     return opener
 
 
-def open_camera(spec: str, *, clock: Callable[[], float], width: int = 640, height: int = 480,
-                fps: float = 5.0) -> Camera:
+def open_camera(
+    spec: str, *, clock: Callable[[], float], width: int = 640, height: int = 480, fps: float = 5.0
+) -> Camera:
     """Open the source named by ``spec`` (see module docstring); frames come at ``width`` x
     ``height`` (resized once-warned if the source delivers another size)."""
     kind, _, arg = spec.partition(":")
@@ -373,5 +413,7 @@ def open_camera(spec: str, *, clock: Callable[[], float], width: int = 640, heig
             raise CameraError(f"{spec}: not a readable episode ({e})") from None
         log.info("replaying episode %s (%d frames)", episode.stem, len(episode.frame_names))
         return IteratorCamera((img for _, img in episode.iter_frames()), clock, name=spec, size=size)
-    raise CameraError(f"{spec!r}: unknown camera kind {kind!r} (picamera2, opencv:<index>, video:<path>, "
-                      "folder:<path>, episode:<zip>)")
+    raise CameraError(
+        f"{spec!r}: unknown camera kind {kind!r} (picamera2, opencv:<index>, video:<path>, "
+        "folder:<path>, episode:<zip>)"
+    )

@@ -53,8 +53,18 @@ from dataclasses import dataclass, fields
 
 __all__ = ["ControllerConfig", "UserInput", "Decision", "Controller", "REASONS", "OPEN_REASONS"]
 
-REASONS = ("model", "hold-min-on", "hold-min-off", "max-open", "user-forced-on", "user-closed",
-           "stale-frame", "model-error", "fault", "start")
+REASONS = (
+    "model",
+    "hold-min-on",
+    "hold-min-off",
+    "max-open",
+    "user-forced-on",
+    "user-closed",
+    "stale-frame",
+    "model-error",
+    "fault",
+    "start",
+)
 #: The only reasons that come with ``open=True`` ("model" can be either).
 OPEN_REASONS = frozenset({"model", "hold-min-on", "user-forced-on"})
 
@@ -70,44 +80,49 @@ def _finite(x: object) -> bool:
 class ControllerConfig:
     """Tuning of :class:`Controller`; validated on construction (``ValueError``)."""
 
-    # chosen in the closed loop (README "Water savings"): at 2 fps a smoothing of 0.5 alone kept
+    # chosen in the closed loop (docs/water-benchmark.md): at 2 fps a smoothing of 0.5 alone kept
     # the water off for the first frame of every need, 12% of the needed water with a perfect model
-    on_threshold: float = 0.55     # hysteresis: open when the smoothed probability >= this
-    off_threshold: float = 0.2     # close when it falls <= this (a wide band: fewer false-offs)
-    smoothing: float = 0.75        # EMA weight of the newest probability (1.0 = no smoothing)
-    min_on_s: float = 1.0          # minimum dwell once opened (unless a fault or the user closes)
-    min_off_s: float = 1.0         # minimum dwell once closed before the model may reopen
-    max_open_s: float = 60.0       # maximum continuous open time (user's opens included)
-    stale_frame_s: float = 1.0     # a frame older than this is a camera stall: fail closed
+    on_threshold: float = 0.55  # hysteresis: open when the smoothed probability >= this
+    off_threshold: float = 0.2  # close when it falls <= this (a wide band: fewer false-offs)
+    smoothing: float = 0.75  # EMA weight of the newest probability (1.0 = no smoothing)
+    min_on_s: float = 1.0  # minimum dwell once opened (unless a fault or the user closes)
+    min_off_s: float = 1.0  # minimum dwell once closed before the model may reopen
+    max_open_s: float = 60.0  # maximum continuous open time (user's opens included)
+    stale_frame_s: float = 1.0  # a frame older than this is a camera stall: fail closed
     forced_on_hold_s: float = 10.0  # user forced water on: keep it on this long, model ignored
 
     def __post_init__(self) -> None:
-        problems = [f"{f.name}: must be a finite number, got {getattr(self, f.name)!r}"
-                    for f in fields(self) if not _finite(getattr(self, f.name))]
+        problems = [
+            f"{f.name}: must be a finite number, got {getattr(self, f.name)!r}"
+            for f in fields(self)
+            if not _finite(getattr(self, f.name))
+        ]
         if problems:
             raise ValueError("invalid controller config: " + "; ".join(problems))
         for f in fields(self):  # ints from YAML/JSON become floats: one type downstream
             object.__setattr__(self, f.name, float(getattr(self, f.name)))
         if not 0.0 <= self.off_threshold < self.on_threshold <= 1.0:
-            problems.append(f"need 0 <= off_threshold < on_threshold <= 1, got off_threshold="
-                            f"{self.off_threshold}, on_threshold={self.on_threshold}")
+            problems.append(
+                f"need 0 <= off_threshold < on_threshold <= 1, got off_threshold="
+                f"{self.off_threshold}, on_threshold={self.on_threshold}"
+            )
         if not 0.0 < self.smoothing <= 1.0:
             problems.append(f"smoothing: must be in (0, 1], got {self.smoothing}")
-        problems += [f"{name}: must be > 0, got {getattr(self, name)}"
-                     for name in _TIMES if not getattr(self, name) > 0]
+        problems += [
+            f"{name}: must be > 0, got {getattr(self, name)}" for name in _TIMES if not getattr(self, name) > 0
+        ]
         if problems:
             raise ValueError("invalid controller config: " + "; ".join(problems))
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "ControllerConfig":
+    def from_dict(cls, d: Mapping) -> ControllerConfig:
         """Build from a config mapping; unknown keys are an error (a typo must not be ignored)."""
         if not isinstance(d, Mapping):
             raise ValueError(f"controller config must be a mapping, got {type(d).__name__}")
         known = [f.name for f in fields(cls)]
         unknown = sorted(map(str, set(d) - set(known)))
         if unknown:
-            raise ValueError(f"unknown controller config keys: {', '.join(unknown)} "
-                             f"(known: {', '.join(known)})")
+            raise ValueError(f"unknown controller config keys: {', '.join(unknown)} (known: {', '.join(known)})")
         return cls(**d)
 
 
@@ -116,7 +131,7 @@ class UserInput:
     """What the user did at the faucet on this step (already debounced and interpreted)."""
 
     forced_on: bool = False  # forces water on now (button pressed / handle opened while closed)
-    closed: bool = False     # closed the faucet now
+    closed: bool = False  # closed the faucet now
 
 
 @dataclass(frozen=True)
@@ -140,11 +155,11 @@ class Controller:
         self._smoothed: float | None = None
         self._last_now: float | None = None
         self._opened_at: float | None = None
-        self._closed_at: float | None = None     # None: not closed since start -> no min-off hold
+        self._closed_at: float | None = None  # None: not closed since start -> no min-off hold
         self._forced_until: float | None = None  # end of the running forced-on hold
-        self._force_latched = False               # forced-on held through a max-open cut
-        self._user_lockout = False                # after a user close, until the scene changed
-        self._max_open_lockout = False            # after max-open, until smoothed <= off once
+        self._force_latched = False  # forced-on held through a max-open cut
+        self._user_lockout = False  # after a user close, until the scene changed
+        self._max_open_lockout = False  # after max-open, until smoothed <= off once
         self._last = Decision(False, "start", None)
 
     @property
@@ -156,8 +171,7 @@ class Controller:
         """The latest decision (``Decision(False, "start", None)`` before the first step)."""
         return self._last
 
-    def step(self, now: float, prob: float | None, frame_time: float | None,
-             user: UserInput = UserInput()) -> Decision:
+    def step(self, now: float, prob: float | None, frame_time: float | None, user: UserInput = UserInput()) -> Decision:
         """Advance to time ``now`` with the model's ``prob`` for the frame taken at ``frame_time``."""
         cfg = self.cfg
         if not _finite(now) or (self._last_now is not None and now < self._last_now):

@@ -20,8 +20,17 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Valve", "FakeValve", "GpioValve", "SerialValve", "make_valve", "DEFAULT_VALVE_PIN",
-           "DebouncedInput", "FakeInput", "make_input"]
+__all__ = [
+    "Valve",
+    "FakeValve",
+    "GpioValve",
+    "SerialValve",
+    "make_valve",
+    "DEFAULT_VALVE_PIN",
+    "DebouncedInput",
+    "FakeInput",
+    "make_input",
+]
 
 #: BCM pin used by the bare ``"gpio"`` spec (physical pin 11); use ``"gpio:<pin>"`` for another.
 DEFAULT_VALVE_PIN = 17
@@ -102,8 +111,10 @@ def _import_gpio() -> Any:
     try:
         import RPi.GPIO as GPIO  # noqa: N814 - the library's own name
     except ImportError as e:  # (on a non-Pi the real package raises RuntimeError: left as is)
-        raise ImportError("RPi.GPIO is needed for GPIO devices: on a Pi 4 install RPi.GPIO, on a "
-                          "Pi 5 rpi-lgpio (it provides `import RPi.GPIO`)") from e
+        raise ImportError(
+            "RPi.GPIO is needed for GPIO devices: on a Pi 4 install RPi.GPIO, on a "
+            "Pi 5 rpi-lgpio (it provides `import RPi.GPIO`)"
+        ) from e
     return GPIO
 
 
@@ -122,8 +133,7 @@ class GpioValve(_ValveBase):
         self.active_high = bool(active_high)
         self._gpio = gpio if gpio is not None else _import_gpio()
         g = self._gpio
-        self._levels = {True: g.HIGH if self.active_high else g.LOW,
-                        False: g.LOW if self.active_high else g.HIGH}
+        self._levels = {True: g.HIGH if self.active_high else g.LOW, False: g.LOW if self.active_high else g.HIGH}
         g.setmode(g.BCM)
         g.setup(self.pin, g.OUT, initial=self._levels[False])
 
@@ -148,8 +158,7 @@ class SerialValve(_ValveBase):
 
     WRITE_TIMEOUT_S = 1.0
 
-    def __init__(self, port: str, baudrate: int = 9600,
-                 serial_factory: Callable[..., Any] | None = None) -> None:
+    def __init__(self, port: str, baudrate: int = 9600, serial_factory: Callable[..., Any] | None = None) -> None:
         super().__init__()
         self.port, self.baudrate = port, baudrate
         if serial_factory is None:
@@ -160,6 +169,7 @@ class SerialValve(_ValveBase):
 
             def serial_factory(port: str, baudrate: int) -> Any:
                 return serial.Serial(port, baudrate=baudrate, write_timeout=self.WRITE_TIMEOUT_S)
+
         self._serial = serial_factory(port, baudrate=baudrate)
         try:
             self._write(False)
@@ -268,8 +278,14 @@ class DebouncedInput(_InputBase):
     a bounce shorter than that is ignored.
     """
 
-    def __init__(self, pin: int, pull_up: bool = True, debounce_s: float = 0.05, gpio: Any = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        pin: int,
+        pull_up: bool = True,
+        debounce_s: float = 0.05,
+        gpio: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not debounce_s >= 0:
             raise ValueError(f"debounce_s must be >= 0, got {debounce_s!r}")
         self.pin = _check_pin(pin)

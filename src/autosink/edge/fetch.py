@@ -64,9 +64,24 @@ from typing import Any, Protocol
 from autosink.fileio import NotRegularFileError, atomic_write, fsync_dir, not_regular, open_regular, sha256_file
 from autosink.modelcard import CardError, card_path_for, check_card_supported, read_card
 
-__all__ = ["FetchError", "FetchResult", "Latest", "Source", "DvcSource", "WandbSource", "FolderSource",
-           "make_source", "fetch_model", "verify_model_files", "installed_model", "recover_install",
-           "record_path_for", "PeriodicFetcher", "MODEL_FILE", "CARD_FILE"]
+__all__ = [
+    "FetchError",
+    "FetchResult",
+    "Latest",
+    "Source",
+    "DvcSource",
+    "WandbSource",
+    "FolderSource",
+    "make_source",
+    "fetch_model",
+    "verify_model_files",
+    "installed_model",
+    "recover_install",
+    "record_path_for",
+    "PeriodicFetcher",
+    "MODEL_FILE",
+    "CARD_FILE",
+]
 
 log = logging.getLogger("autosink.edge.fetch")
 
@@ -134,8 +149,13 @@ class FetchResult:
 # --------------------------------------------------------------------------- subprocesses
 
 
-def _run(cmd: list[str], *, timeout_s: float, cwd: str | None = None,
-         on_start: Callable[[subprocess.Popen], None] | None = None) -> subprocess.CompletedProcess:
+def _run(
+    cmd: list[str],
+    *,
+    timeout_s: float,
+    cwd: str | None = None,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
+) -> subprocess.CompletedProcess:
     """Run ``cmd`` without a terminal (never waits for a password or a browser), in its own
     process group, at a lower CPU priority than the faucet, killed with its children after
     ``timeout_s``."""
@@ -144,8 +164,16 @@ def _run(cmd: list[str], *, timeout_s: float, cwd: str | None = None,
         raise FetchError(f"`{cmd[0]}` not found")
     nice = shutil.which("nice")
     try:
-        proc = subprocess.Popen([nice, "-n", "10", *cmd] if nice else cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            [nice, "-n", "10", *cmd] if nice else cmd,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
     except FileNotFoundError:
         raise FetchError(f"`{cmd[0]}` not found") from None
     if on_start is not None:
@@ -182,9 +210,18 @@ class DvcSource:
     ``repo`` "" = the ``origin`` of the git checkout in the current directory (looked up at the
     first fetch, so a missing git never stops the runtime from starting)."""
 
-    def __init__(self, repo: str, *, rev: str = "", path: str = "models/production", remote: str = "",
-                 remote_config: list[str] | tuple[str, ...] = (), dvc_config: str = "", dvc: str | None = None,
-                 timeout_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        repo: str,
+        *,
+        rev: str = "",
+        path: str = "models/production",
+        remote: str = "",
+        remote_config: list[str] | tuple[str, ...] = (),
+        dvc_config: str = "",
+        dvc: str | None = None,
+        timeout_s: float = 600.0,
+    ) -> None:
         self.repo, self.rev, self.path = repo, rev, path.strip("/")
         self.remote, self.remote_config, self.dvc_config = remote, list(remote_config), dvc_config
         self.dvc, self.timeout_s = dvc, timeout_s
@@ -202,11 +239,11 @@ class DvcSource:
         rev = self.rev or "HEAD"
         if _HEX40.fullmatch(rev):
             return Latest(rev)
-        proc = _run(["git", "ls-remote", self.repo, rev], timeout_s=min(self.timeout_s, 120.0),
-                    on_start=self._started)
+        proc = _run(["git", "ls-remote", self.repo, rev], timeout_s=min(self.timeout_s, 120.0), on_start=self._started)
         if proc.returncode != 0:
-            raise FetchError(f"cannot reach {self.repo} (`git ls-remote` exit {proc.returncode}): "
-                             f"{_tail(proc.stderr, 3)}")
+            raise FetchError(
+                f"cannot reach {self.repo} (`git ls-remote` exit {proc.returncode}): {_tail(proc.stderr, 3)}"
+            )
         refs = {}
         for line in proc.stdout.splitlines():
             sha, _, ref = line.partition("\t")
@@ -240,8 +277,9 @@ class DvcSource:
         # cwd: a neutral folder, so that a DVC project around the current directory plays no part
         proc = _run(cmd, timeout_s=self.timeout_s, cwd=str(dest.parent), on_start=self._started)
         if proc.returncode != 0:
-            raise FetchError(f"`dvc get {self.repo} {self.path}` failed (exit {proc.returncode}): "
-                             f"{_tail(proc.stderr + proc.stdout)}")
+            raise FetchError(
+                f"`dvc get {self.repo} {self.path}` failed (exit {proc.returncode}): {_tail(proc.stderr + proc.stdout)}"
+            )
         return {"repo": self.repo, "path": self.path, "rev": self.rev or None, "commit": latest.ref}
 
     def _started(self, proc: subprocess.Popen) -> None:
@@ -262,8 +300,9 @@ class WandbSource:
     def __init__(self, artifact: str, *, timeout_s: float = 600.0, api: Callable[[], Any] | None = None) -> None:
         name = artifact.strip()
         if not name:
-            raise FetchError("fetch.artifact is empty (e.g. \"my-team/autosink/autosink-model:production\")",
-                             kind="config")
+            raise FetchError(
+                'fetch.artifact is empty (e.g. "my-team/autosink/autosink-model:production")', kind="config"
+            )
         if ":" not in name.rsplit("/", 1)[-1]:
             name += ":production"
         self.artifact, self.timeout_s, self._api_factory = name, timeout_s, api
@@ -280,8 +319,9 @@ class WandbSource:
         try:
             import wandb
         except ImportError as e:
-            raise FetchError(f"wandb is not installed (pip install -r edge/requirements-fetch-wandb.txt): {e}") \
-                from None
+            raise FetchError(
+                f"wandb is not installed (pip install -r edge/requirements-fetch-wandb.txt): {e}"
+            ) from None
         return wandb.Api(timeout=max(1, int(self.timeout_s)))
 
     def latest(self) -> Latest:
@@ -296,8 +336,11 @@ class WandbSource:
         meta = getattr(art, "metadata", None) or {}
         sha = meta.get("model_sha256") if isinstance(meta, Mapping) else None
         ref = f"{getattr(art, 'version', '?')}@{getattr(art, 'digest', '?')}"
-        return Latest(ref, sha if isinstance(sha, str) else None,
-                      str(meta.get("version")) if isinstance(meta, Mapping) and meta.get("version") else None)
+        return Latest(
+            ref,
+            sha if isinstance(sha, str) else None,
+            str(meta.get("version")) if isinstance(meta, Mapping) and meta.get("version") else None,
+        )
 
     def download(self, dest: Path, latest: Latest) -> dict[str, Any]:
         art, self._art = self._art, None
@@ -309,8 +352,11 @@ class WandbSource:
             art.download(root=str(dest), skip_cache=True)
         except Exception as e:
             raise FetchError(f"downloading {self.artifact} failed: {type(e).__name__}: {_first_line(e)}") from None
-        return {"artifact": self.artifact, "artifact_version": getattr(art, "version", None),
-                "digest": getattr(art, "digest", None)}
+        return {
+            "artifact": self.artifact,
+            "artifact_version": getattr(art, "version", None),
+            "digest": getattr(art, "digest", None),
+        }
 
 
 def _first_line(e: BaseException) -> str:
@@ -368,8 +414,11 @@ def _default_repo() -> str:
         proc = None
     url = proc.stdout.strip() if proc is not None and proc.returncode == 0 else ""
     if not url:
-        raise FetchError("fetch.repo is empty and the current directory is not a git checkout with an `origin` "
-                         "(set fetch.repo to the autosink repository's URL)", kind="config")
+        raise FetchError(
+            "fetch.repo is empty and the current directory is not a git checkout with an `origin` "
+            "(set fetch.repo to the autosink repository's URL)",
+            kind="config",
+        )
     return url
 
 
@@ -378,15 +427,19 @@ def make_source(fetch_cfg: Mapping[str, Any], *, wandb_api: Callable[[], Any] | 
     spec = str(fetch_cfg.get("source", "")).strip()
     timeout_s = float(fetch_cfg.get("timeout_s", 600.0))
     if spec == "dvc":
-        return DvcSource(str(fetch_cfg.get("repo") or "").strip(), rev=str(fetch_cfg.get("rev", "")),
-                         path=str(fetch_cfg.get("path") or "models/production"),
-                         remote=str(fetch_cfg.get("remote", "")),
-                         remote_config=[str(x) for x in fetch_cfg.get("remote_config") or []],
-                         dvc_config=str(fetch_cfg.get("dvc_config", "")), timeout_s=timeout_s)
+        return DvcSource(
+            str(fetch_cfg.get("repo") or "").strip(),
+            rev=str(fetch_cfg.get("rev", "")),
+            path=str(fetch_cfg.get("path") or "models/production"),
+            remote=str(fetch_cfg.get("remote", "")),
+            remote_config=[str(x) for x in fetch_cfg.get("remote_config") or []],
+            dvc_config=str(fetch_cfg.get("dvc_config", "")),
+            timeout_s=timeout_s,
+        )
     if spec == "wandb":
         return WandbSource(str(fetch_cfg.get("artifact", "")), timeout_s=timeout_s, api=wandb_api)
-    if spec.startswith("folder:") and spec[len("folder:"):].strip():
-        return FolderSource(spec[len("folder:"):].strip())
+    if spec.startswith("folder:") and spec[len("folder:") :].strip():
+        return FolderSource(spec[len("folder:") :].strip())
     raise FetchError(f"fetch.source {spec!r}: expected dvc, wandb or folder:<path>", kind="config")
 
 
@@ -404,8 +457,7 @@ def installed_model(model_path: str | os.PathLike[str]) -> dict[str, Any]:
     """The model at ``model_path``: ``version``, ``model_sha256`` (both None unless the card is
     valid and describes the file), ``problem`` (why not) and ``record`` (the fetch record)."""
     path = Path(model_path)
-    info: dict[str, Any] = {"path": str(path), "version": None, "model_sha256": None, "problem": None,
-                            "record": None}
+    info: dict[str, Any] = {"path": str(path), "version": None, "model_sha256": None, "problem": None, "record": None}
     with contextlib.suppress(OSError, ValueError):
         info["record"] = json.loads(record_path_for(path).read_text())
     for p in (path, card_path_for(path)):
@@ -439,9 +491,16 @@ class Verified:
     card: dict[str, Any] = field(repr=False)
 
 
-def verify_model_files(onnx: Path, card_file: Path, *, threads: int = 1,
-                       frame: Any = None, selftest_png: str | os.PathLike[str] | None = None,
-                       selftest_max_s: float = 1.0, expect_size: tuple[int, int] | None = None) -> Verified:
+def verify_model_files(
+    onnx: Path,
+    card_file: Path,
+    *,
+    threads: int = 1,
+    frame: Any = None,
+    selftest_png: str | os.PathLike[str] | None = None,
+    selftest_max_s: float = 1.0,
+    expect_size: tuple[int, int] | None = None,
+) -> Verified:
     """Check a downloaded model and card before use (see the module doc); FetchError(kind="refused")
     naming the file (by its name) and the problem. ``expect_size`` = (height, width)."""
     from autosink.edge.inference import ModelError, _selftest_frame, load_model, self_test
@@ -466,22 +525,32 @@ def verify_model_files(onnx: Path, card_file: Path, *, threads: int = 1,
         raise FetchError(clean(str(e)), kind="refused", file=card_file.name) from None
     sha = sha256_file(onnx)
     if sha != card["model_sha256"]:
-        raise FetchError(f"{where(onnx)}: sha256 {sha[:12]}... does not match {where(card_file)} model_sha256 "
-                         f"{card['model_sha256'][:12]}... (corrupted or partial download, or a card of another "
-                         "model)", kind="refused", file=onnx.name)
+        raise FetchError(
+            f"{where(onnx)}: sha256 {sha[:12]}... does not match {where(card_file)} model_sha256 "
+            f"{card['model_sha256'][:12]}... (corrupted or partial download, or a card of another "
+            "model)",
+            kind="refused",
+            file=onnx.name,
+        )
     size = (int(card["input"]["height"]), int(card["input"]["width"]))
     if expect_size is not None and size != tuple(expect_size):
-        raise FetchError(f"{where(card_file)}: input {size[1]}x{size[0]} differs from the running camera resolution "
-                         f"{expect_size[1]}x{expect_size[0]}", kind="refused", file=card_file.name)
+        raise FetchError(
+            f"{where(card_file)}: input {size[1]}x{size[0]} differs from the running camera resolution "
+            f"{expect_size[1]}x{expect_size[0]}",
+            kind="refused",
+            file=card_file.name,
+        )
     try:
         model = load_model(onnx, threads=threads, card_path=card_file)
-        p = self_test(model, _selftest_frame(*size, [frame], Path(selftest_png) if selftest_png else None),
-                      max_s=selftest_max_s)
+        p = self_test(
+            model, _selftest_frame(*size, [frame], Path(selftest_png) if selftest_png else None), max_s=selftest_max_s
+        )
     except ModelError as e:
         raise FetchError(clean(str(e)), kind="refused", file=onnx.name) from None
     except Exception as e:  # anything else from onnxruntime: refuse, never crash the caller
-        raise FetchError(f"{where(onnx)}: self-test failed: {type(e).__name__}: {e}", kind="refused",
-                         file=onnx.name) from None
+        raise FetchError(
+            f"{where(onnx)}: self-test failed: {type(e).__name__}: {e}", kind="refused", file=onnx.name
+        ) from None
     return Verified(str(card["version"]), sha, p, card)
 
 
@@ -539,8 +608,7 @@ def _recover(target: Path) -> list[str]:
                 if sha256_file(target) == want and read_card(staged_card)["model_sha256"] == want:
                     os.replace(staged_card, card_target)
                     fsync_dir(target.parent)
-                    done.append(f"finished an interrupted install: {card_target} now describes {target} "
-                                f"({want[:12]})")
+                    done.append(f"finished an interrupted install: {card_target} now describes {target} ({want[:12]})")
         shutil.rmtree(tmp, ignore_errors=True)
         done.append(f"removed {tmp.name}")
     return done
@@ -597,14 +665,22 @@ def _install(tmp: Path, target: Path, sha: str, guard: Callable[[], contextlib.A
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def fetch_model(source: Source, model_path: str | os.PathLike[str], *, threads: int = 1, frame: Any = None,
-                selftest_png: str | os.PathLike[str] | None = None, selftest_max_s: float = 1.0,
-                expect_size: tuple[int, int] | None = None, force: bool = False,
-                refused: Mapping[str, str] | None = None,
-                swap_guard: Callable[[], contextlib.AbstractContextManager] | None = None) -> FetchResult:
+def fetch_model(
+    source: Source,
+    model_path: str | os.PathLike[str],
+    *,
+    threads: int = 1,
+    frame: Any = None,
+    selftest_png: str | os.PathLike[str] | None = None,
+    selftest_max_s: float = 1.0,
+    expect_size: tuple[int, int] | None = None,
+    force: bool = False,
+    refused: Mapping[str, str] | None = None,
+    swap_guard: Callable[[], contextlib.AbstractContextManager] | None = None,
+) -> FetchResult:
     """Fetch the production model from ``source`` into ``model_path`` (and its card beside it),
     verified, swapped in atomically; never raises for a fetch problem: the result says
     ``installed``, ``unchanged``, ``refused`` (the download is not fit: the current model stays) or
@@ -651,10 +727,20 @@ def fetch_model(source: Source, model_path: str | os.PathLike[str], *, threads: 
             return finish("refused", refused[latest.ref], repeated=True)
         have = current["model_sha256"]
         record = current["record"] or {}
-        if have and not force and (latest.model_sha256 == have or (
-                latest.ref is not None and record.get("ref") == latest.ref and record.get("model_sha256") == have)):
-            return finish("unchanged", f"{current['version']} ({have[:12]}) is installed and is the latest",
-                          new_version=current["version"], new_sha256=have)
+        if (
+            have
+            and not force
+            and (
+                latest.model_sha256 == have
+                or (latest.ref is not None and record.get("ref") == latest.ref and record.get("model_sha256") == have)
+            )
+        ):
+            return finish(
+                "unchanged",
+                f"{current['version']} ({have[:12]}) is installed and is the latest",
+                new_version=current["version"],
+                new_sha256=have,
+            )
 
         try:
             tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.fetch-", suffix=".tmp", dir=target.parent))
@@ -674,45 +760,70 @@ def fetch_model(source: Source, model_path: str | os.PathLike[str], *, threads: 
         except OSError as e:
             return finish("failed", f"{desc}: cannot stage the download in {target.parent}: {e}")
         try:
-            ok = verify_model_files(tmp / MODEL_FILE, tmp / CARD_FILE, threads=threads, frame=frame,
-                                    selftest_png=selftest_png, selftest_max_s=selftest_max_s,
-                                    expect_size=expect_size)
+            ok = verify_model_files(
+                tmp / MODEL_FILE,
+                tmp / CARD_FILE,
+                threads=threads,
+                frame=frame,
+                selftest_png=selftest_png,
+                selftest_max_s=selftest_max_s,
+                expect_size=expect_size,
+            )
         except FetchError as e:
             at = f" ({latest.ref})" if latest.ref else ""
             return finish("refused", f"{desc}{at}: {e}", file=e.file)
         if ok.model_sha256 == have and not force:
             _write_record(target, desc, latest, provenance, ok, download)
-            return finish("unchanged", f"{ok.version} ({have[:12]}) is installed and is the latest",
-                          new_version=ok.version, new_sha256=ok.model_sha256)
+            return finish(
+                "unchanged",
+                f"{ok.version} ({have[:12]}) is installed and is the latest",
+                new_version=ok.version,
+                new_sha256=ok.model_sha256,
+            )
         keep_tmp = True  # from here a crash is recovered from the temp folder
         try:
             _install(tmp, target, ok.model_sha256, swap_guard or _no_guard)
         except OSError as e:
             if (tmp / MODEL_FILE).exists():  # nothing was replaced
                 keep_tmp = False
-            return finish("failed", f"installing into {target.parent} failed: {e}"
-                          + (" (the next fetch or start finishes it)" if keep_tmp else ""))
+            return finish(
+                "failed",
+                f"installing into {target.parent} failed: {e}"
+                + (" (the next fetch or start finishes it)" if keep_tmp else ""),
+            )
         keep_tmp = False
         _write_record(target, desc, latest, provenance, ok, download)
         old = f"{current['version']} ({have[:12]})" if have else f"none ({current['problem']})"
-        return finish("installed", f"installed {ok.version} ({ok.model_sha256[:12]}, self-test p={ok.probability:.3f}) "
-                                   f"from {desc}, replacing {old}",
-                      new_version=ok.version, new_sha256=ok.model_sha256)
+        return finish(
+            "installed",
+            f"installed {ok.version} ({ok.model_sha256[:12]}, self-test p={ok.probability:.3f}) "
+            f"from {desc}, replacing {old}",
+            new_version=ok.version,
+            new_sha256=ok.model_sha256,
+        )
     finally:
         if tmp is not None and not keep_tmp:
             shutil.rmtree(tmp, ignore_errors=True)
         lock.release()
 
 
-def _write_record(target: Path, desc: str, latest: Latest, provenance: dict[str, Any], ok: Verified,
-                  download: Path) -> None:
-    record: dict[str, Any] = {"fetched_at": _now(), "source": desc, "ref": latest.ref, **provenance,
-                              "version": ok.version, "model_sha256": ok.model_sha256}
+def _write_record(
+    target: Path, desc: str, latest: Latest, provenance: dict[str, Any], ok: Verified, download: Path
+) -> None:
+    record: dict[str, Any] = {
+        "fetched_at": _now(),
+        "source": desc,
+        "ref": latest.ref,
+        **provenance,
+        "version": ok.version,
+        "model_sha256": ok.model_sha256,
+    }
     with contextlib.suppress(OSError, ValueError):
         promo = json.loads((download / PROMOTION_FILE).read_text())
         if isinstance(promo, dict):
-            record["promotion"] = {k: promo.get(k) for k in ("promoted_at", "experiment", "git_revision",
-                                                             "data_version") if k in promo}
+            record["promotion"] = {
+                k: promo.get(k) for k in ("promoted_at", "experiment", "git_revision", "data_version") if k in promo
+            }
     with contextlib.suppress(OSError):
         atomic_write(record_path_for(target), json.dumps(record, indent=2) + "\n", durable=True)
 
@@ -731,9 +842,18 @@ class PeriodicFetcher:
     already started is still reading them): the runtime skips its model check meanwhile.
     """
 
-    def __init__(self, source: Source, model_path: str | os.PathLike[str], *, interval_s: float,
-                 reloader: Any = None, threads: int = 1, selftest_png: str | os.PathLike[str] | None = None,
-                 selftest_max_s: float = 1.0, background: bool = True) -> None:
+    def __init__(
+        self,
+        source: Source,
+        model_path: str | os.PathLike[str],
+        *,
+        interval_s: float,
+        reloader: Any = None,
+        threads: int = 1,
+        selftest_png: str | os.PathLike[str] | None = None,
+        selftest_max_s: float = 1.0,
+        background: bool = True,
+    ) -> None:
         self.source, self.path = source, Path(model_path)
         self.interval_s = float(interval_s)
         self.reloader = reloader
@@ -793,9 +913,17 @@ class PeriodicFetcher:
         frame = getattr(self.reloader, "_frame", None)
         size = (int(running.height), int(running.width)) if hasattr(running, "height") else None
         try:
-            res = fetch_model(self.source, self.path, threads=self.threads, frame=frame,
-                              selftest_png=self.selftest_png, selftest_max_s=self.selftest_max_s,
-                              expect_size=size, refused=self.refused, swap_guard=self._guard)
+            res = fetch_model(
+                self.source,
+                self.path,
+                threads=self.threads,
+                frame=frame,
+                selftest_png=self.selftest_png,
+                selftest_max_s=self.selftest_max_s,
+                expect_size=size,
+                refused=self.refused,
+                swap_guard=self._guard,
+            )
         except Exception as e:  # a bug must not kill the thread silently, nor the runtime
             res = FetchResult("failed", f"{type(e).__name__}: {e}", self.source.describe())
             log.exception("model fetch crashed")

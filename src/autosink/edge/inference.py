@@ -30,8 +30,7 @@ import numpy as np
 
 from autosink.modelcard import CardError, card_path_for, check_card_supported, read_card, sha256_bytes
 
-__all__ = ["ModelError", "Predictor", "OnnxModel", "load_model", "normalize_probability", "ModelReloader",
-           "self_test"]
+__all__ = ["ModelError", "Predictor", "OnnxModel", "load_model", "normalize_probability", "ModelReloader", "self_test"]
 
 log = logging.getLogger("autosink.edge.inference")
 
@@ -97,15 +96,18 @@ class OnnxModel:
         """``p(water_on)`` of one RGB uint8 frame of the card's size. Raises ModelError on a
         bad frame or a bad output (not finite, outside [0, 1], wrong shape)."""
         if frame.dtype != np.uint8 or frame.shape != (self.height, self.width, 3):
-            raise ModelError(f"{self.path}: expected an RGB uint8 frame of {self.width}x{self.height}, "
-                             f"got {frame.dtype} {tuple(frame.shape)}")
+            raise ModelError(
+                f"{self.path}: expected an RGB uint8 frame of {self.width}x{self.height}, "
+                f"got {frame.dtype} {tuple(frame.shape)}"
+            )
         x = frame[:, :, ::-1] if self.bgr else frame
         batch = np.ascontiguousarray(x)[None]  # [1, H, W, 3]
         outputs = self.session.run([self.output_name], {self.input_name: batch})
         y = np.asarray(outputs[0])
         if y.size != 1:
-            raise ModelError(f"{self.path}: output {self.output_name!r} has shape {y.shape}, "
-                             "expected one value per image")
+            raise ModelError(
+                f"{self.path}: output {self.output_name!r} has shape {y.shape}, expected one value per image"
+            )
         p = float(y.reshape(-1)[0])
         if not math.isfinite(p) or not 0.0 <= p <= 1.0:
             raise ModelError(f"{self.path}: output {p!r} is not a probability")
@@ -121,8 +123,9 @@ def _check_session(path: Path, card: dict[str, Any], session: Any) -> None:
     if len(inputs) != 1:
         raise ModelError(f"{path}: the graph has {len(inputs)} inputs {sorted(inputs)}; the edge feeds exactly one")
     if out["name"] not in outputs:
-        raise ModelError(f"{path}: card output.name {out['name']!r} is not a graph output "
-                         f"(graph has {sorted(outputs)})")
+        raise ModelError(
+            f"{path}: card output.name {out['name']!r} is not a graph output (graph has {sorted(outputs)})"
+        )
     arg = inputs[inp["name"]]
     if arg.type != "tensor(uint8)":
         raise ModelError(f"{path}: graph input {arg.name!r} is {arg.type}, the card says uint8")
@@ -135,8 +138,9 @@ def _check_session(path: Path, card: dict[str, Any], session: Any) -> None:
             raise ModelError(f"{path}: graph input {arg.name!r} dim {axis} is {got}, the card says {want} (NHWC)")
 
 
-def load_model(path: str | os.PathLike[str], *, threads: int = 2, card_path: str | os.PathLike[str] | None = None
-               ) -> OnnxModel:
+def load_model(
+    path: str | os.PathLike[str], *, threads: int = 2, card_path: str | os.PathLike[str] | None = None
+) -> OnnxModel:
     """Read card and model, check they belong together and fit this runtime, build a session.
 
     The session is created from the bytes that were hashed (no second read of a file that may
@@ -157,8 +161,10 @@ def load_model(path: str | os.PathLike[str], *, threads: int = 2, card_path: str
         raise ModelError(f"{path}: cannot read model ({e.strerror or e})") from None
     sha = sha256_bytes(data)
     if sha != card["model_sha256"]:
-        raise ModelError(f"{path}: sha256 {sha[:12]}... does not match {cpath.name} model_sha256 "
-                         f"{card['model_sha256'][:12]}... (half-copied file, or a card of another model)")
+        raise ModelError(
+            f"{path}: sha256 {sha[:12]}... does not match {cpath.name} model_sha256 "
+            f"{card['model_sha256'][:12]}... (half-copied file, or a card of another model)"
+        )
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, int(threads))
     opts.inter_op_num_threads = 1
@@ -219,9 +225,17 @@ class ModelReloader:
     keeps the newest camera frame as the self-test input.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, threads: int = 2,
-                 selftest_png: str | os.PathLike[str] | None = None, selftest_max_s: float = 1.0,
-                 background: bool = True, loader: Any = None, initial: Predictor | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        threads: int = 2,
+        selftest_png: str | os.PathLike[str] | None = None,
+        selftest_max_s: float = 1.0,
+        background: bool = True,
+        loader: Any = None,
+        initial: Predictor | None = None,
+    ) -> None:
         self.path = Path(path)
         self.card_path = card_path_for(self.path)
         self.threads = threads
@@ -287,8 +301,10 @@ class ModelReloader:
             shape = (getattr(new, "height", 480), getattr(new, "width", 640))
             old_shape = (getattr(old, "height", shape[0]), getattr(old, "width", shape[1]))
             if shape != old_shape:
-                raise ModelError(f"{self.path}: input {shape[1]}x{shape[0]} differs from the running camera "
-                                 f"resolution {old_shape[1]}x{old_shape[0]} (restart the service to change it)")
+                raise ModelError(
+                    f"{self.path}: input {shape[1]}x{shape[0]} differs from the running camera "
+                    f"resolution {old_shape[1]}x{old_shape[0]} (restart the service to change it)"
+                )
             p = self_test(new, _selftest_frame(*shape, [self._frame], self.selftest_png), max_s=self.selftest_max_s)
         except Exception as e:  # anything: the old model keeps running
             with self._lock:

@@ -2,9 +2,10 @@
 
 Every processed frame is offered to :meth:`Recorder.add` with what the system decided
 (``model_output``: the model's decision, without the user), the water the user wanted
-(``magnetic_status``; see :class:`autosink.episode.Interaction`) and the valve (``arduino_output``). When they differ the user overrode the model, and the frames from
-``pre_s`` seconds before the first overridden frame to ``post_s`` seconds after the last one
-are written to the spool as one data-lake episode, version 2, with
+(``magnetic_status``; see :class:`autosink.episode.Interaction`) and the valve
+(``arduino_output``). When the first two differ the user overrode the model, and the frames from
+``pre_s`` seconds before the first overridden frame to ``post_s`` seconds after the last one are
+written to the spool as one data-lake episode, version 2, with
 :func:`autosink.episode.write_episode` (atomic: a hidden temp file renamed into place), so the
 pipeline's ``autosink lake check`` and ``extract`` read them like any other Pi's.
 
@@ -70,8 +71,8 @@ class Session:
 
 @dataclass
 class Sample:
-    t: float          # monotonic seconds (runtime clock)
-    ts: datetime      # naive local wall time, second precision, never decreasing
+    t: float  # monotonic seconds (runtime clock)
+    ts: datetime  # naive local wall time, second precision, never decreasing
     image: np.ndarray  # RGB uint8 HxWx3
     model_output: int
     magnetic_status: int
@@ -126,12 +127,23 @@ def local_aware(epoch: float) -> datetime:
 class Recorder:
     """See module docstring. ``add`` per frame; ``close`` at the end (flushes and waits)."""
 
-    def __init__(self, spool: str | os.PathLike[str], *, user_id: str, pre_s: float = 3.0, post_s: float = 3.0,
-                 record_fps: float = 2.0, max_episode_s: float = 120.0, session_gap_s: float = 600.0,
-                 max_buffer_frames: int = 400, max_pending: int = 4, background: bool = True,
-                 used_stems: Callable[[], set[str]] | None = None,
-                 on_written: Callable[[Path], None] | None = None,
-                 new_id: Callable[[], str] = lambda: secrets.token_hex(5)) -> None:
+    def __init__(
+        self,
+        spool: str | os.PathLike[str],
+        *,
+        user_id: str,
+        pre_s: float = 3.0,
+        post_s: float = 3.0,
+        record_fps: float = 2.0,
+        max_episode_s: float = 120.0,
+        session_gap_s: float = 600.0,
+        max_buffer_frames: int = 400,
+        max_pending: int = 4,
+        background: bool = True,
+        used_stems: Callable[[], set[str]] | None = None,
+        on_written: Callable[[Path], None] | None = None,
+        new_id: Callable[[], str] = lambda: secrets.token_hex(5),
+    ) -> None:
         if not user_id or not str(user_id).strip() or any(c in str(user_id) for c in "/\\\x00"):
             raise ValueError(f"user_id {user_id!r}: must be a non-empty name without / \\ or NUL")
         if pre_s < 0 or post_s < 0 or max_episode_s <= 0 or session_gap_s <= 0:
@@ -171,8 +183,9 @@ class Recorder:
 
     # ------------------------------------------------------------------ per frame
 
-    def add(self, t: float, wall: float, image: np.ndarray, model_output: int, magnetic_status: int,
-            valve: bool | int = 0) -> None:
+    def add(
+        self, t: float, wall: float, image: np.ndarray, model_output: int, magnetic_status: int, valve: bool | int = 0
+    ) -> None:
         """One processed frame: monotonic time ``t``, wall clock ``wall`` (epoch seconds)."""
         m, s, v = int(bool(model_output)), int(bool(magnetic_status)), int(bool(valve))
         if self._last_t is not None and t - self._last_t > self.session_gap_s:
@@ -189,8 +202,12 @@ class Recorder:
             self.session.last_active_t = t
 
         state = (m, s)
-        kept = (not self.keep_every or t - self._last_kept_t >= self.keep_every - 1e-6
-                or state != self._last_state or m != s)
+        kept = (
+            not self.keep_every
+            or t - self._last_kept_t >= self.keep_every - 1e-6
+            or state != self._last_state
+            or m != s
+        )
         self._last_state = state
         sample = Sample(t, ts, image, m, s, v, self.session)
         if kept:
@@ -320,10 +337,21 @@ class Recorder:
             last = max(last, x.ts)
             stamps.append(last)
         meta = EpisodeMeta(
-            version=2, user_id=self.user_id, dishwashing_id=session.id, dishwashing_start=session.start,
-            interactions=[Interaction(timestamp=ts, model_output=x.model_output, magnetic_status=x.magnetic_status,
-                                      image=f"{i + 1}.png", arduino_output=x.valve)
-                          for i, (x, ts) in enumerate(zip(samples, stamps))])
+            version=2,
+            user_id=self.user_id,
+            dishwashing_id=session.id,
+            dishwashing_start=session.start,
+            interactions=[
+                Interaction(
+                    timestamp=ts,
+                    model_output=x.model_output,
+                    magnetic_status=x.magnetic_status,
+                    image=f"{i + 1}.png",
+                    arduino_output=x.valve,
+                )
+                for i, (x, ts) in enumerate(zip(samples, stamps))
+            ],
+        )
         job = (self.spool / f"{stem}.zip", meta, [x.image for x in samples])
         if not self._background:
             self._write(job)
@@ -333,8 +361,11 @@ class Recorder:
         except queue.Full:
             self.stats.dropped += 1
             self._stems.discard(stem)
-            log.error("episode %s dropped: %d episodes already waiting to be written (disk too slow?)",
-                      stem, self._queue.qsize())
+            log.error(
+                "episode %s dropped: %d episodes already waiting to be written (disk too slow?)",
+                stem,
+                self._queue.qsize(),
+            )
 
     def _write(self, job: tuple[Path, EpisodeMeta, list[np.ndarray]]) -> None:
         path, meta, images = job
@@ -349,8 +380,9 @@ class Recorder:
         self.stats.episodes += 1
         self.stats.frames += n
         self.stats.written.append(path)
-        log.info("episode %s written: %d frames, %d overridden, session %s", path.name, n, overrides,
-                 meta.dishwashing_id)
+        log.info(
+            "episode %s written: %d frames, %d overridden, session %s", path.name, n, overrides, meta.dishwashing_id
+        )
         if self._on_written is not None:
             with contextlib.suppress(Exception):
                 self._on_written(path)

@@ -67,29 +67,86 @@ from autosink.edge.camera import Camera, Frame
 from autosink.edge.controller import Controller, ControllerConfig, Decision, UserInput
 from autosink.edge.inference import ModelReloader, Predictor, normalize_probability
 
-__all__ = ["DEFAULT_CONFIG", "ConfigError", "load_config", "merge_config", "SystemClock", "SimClock",
-           "FeedbackContext", "GpioFeedback", "NoFeedback", "EdgeRuntime", "RunStats", "LatencyHistogram",
-           "build_runtime", "run_from_config", "close_valve_from_config", "load_regular_model"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "ConfigError",
+    "load_config",
+    "merge_config",
+    "SystemClock",
+    "SimClock",
+    "FeedbackContext",
+    "GpioFeedback",
+    "NoFeedback",
+    "EdgeRuntime",
+    "RunStats",
+    "LatencyHistogram",
+    "build_runtime",
+    "run_from_config",
+    "close_valve_from_config",
+    "load_regular_model",
+]
 
 log = logging.getLogger("autosink.edge")
 
 # The defaults; edge/config.toml documents every key (and must list the same keys).
 DEFAULT_CONFIG: dict[str, dict[str, Any]] = {
     "camera": {"source": "picamera2", "fps": 5.0, "read_timeout_s": 0.5, "reopen_after_s": 10.0},
-    "model": {"path": "models/production/model.onnx", "threads": 2, "reload_check_s": 5.0,
-              "selftest_png": "", "selftest_max_s": 1.0},
-    "controller": {"on_threshold": 0.55, "off_threshold": 0.2, "smoothing": 0.75, "min_on_s": 1.0, "min_off_s": 1.0,
-                   "max_open_s": 60.0, "stale_frame_s": 1.0, "forced_on_hold_s": 10.0},
+    "model": {
+        "path": "models/production/model.onnx",
+        "threads": 2,
+        "reload_check_s": 5.0,
+        "selftest_png": "",
+        "selftest_max_s": 1.0,
+    },
+    "controller": {
+        "on_threshold": 0.55,
+        "off_threshold": 0.2,
+        "smoothing": 0.75,
+        "min_on_s": 1.0,
+        "min_off_s": 1.0,
+        "max_open_s": 60.0,
+        "stale_frame_s": 1.0,
+        "forced_on_hold_s": 10.0,
+    },
     "valve": {"kind": "gpio:17", "active_high": True, "flow_l_min": 6.0},
-    "inputs": {"faucet": "gpio:27", "button": "gpio:22", "pull_up": True, "debounce_s": 0.05,
-               "handle_open_forces_on": True},
-    "recorder": {"spool": "spool", "user_id": "", "pre_s": 3.0, "post_s": 3.0, "record_fps": 2.0,
-                 "max_episode_s": 120.0, "session_gap_s": 600.0},
-    "upload": {"to": "", "gdrive_credentials": "", "min_backoff_s": 5.0, "max_backoff_s": 600.0, "poll_s": 30.0,
-               "spool_max_mb": 2048.0, "drain_s": 5.0},
+    "inputs": {
+        "faucet": "gpio:27",
+        "button": "gpio:22",
+        "pull_up": True,
+        "debounce_s": 0.05,
+        "handle_open_forces_on": True,
+    },
+    "recorder": {
+        "spool": "spool",
+        "user_id": "",
+        "pre_s": 3.0,
+        "post_s": 3.0,
+        "record_fps": 2.0,
+        "max_episode_s": 120.0,
+        "session_gap_s": 600.0,
+    },
+    "upload": {
+        "to": "",
+        "gdrive_credentials": "",
+        "min_backoff_s": 5.0,
+        "max_backoff_s": 600.0,
+        "poll_s": 30.0,
+        "spool_max_mb": 2048.0,
+        "drain_s": 5.0,
+    },
     "log": {"level": "INFO", "stats_every_s": 3600.0},
-    "fetch": {"source": "", "interval_s": 900.0, "timeout_s": 600.0, "repo": "", "rev": "",
-              "path": "models/production", "remote": "", "remote_config": [], "dvc_config": "", "artifact": ""},
+    "fetch": {
+        "source": "",
+        "interval_s": 900.0,
+        "timeout_s": 600.0,
+        "repo": "",
+        "rev": "",
+        "path": "models/production",
+        "remote": "",
+        "remote_config": [],
+        "dvc_config": "",
+        "artifact": "",
+    },
 }
 
 
@@ -259,8 +316,9 @@ class EpisodeFeedback:
         from autosink.episode import read_episode
 
         self.path = str(path)
-        self.actions = [(it.model_output, it.magnetic_status)
-                        for it in read_episode(path, check_frames=False).meta.interactions]
+        self.actions = [
+            (it.model_output, it.magnetic_status) for it in read_episode(path, check_frames=False).meta.interactions
+        ]
 
     def __call__(self, ctx: FeedbackContext) -> UserInput:
         if ctx.index >= len(self.actions):
@@ -278,8 +336,9 @@ def replay_user(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], EpisodeFeedback
     replay's own hold after a release is cut to nothing: they give exactly the recorded water."""
     kind, _, path = str(cfg["camera"]["source"]).partition(":")
     if kind != "episode" or not path:
-        raise ConfigError(f"replaying the user needs the camera to replay an episode (episode:<zip>), "
-                          f"got {cfg['camera']['source']!r}")
+        raise ConfigError(
+            f"replaying the user needs the camera to replay an episode (episode:<zip>), got {cfg['camera']['source']!r}"
+        )
     out = merge_config(cfg, {"controller": {"forced_on_hold_s": 1e-6}}, "replay")
     return out, EpisodeFeedback(path)
 
@@ -306,7 +365,7 @@ class LatencyHistogram:
         if not self.n:
             return None
         i = int(np.searchsorted(np.cumsum(self.counts), math.ceil(q / 100 * self.n)))
-        return self._LO * self._RATIO ** i  # upper edge of the bin
+        return self._LO * self._RATIO**i  # upper edge of the bin
 
 
 @dataclass
@@ -335,11 +394,13 @@ class RunStats:
     def line(self) -> str:
         p50, p99 = self.latency.percentile(50), self.latency.percentile(99)
         ms = lambda x: "-" if x is None else f"{x * 1000:.1f}ms"  # noqa: E731
-        return (f"stats: frames={self.frames} fps={self.fps:.2f} latency_p50={ms(p50)} latency_p99={ms(p99)} "
-                f"open_s={self.seconds_open:.1f} litres={self.litres:.2f} (at {self.flow_l_min:g} L/min) "
-                f"valve_changes={self.valve_changes} stalls={self.stalls} model_errors={self.model_errors}"
-                + (f" bad_frames={self.bad_frames}" if self.bad_frames else "")
-                + (f" stop={self.stop_reason}" if self.stop_reason else ""))
+        return (
+            f"stats: frames={self.frames} fps={self.fps:.2f} latency_p50={ms(p50)} latency_p99={ms(p99)} "
+            f"open_s={self.seconds_open:.1f} litres={self.litres:.2f} (at {self.flow_l_min:g} L/min) "
+            f"valve_changes={self.valve_changes} stalls={self.stalls} model_errors={self.model_errors}"
+            + (f" bad_frames={self.bad_frames}" if self.bad_frames else "")
+            + (f" stop={self.stop_reason}" if self.stop_reason else "")
+        )
 
 
 # --------------------------------------------------------------------------- the loop
@@ -362,13 +423,28 @@ class EdgeRuntime:
     """One run of the loop; see the module docstring. Build it with :func:`build_runtime`
     (from a config) or directly (tests inject every part)."""
 
-    def __init__(self, *, camera: Camera, model: ModelReloader | Predictor, valve: Any,
-                 controller: ControllerConfig | Mapping[str, Any] | None = None,
-                 feedback: Feedback | None = None, recorder: Any = None, uploader: Any = None,
-                 clock: Any = None, fps: float = 5.0, max_frames: int | None = None, read_timeout_s: float = 0.5,
-                 reopen_after_s: float = 10.0, reload_check_s: float = 5.0, flow_l_min: float = 6.0,
-                 stats_every_s: float = 0.0, drain_s: float = 5.0, install_signals: bool = True,
-                 fetcher: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        camera: Camera,
+        model: ModelReloader | Predictor,
+        valve: Any,
+        controller: ControllerConfig | Mapping[str, Any] | None = None,
+        feedback: Feedback | None = None,
+        recorder: Any = None,
+        uploader: Any = None,
+        clock: Any = None,
+        fps: float = 5.0,
+        max_frames: int | None = None,
+        read_timeout_s: float = 0.5,
+        reopen_after_s: float = 10.0,
+        reload_check_s: float = 5.0,
+        flow_l_min: float = 6.0,
+        stats_every_s: float = 0.0,
+        drain_s: float = 5.0,
+        install_signals: bool = True,
+        fetcher: Any = None,
+    ) -> None:
         self.camera = camera
         self.models = model if hasattr(model, "check") and hasattr(model, "model") else _StaticModel(model)
         self.valve = valve
@@ -395,9 +471,9 @@ class EdgeRuntime:
         self.fetcher = fetcher  # a PeriodicFetcher (autosink.edge.fetch) or None
         self.stats = RunStats(flow_l_min=float(flow_l_min))
         self._stop = threading.Event()
-        self._signals = 0         # signals received (plain attributes: the handler takes no lock)
-        self._signalled = False   # a signal asked to stop: the loop ends, the valve stays closed
-        self._hurry = False       # a second signal: shut down without the upload drain
+        self._signals = 0  # signals received (plain attributes: the handler takes no lock)
+        self._signalled = False  # a signal asked to stop: the loop ends, the valve stays closed
+        self._hurry = False  # a second signal: shut down without the upload drain
         self._open_since: float | None = None
         self._last_error_log = -math.inf
 
@@ -431,8 +507,12 @@ class EdgeRuntime:
             if self._signals == 1:
                 log.info("%s received: closing the valve and stopping", name)
             else:
-                log.warning("%s received again (%d signals): valve closed again; the episode in progress is still "
-                            "written, the upload drain is skipped", name, self._signals)
+                log.warning(
+                    "%s received again (%d signals): valve closed again; the episode in progress is still "
+                    "written, the upload drain is skipped",
+                    name,
+                    self._signals,
+                )
         except BaseException:  # e.g. a log write re-entering the stream the main thread was writing: drop it
             pass
 
@@ -605,11 +685,13 @@ class EdgeRuntime:
         log.info("valve closed (%s)", self.stats.stop_reason or "exit")
         self.stats.ended = now
         self.stats.bad_frames = int(getattr(self.camera, "bad_frames", 0) or 0)
-        for what, fn in (("model fetch", lambda: self.fetcher is not None and self.fetcher.stop()),
-                         ("camera", lambda: self.camera.close()),
-                         ("inputs", lambda: getattr(self.feedback, "close", lambda: None)()),
-                         ("recorder", lambda: self.recorder is not None and self.recorder.close()),
-                         ("uploader", self._stop_uploader)):
+        for what, fn in (
+            ("model fetch", lambda: self.fetcher is not None and self.fetcher.stop()),
+            ("camera", lambda: self.camera.close()),
+            ("inputs", lambda: getattr(self.feedback, "close", lambda: None)()),
+            ("recorder", lambda: self.recorder is not None and self.recorder.close()),
+            ("uploader", self._stop_uploader),
+        ):
             try:
                 fn()
             except Exception as e:
@@ -658,14 +740,31 @@ def recorder_from_config(c_rec: Mapping[str, Any], spool: Any, user_id: str, **k
     settings (``kw``: the recorder's other arguments, e.g. ``background``)."""
     from autosink.edge.recorder import Recorder
 
-    return Recorder(spool, user_id=user_id, pre_s=c_rec["pre_s"], post_s=c_rec["post_s"],
-                    record_fps=c_rec["record_fps"], max_episode_s=c_rec["max_episode_s"],
-                    session_gap_s=c_rec["session_gap_s"], **kw)
+    return Recorder(
+        spool,
+        user_id=user_id,
+        pre_s=c_rec["pre_s"],
+        post_s=c_rec["post_s"],
+        record_fps=c_rec["record_fps"],
+        max_episode_s=c_rec["max_episode_s"],
+        session_gap_s=c_rec["session_gap_s"],
+        **kw,
+    )
 
 
-def build_runtime(cfg: Mapping[str, Any], *, clock: Any = None, feedback: Feedback | None = None,
-                  valve: Any = None, camera: Camera | None = None, model: Any = None, max_frames: int | None = None,
-                  background: bool = True, install_signals: bool = True, fetch_source: Any = None) -> EdgeRuntime:
+def build_runtime(
+    cfg: Mapping[str, Any],
+    *,
+    clock: Any = None,
+    feedback: Feedback | None = None,
+    valve: Any = None,
+    camera: Camera | None = None,
+    model: Any = None,
+    max_frames: int | None = None,
+    background: bool = True,
+    install_signals: bool = True,
+    fetch_source: Any = None,
+) -> EdgeRuntime:
     """Wire every part from a merged config (see :data:`DEFAULT_CONFIG`). Parts passed in are used
     as they are (tests, simulations; ``fetch_source`` replaces the source ``[fetch]`` names). The
     valve is made first and closed again if anything after it fails, so a bad config never leaves
@@ -692,17 +791,32 @@ def build_runtime(cfg: Mapping[str, Any], *, clock: Any = None, feedback: Feedba
             recover_install(c_model["path"], wait_s=10.0)  # a fetch cut off between its two renames
             selftest = c_model["selftest_png"] or None
             if fetch_source is not None and not os.path.exists(c_model["path"]):  # a fresh Pi: fetch it first
-                log.warning("no model at %s: fetching the production model from %s", c_model["path"],
-                            fetch_source.describe())
-                res = fetch_model(fetch_source, c_model["path"], threads=1, selftest_png=selftest,
-                                  selftest_max_s=c_model["selftest_max_s"])
+                log.warning(
+                    "no model at %s: fetching the production model from %s", c_model["path"], fetch_source.describe()
+                )
+                res = fetch_model(
+                    fetch_source,
+                    c_model["path"],
+                    threads=1,
+                    selftest_png=selftest,
+                    selftest_max_s=c_model["selftest_max_s"],
+                )
                 (log.info if res.ok else log.error)("model fetch %s: %s", res.status, res.message)
             threads = int(c_model["threads"])
-            model = ModelReloader(c_model["path"], threads=threads, selftest_png=selftest,
-                                  selftest_max_s=c_model["selftest_max_s"], background=background,
-                                  loader=lambda p: load_regular_model(p, threads=threads))
-            log.info("model %s loaded (card version %s, threshold %.3f)", c_model["path"],
-                     model.model.version, model.model.threshold)
+            model = ModelReloader(
+                c_model["path"],
+                threads=threads,
+                selftest_png=selftest,
+                selftest_max_s=c_model["selftest_max_s"],
+                background=background,
+                loader=lambda p: load_regular_model(p, threads=threads),
+            )
+            log.info(
+                "model %s loaded (card version %s, threshold %.3f)",
+                c_model["path"],
+                model.model.version,
+                model.model.threshold,
+            )
         current = model.model if hasattr(model, "model") else model
         width, height = int(getattr(current, "width", 640)), int(getattr(current, "height", 480))
         if feedback is None:
@@ -719,31 +833,68 @@ def build_runtime(cfg: Mapping[str, Any], *, clock: Any = None, feedback: Feedba
             made.append(button)
             feedback = GpioFeedback(faucet, button, handle_open_forces_on=c_in["handle_open_forces_on"])
         target = make_target(c_up["to"] or None, credentials_path=c_up["gdrive_credentials"] or None)
-        uploader = Uploader(c_rec["spool"], target, min_backoff_s=c_up["min_backoff_s"],
-                            max_backoff_s=c_up["max_backoff_s"], poll_s=c_up["poll_s"],
-                            spool_max_mb=c_up["spool_max_mb"])
-        recorder = recorder_from_config(c_rec, c_rec["spool"], c_rec["user_id"] or _default_user_id(),
-                                        background=background, used_stems=uploader.names, on_written=uploader.wake)
+        uploader = Uploader(
+            c_rec["spool"],
+            target,
+            min_backoff_s=c_up["min_backoff_s"],
+            max_backoff_s=c_up["max_backoff_s"],
+            poll_s=c_up["poll_s"],
+            spool_max_mb=c_up["spool_max_mb"],
+        )
+        recorder = recorder_from_config(
+            c_rec,
+            c_rec["spool"],
+            c_rec["user_id"] or _default_user_id(),
+            background=background,
+            used_stems=uploader.names,
+            on_written=uploader.wake,
+        )
         made.append(recorder)
         if camera is None:
-            camera = open_camera(c_cam["source"], clock=clock.monotonic, width=width, height=height,
-                                 fps=c_cam["fps"])
+            camera = open_camera(c_cam["source"], clock=clock.monotonic, width=width, height=height, fps=c_cam["fps"])
         fetcher = None
         if fetch_source is not None and c_fetch["interval_s"] > 0:
-            fetcher = PeriodicFetcher(fetch_source, c_model["path"], interval_s=c_fetch["interval_s"], reloader=model,
-                                      threads=1, selftest_png=c_model["selftest_png"] or None,
-                                      selftest_max_s=c_model["selftest_max_s"], background=background)
+            fetcher = PeriodicFetcher(
+                fetch_source,
+                c_model["path"],
+                interval_s=c_fetch["interval_s"],
+                reloader=model,
+                threads=1,
+                selftest_png=c_model["selftest_png"] or None,
+                selftest_max_s=c_model["selftest_max_s"],
+                background=background,
+            )
         if background:
             uploader.start()
-        log.info("edge runtime: camera %s, valve %r, spool %s, upload %s, user %s, model fetch %s", c_cam["source"],
-                 valve, c_rec["spool"], target.describe() if target else "off", recorder.user_id,
-                 f"every {c_fetch['interval_s']:g} s from {fetch_source.describe()}" if fetcher else "off")
-        return EdgeRuntime(camera=camera, model=model, valve=valve, controller=controller_cfg, feedback=feedback,
-                           recorder=recorder, uploader=uploader, clock=clock, fps=c_cam["fps"], max_frames=max_frames,
-                           read_timeout_s=c_cam["read_timeout_s"], reopen_after_s=c_cam["reopen_after_s"],
-                           reload_check_s=c_model["reload_check_s"], flow_l_min=c_valve["flow_l_min"],
-                           stats_every_s=cfg["log"]["stats_every_s"], drain_s=c_up["drain_s"],
-                           install_signals=install_signals, fetcher=fetcher)
+        log.info(
+            "edge runtime: camera %s, valve %r, spool %s, upload %s, user %s, model fetch %s",
+            c_cam["source"],
+            valve,
+            c_rec["spool"],
+            target.describe() if target else "off",
+            recorder.user_id,
+            f"every {c_fetch['interval_s']:g} s from {fetch_source.describe()}" if fetcher else "off",
+        )
+        return EdgeRuntime(
+            camera=camera,
+            model=model,
+            valve=valve,
+            controller=controller_cfg,
+            feedback=feedback,
+            recorder=recorder,
+            uploader=uploader,
+            clock=clock,
+            fps=c_cam["fps"],
+            max_frames=max_frames,
+            read_timeout_s=c_cam["read_timeout_s"],
+            reopen_after_s=c_cam["reopen_after_s"],
+            reload_check_s=c_model["reload_check_s"],
+            flow_l_min=c_valve["flow_l_min"],
+            stats_every_s=cfg["log"]["stats_every_s"],
+            drain_s=c_up["drain_s"],
+            install_signals=install_signals,
+            fetcher=fetcher,
+        )
     except BaseException:
         with contextlib.suppress(Exception):
             valve.set(False)

@@ -42,8 +42,17 @@ from typing import Any, Protocol
 
 from autosink.fileio import fsync_dir, open_regular
 
-__all__ = ["TargetUnavailable", "UploadError", "Remote", "Target", "FolderTarget", "GDriveTarget", "make_target",
-           "Uploader", "file_digest"]
+__all__ = [
+    "TargetUnavailable",
+    "UploadError",
+    "Remote",
+    "Target",
+    "FolderTarget",
+    "GDriveTarget",
+    "make_target",
+    "Uploader",
+    "file_digest",
+]
 
 log = logging.getLogger("autosink.edge.uploader")
 
@@ -150,8 +159,14 @@ class GDriveTarget:
 
     algorithm = "md5"
 
-    def __init__(self, folder_id: str, *, credentials_json: str | None = None, credentials_path: str | None = None,
-                 drive: Any = None) -> None:
+    def __init__(
+        self,
+        folder_id: str,
+        *,
+        credentials_json: str | None = None,
+        credentials_path: str | None = None,
+        drive: Any = None,
+    ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", folder_id or ""):
             raise ValueError(f"gdrive://{folder_id}: expected a Drive folder id (letters, digits, - and _)")
         self.folder_id = folder_id
@@ -166,8 +181,10 @@ class GDriveTarget:
         if self._drive is not None:
             return self._drive
         if not self.credentials_json and not self.credentials_path:
-            raise TargetUnavailable(f"gdrive: no credentials (set {CREDENTIALS_ENV} to the service account key's "
-                                    "JSON, or upload.gdrive_credentials to the key file)")
+            raise TargetUnavailable(
+                f"gdrive: no credentials (set {CREDENTIALS_ENV} to the service account key's "
+                "JSON, or upload.gdrive_credentials to the key file)"
+            )
         try:
             from pydrive2.auth import GoogleAuth
             from pydrive2.drive import GoogleDrive
@@ -175,8 +192,11 @@ class GDriveTarget:
             raise TargetUnavailable(f"gdrive: pydrive2 is not installed ({e}); pip install pydrive2") from None
         settings = {
             "client_config_backend": "service",
-            "service_config": {"client_user_email": None, "client_json": self.credentials_json,
-                               "client_json_file_path": self.credentials_path},
+            "service_config": {
+                "client_user_email": None,
+                "client_json": self.credentials_json,
+                "client_json_file_path": self.credentials_path,
+            },
             "oauth_scope": ["https://www.googleapis.com/auth/drive"],
         }
         try:
@@ -211,8 +231,9 @@ class GDriveTarget:
     def put(self, local: Path, name: str) -> Remote:
         client = self._client()
         try:
-            item = client.CreateFile({"title": name, "parents": [{"id": self.folder_id}],
-                                      "mimeType": "application/zip"})
+            item = client.CreateFile(
+                {"title": name, "parents": [{"id": self.folder_id}], "mimeType": "application/zip"}
+            )
             with open_regular(local) as f:
                 item.content = f
                 item.Upload()
@@ -221,8 +242,9 @@ class GDriveTarget:
         return self._remote(item)
 
 
-def make_target(spec: str | None, *, credentials_path: str | None = None,
-                env: Mapping[str, str] = os.environ) -> FolderTarget | GDriveTarget | None:
+def make_target(
+    spec: str | None, *, credentials_path: str | None = None, env: Mapping[str, str] = os.environ
+) -> FolderTarget | GDriveTarget | None:
     """``None``/``""`` (no upload), ``gdrive://<folder-id>``, or a folder path."""
     if not spec:
         return None
@@ -232,10 +254,15 @@ def make_target(spec: str | None, *, credentials_path: str | None = None,
             try:
                 json.loads(creds_json)
             except ValueError:
-                raise ValueError(f"{CREDENTIALS_ENV} is set but is not JSON (it must hold the key itself, "
-                                 "not its path; use upload.gdrive_credentials for a path)") from None
-        return GDriveTarget(spec[len("gdrive://"):].strip("/"), credentials_json=creds_json,
-                            credentials_path=None if creds_json else (credentials_path or None))
+                raise ValueError(
+                    f"{CREDENTIALS_ENV} is set but is not JSON (it must hold the key itself, "
+                    "not its path; use upload.gdrive_credentials for a path)"
+                ) from None
+        return GDriveTarget(
+            spec[len("gdrive://") :].strip("/"),
+            credentials_json=creds_json,
+            credentials_path=None if creds_json else (credentials_path or None),
+        )
     return FolderTarget(spec)
 
 
@@ -243,9 +270,18 @@ class Uploader:
     """Spool -> lake (see module docstring). ``start()``/``stop()`` run the thread;
     ``run_once()`` is one synchronous pass (tests). ``target=None`` only caps the spool."""
 
-    def __init__(self, spool: str | os.PathLike[str], target: Any, *, min_backoff_s: float = 5.0,
-                 max_backoff_s: float = 600.0, poll_s: float = 30.0, spool_max_mb: float = 2048.0,
-                 jitter: float = 0.1, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        spool: str | os.PathLike[str],
+        target: Any,
+        *,
+        min_backoff_s: float = 5.0,
+        max_backoff_s: float = 600.0,
+        poll_s: float = 30.0,
+        spool_max_mb: float = 2048.0,
+        jitter: float = 0.1,
+        rng: random.Random | None = None,
+    ) -> None:
         self.spool = Path(spool)
         self.spool.mkdir(parents=True, exist_ok=True)
         self.conflicts = self.spool / "conflicts"
@@ -256,11 +292,11 @@ class Uploader:
         self.jitter = float(jitter)
         self._rng = rng or random.Random()
         self.failures = 0
-        self.uploaded: list[str] = []   # names confirmed in the lake (this run), in order
-        self.skipped: list[str] = []    # already there with the same content
+        self.uploaded: list[str] = []  # names confirmed in the lake (this run), in order
+        self.skipped: list[str] = []  # already there with the same content
         self.conflicted: list[str] = []
         self.evicted: list[str] = []
-        self.delays: list[float] = []   # every backoff delay taken (for logs and tests)
+        self.delays: list[float] = []  # every backoff delay taken (for logs and tests)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._drain = False
@@ -303,8 +339,12 @@ class Uploader:
                 total -= sizes.get(p, 0)
                 removed.append(p)
                 self.evicted.append(p.name)
-                log.warning("spool over %.0f MB: deleted the oldest episode %s (%.1f MB) without uploading it",
-                            self.spool_max_bytes / 2**20, p.name, sizes.get(p, 0) / 2**20)
+                log.warning(
+                    "spool over %.0f MB: deleted the oldest episode %s (%.1f MB) without uploading it",
+                    self.spool_max_bytes / 2**20,
+                    p.name,
+                    sizes.get(p, 0) / 2**20,
+                )
         return removed
 
     # ------------------------------------------------------------------ one file / one pass
@@ -323,23 +363,34 @@ class Uploader:
             if (remote.size, remote.digest) == (size, digest):
                 path.unlink(missing_ok=True)
                 self.skipped.append(name)
-                log.info("upload: %s already in %s (same size and checksum): removed from the spool",
-                         name, self.target.describe())
+                log.info(
+                    "upload: %s already in %s (same size and checksum): removed from the spool",
+                    name,
+                    self.target.describe(),
+                )
                 return "skipped"
             self.conflicts.mkdir(exist_ok=True)
             os.replace(path, self.conflicts / name)
             self.conflicted.append(name)
-            log.error("upload: %s exists in %s with other content (%d bytes, %s %s...): kept in %s, not uploaded",
-                      name, self.target.describe(), remote.size, self.target.algorithm, remote.digest[:12],
-                      self.conflicts)
+            log.error(
+                "upload: %s exists in %s with other content (%d bytes, %s %s...): kept in %s, not uploaded",
+                name,
+                self.target.describe(),
+                remote.size,
+                self.target.algorithm,
+                remote.digest[:12],
+                self.conflicts,
+            )
             return "conflict"
         try:
             remote = self.target.put(path, name)
         except FileExistsError:
             raise UploadError(f"{name}: appeared in the target during the upload; will re-check") from None
         if (remote.size, remote.digest) != (size, digest):
-            raise UploadError(f"{name}: verification failed (target has {remote.size} bytes, "
-                              f"{self.target.algorithm} {remote.digest[:12]}..., local {size} bytes, {digest[:12]}...)")
+            raise UploadError(
+                f"{name}: verification failed (target has {remote.size} bytes, "
+                f"{self.target.algorithm} {remote.digest[:12]}..., local {size} bytes, {digest[:12]}...)"
+            )
         path.unlink(missing_ok=True)
         self.uploaded.append(name)
         log.info("upload: %s -> %s (%.1f MB, verified)", name, self.target.describe(), size / 2**20)
@@ -376,8 +427,13 @@ class Uploader:
             self.failures += 1
             delay = self.next_delay()
             self.delays.append(delay)
-            log.warning("upload to %s failed (%d in a row), retrying in %.0f s: %s",
-                        self.target.describe() if self.target else "-", self.failures, delay, e)
+            log.warning(
+                "upload to %s failed (%d in a row), retrying in %.0f s: %s",
+                self.target.describe() if self.target else "-",
+                self.failures,
+                delay,
+                e,
+            )
             return delay
         if self.failures:
             log.info("upload: %s reachable again", self.target.describe() if self.target else "-")

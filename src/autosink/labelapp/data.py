@@ -32,7 +32,7 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
@@ -43,7 +43,13 @@ from autosink.episode import read_episode
 from autosink.extract import sha256_source
 from autosink.featurestore import label_episode
 from autosink.labels import (
-    IGNORE, LABELS_MISMATCH, LABELS_UNVERIFIED, LabelRules, human_labels_lock, parse_human_labels, write_human_labels,
+    IGNORE,
+    LABELS_MISMATCH,
+    LABELS_UNVERIFIED,
+    LabelRules,
+    human_labels_lock,
+    parse_human_labels,
+    write_human_labels,
 )
 
 # Episode keys are lake stems (YYYYmmdd_HHMMSS) or folder names; frame members are N.png.
@@ -101,13 +107,17 @@ class HumanLabels:
     def warning(self) -> str | None:
         """What the page says about labels it did not load, or loaded unchecked."""
         if self.check == LABELS_MISMATCH:
-            return (f"the labels file holds {self.stale} label{'s' if self.stale != 1 else ''} given for another "
-                    f"file of this episode (sha256 {(self.labels_for_sha256 or '')[:12]}..., the lake's is now "
-                    f"{(self.episode_sha256 or '')[:12]}...: re-uploaded with other frames?). They are not shown "
-                    "and the label stage does not apply them; saving replaces them with your labels")
+            return (
+                f"the labels file holds {self.stale} label{'s' if self.stale != 1 else ''} given for another "
+                f"file of this episode (sha256 {(self.labels_for_sha256 or '')[:12]}..., the lake's is now "
+                f"{(self.episode_sha256 or '')[:12]}...: re-uploaded with other frames?). They are not shown "
+                "and the label stage does not apply them; saving replaces them with your labels"
+            )
         if self.check == LABELS_UNVERIFIED:
-            return ("the labels file records no episode sha256 (an older file), so nothing shows its labels were "
-                    "given for these frames; check them and save to record it")
+            return (
+                "the labels file records no episode sha256 (an older file), so nothing shows its labels were "
+                "given for these frames; check them and save to record it"
+            )
         return None
 
 
@@ -378,10 +388,10 @@ class LabelData:
             raise Unreadable(f"{self.display(path)}: not UTF-8 text") from None
         except ValueError as e:
             raise Unreadable(str(e)) from None
-        saved = datetime.fromtimestamp(mtime, tz=timezone.utc).isoformat(timespec="seconds")
+        saved = datetime.fromtimestamp(mtime, tz=UTC).isoformat(timespec="seconds")
         current = self.episode_sha256(episode)
         check = doc.check(current)
-        labels, stale = (({}, len(doc.labels)) if check == LABELS_MISMATCH else (doc.labels, 0))
+        labels, stale = ({}, len(doc.labels)) if check == LABELS_MISMATCH else (doc.labels, 0)
         return HumanLabels(labels, _sha(after), saved, check, doc.episode_sha256, current, stale)
 
     def version(self, episode: str) -> str:
@@ -407,8 +417,7 @@ class LabelData:
             out[idx] = int(value)
         return out
 
-    def save(self, episode: str, labels: dict[int, int], base_version: str,
-             lock_timeout: float = 10.0) -> HumanLabels:
+    def save(self, episode: str, labels: dict[int, int], base_version: str, lock_timeout: float = 10.0) -> HumanLabels:
         """Replace the episode's human labels, unless the file changed since ``base_version``.
 
         The file records the episode's sha256 (:meth:`episode_sha256`). The version check and the

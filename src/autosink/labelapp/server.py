@@ -11,7 +11,7 @@ Routes (everything else is 404)::
     GET  /img/<episode>/thumb/<N.png>       JPEG thumbnail (160x120)
     GET  /img/<episode>/frame/<N.png>       the frame's PNG bytes from the lake
 
-Security (see the README section "Labeling app"):
+Security (see docs/labeling.md, "Labeling app"):
 
 - binds 127.0.0.1 by default; any other address needs an access token and refuses to start
   without one. With a token set, every request must carry it (``Authorization: Bearer`` or the
@@ -52,7 +52,15 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote
 
 from autosink.labelapp.data import (
-    EPISODE_RE, IMAGE_RE, NO_VERSION, Conflict, Invalid, LabelData, NoData, NotFound, Unreadable,
+    EPISODE_RE,
+    IMAGE_RE,
+    NO_VERSION,
+    Conflict,
+    Invalid,
+    LabelData,
+    NoData,
+    NotFound,
+    Unreadable,
 )
 
 log = logging.getLogger("autosink.labelapp")
@@ -69,9 +77,13 @@ DRAIN_BYTES, DRAIN_S = 8 << 20, 2.0
 _VERSION_RE = re.compile(r"none|[0-9a-f]{64}")
 GENERIC_500 = "internal server error (details are in the labeler's log)"
 CSRF_HEADER = "X-Autosink-CSRF"
-STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
-                ".svg": "image/svg+xml", ".png": "image/png"}
-_TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]{%d,256}" % MIN_TOKEN_LENGTH)  # safe in a URL and a cookie as is
+STATIC_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+}
+_TOKEN_RE = re.compile(rf"[A-Za-z0-9._~-]{{{MIN_TOKEN_LENGTH},256}}")  # safe in a URL and a cookie as is
 _STATIC_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,40}\.(js|css|svg|png)")
 
 SECURITY_HEADERS = {
@@ -105,13 +117,16 @@ def _static_files() -> dict[str, bytes]:
 def check_bind(host: str, token: str | None) -> None:
     """Refuse (ValueError) to serve off loopback without a token, or with a guessable one."""
     if token is not None and not _TOKEN_RE.fullmatch(token):
-        raise ValueError(f"the access token must be at least {MIN_TOKEN_LENGTH} characters, letters, digits and "
-                         "-._~ only (make one: python -c 'import secrets; print(secrets.token_urlsafe(24))')")
+        raise ValueError(
+            f"the access token must be at least {MIN_TOKEN_LENGTH} characters, letters, digits and "
+            "-._~ only (make one: python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+        )
     if not is_loopback(host) and not token:
         raise ValueError(
             f"refusing to serve on {host}: any address other than 127.0.0.1 needs an access token "
             f"(--token or ${TOKEN_ENV}); anyone who can reach the port could otherwise read frames "
-            "and overwrite labels")
+            "and overwrite labels"
+        )
 
 
 class LabelServer(ThreadingHTTPServer):
@@ -120,8 +135,14 @@ class LabelServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, data: LabelData, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 token: str | None = None, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        data: LabelData,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        token: str | None = None,
+        quiet: bool = False,
+    ) -> None:
         check_bind(host, token)
         self.data = data
         self.token = token
@@ -186,8 +207,14 @@ class Handler(BaseHTTPRequestHandler):
     def _query(self) -> dict[str, list[str]]:
         return parse_qs(self.path.split("?", 1)[1]) if "?" in self.path else {}
 
-    def _send(self, status: int, body: bytes, content_type: str, cache: str = "no-store",
-              headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        cache: str = "no-store",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -207,8 +234,10 @@ class Handler(BaseHTTPRequestHandler):
         if self._route_path.startswith("/api/"):
             self._json(status, {"error": message, "status": status})
         else:
-            page = (f"<!doctype html><meta charset=utf-8><title>{status}</title>"
-                    f"<h1>{status} {HTTPStatus(status).phrase}</h1><p>{escape(message)}</p>")
+            page = (
+                f"<!doctype html><meta charset=utf-8><title>{status}</title>"
+                f"<h1>{status} {HTTPStatus(status).phrase}</h1><p>{escape(message)}</p>"
+            )
             self._send(status, page.encode(), "text/html; charset=utf-8")
 
     def _discard_body(self) -> None:
@@ -309,8 +338,11 @@ class Handler(BaseHTTPRequestHandler):
                 self._error(401, "wrong access token")
             return False
         if not self._token_ok():
-            self._error(401, "this labeler needs its access token: open the URL that `autosink label serve` "
-                             "printed (http://HOST:PORT/?token=...) or send 'Authorization: Bearer <token>'")
+            self._error(
+                401,
+                "this labeler needs its access token: open the URL that `autosink label serve` "
+                "printed (http://HOST:PORT/?token=...) or send 'Authorization: Bearer <token>'",
+            )
             return False
         return True
 
@@ -320,7 +352,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if self._gate():
                 self._get(self._route_path)
-        except Exception as e:  # noqa: BLE001: answer, log, keep serving
+        except Exception as e:  # answer, log, keep serving
             self._fail(e)
 
     do_HEAD = do_GET
@@ -392,8 +424,9 @@ class Handler(BaseHTTPRequestHandler):
                     return self._error(500, str(e))
                 data.warm_thumbnails(episode)
                 return self._json(200, body)
-            case ["img", episode, ("thumb" | "frame") as kind, image] if (
-                    EPISODE_RE.fullmatch(episode) and IMAGE_RE.fullmatch(image)):
+            case ["img", episode, ("thumb" | "frame") as kind, image] if EPISODE_RE.fullmatch(
+                episode
+            ) and IMAGE_RE.fullmatch(image):
                 try:
                     if kind == "thumb":
                         body, ctype = data.thumbnail(episode, image), "image/jpeg"
@@ -438,10 +471,25 @@ class Handler(BaseHTTPRequestHandler):
             log.error("saving the labels of %s failed", episode, exc_info=e)
             return self._error(503, f"could not write the labels file: {e.strerror or 'write failed'}")
         except Conflict as e:
-            return self._json(409, {"error": "the labels of this episode were saved elsewhere (another tab or "
-                                             "person) after you opened it", "status": 409, "version": e.current})
-        self._json(200, {"version": saved.version, "saved_at": saved.saved_at, "labels": len(saved.labels),
-                         "store": data.store_state(episode, saved.version), "labels_check": saved.check})
+            return self._json(
+                409,
+                {
+                    "error": "the labels of this episode were saved elsewhere (another tab or "
+                    "person) after you opened it",
+                    "status": 409,
+                    "version": e.current,
+                },
+            )
+        self._json(
+            200,
+            {
+                "version": saved.version,
+                "saved_at": saved.saved_at,
+                "labels": len(saved.labels),
+                "store": data.store_state(episode, saved.version),
+                "labels_check": saved.check,
+            },
+        )
 
     def _json_body(self) -> tuple[dict, None] | tuple[None, tuple[int, str]]:
         """The save body ``{"version": v, "labels": {...}}``, or (status, short message) why not."""
@@ -490,8 +538,13 @@ def resolve_token(token: str | None) -> str | None:
     return os.environ.get(TOKEN_ENV) or None
 
 
-def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None,
-          root: Path | None = None, quiet: bool = False) -> int:
+def serve(
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    token: str | None = None,
+    root: Path | None = None,
+    quiet: bool = False,
+) -> int:
     """Run the labeler on the project's data folders until Ctrl+C (what `autosink label serve` calls)."""
     from autosink.config import load_params, project_root
     from autosink.labels import LabelRules
@@ -515,8 +568,10 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None 
         print(f"autosink labeler: {url}?token=<your token>  (or send 'Authorization: Bearer <token>')", flush=True)
     else:
         print(f"autosink labeler: {url}", flush=True)
-    print(f"labels are written to {data.labels_dir}; run `dvc repro` to rebuild the feature store. Ctrl+C stops.",
-          flush=True)
+    print(
+        f"labels are written to {data.labels_dir}; run `dvc repro` to rebuild the feature store. Ctrl+C stops.",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -16,9 +16,16 @@ import numpy as np
 from autosink.sim.scene import ROI
 
 FEATURE_NAMES = (
-    "frame_brightness", "frame_r", "frame_g", "frame_b",
-    "roi_brightness", "roi_r", "roi_g", "roi_b",
-    "roi_basin_deviation", "roi_edge_density",
+    "frame_brightness",
+    "frame_r",
+    "frame_g",
+    "frame_b",
+    "roi_brightness",
+    "roi_r",
+    "roi_g",
+    "roi_b",
+    "roi_basin_deviation",
+    "roi_edge_density",
 )
 
 _STRIPS = ((slice(170, 330), slice(120, 200)), (slice(170, 330), slice(440, 520)))
@@ -67,5 +74,9 @@ def evaluate_trivial(X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
         clf.fit(X[tr], y[tr])
         acc = float((clf.predict(X[te]) == y[te]).mean())
-    return {"trivial_baseline_accuracy": acc, "majority_baseline_accuracy": maj_acc,
-            "n_train": int(tr.sum()), "n_test": int(te.sum())}
+    return {
+        "trivial_baseline_accuracy": acc,
+        "majority_baseline_accuracy": maj_acc,
+        "n_train": int(tr.sum()),
+        "n_test": int(te.sum()),
+    }

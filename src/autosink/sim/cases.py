@@ -17,9 +17,9 @@ Frames are written with ``cv2.imwrite`` of the RGB->BGR frame, so the PNG holds 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -60,14 +60,27 @@ def _detergent_hand(rng: np.random.Generator, look: Look) -> SceneState:
         d = sample_dish(rng)
         x, y = roi_point(rng, 15) if rng.random() < 0.5 else far_point(rng, look, d.r, 25)
         d = replace(d, x=x, y=y, foam=float(rng.uniform(0.3, 1.0)))
-        sc = replace(sc, x=x + float(rng.normal(0, d.r * 0.3)), y=y + float(rng.normal(0, d.r * 0.3)),
-                     angle=float(rng.uniform(0, 180)), foam=float(rng.uniform(0.3, 1.0)))
+        sc = replace(
+            sc,
+            x=x + float(rng.normal(0, d.r * 0.3)),
+            y=y + float(rng.normal(0, d.r * 0.3)),
+            angle=float(rng.uniform(0, 180)),
+            foam=float(rng.uniform(0.3, 1.0)),
+        )
     else:
         d = None
         x, y = roi_point(rng, 10) if rng.random() < 0.5 else far_point(rng, look, 40, 20)
         sc = replace(sc, x=x, y=y, angle=float(rng.uniform(0, 180)), foam=float(rng.uniform(0, 1.0)))
-    return SceneState(look, "detergent", hands=(hand_on_scrubber(sc, "R", look.hand_scale),), dish=d,
-                      dish_held=False, scrubber=sc, scrubber_held=True, water_on=_water(rng))
+    return SceneState(
+        look,
+        "detergent",
+        hands=(hand_on_scrubber(sc, "R", look.hand_scale),),
+        dish=d,
+        dish_held=False,
+        scrubber=sc,
+        scrubber_held=True,
+        water_on=_water(rng),
+    )
 
 
 def _detergent_dish(rng: np.random.Generator, look: Look) -> SceneState:
@@ -77,13 +90,20 @@ def _detergent_dish(rng: np.random.Generator, look: Look) -> SceneState:
     rr = d.r * (0.25 if d.kind == "cup" else 0.45)
     a = float(rng.uniform(0, 2 * np.pi))
     sc = sample_scrubber(rng)
-    sc = replace(sc, x=x + rr * np.cos(a), y=y + rr * np.sin(a) * 0.8,
-                 angle=float(rng.uniform(-125, -55)) + (180 if sc.kind == "brush" else 0),
-                 foam=float(rng.uniform(0.3, 1.0)))
-    hands = (hand_holding(d, "L", float(rng.uniform(150, 215)), look.hand_scale),
-             hand_on_scrubber(sc, "R", look.hand_scale))
-    return SceneState(look, "detergent", hands=hands, dish=d, dish_held=True, scrubber=sc, scrubber_held=True,
-                      water_on=_water(rng))
+    sc = replace(
+        sc,
+        x=x + rr * np.cos(a),
+        y=y + rr * np.sin(a) * 0.8,
+        angle=float(rng.uniform(-125, -55)) + (180 if sc.kind == "brush" else 0),
+        foam=float(rng.uniform(0.3, 1.0)),
+    )
+    hands = (
+        hand_holding(d, "L", float(rng.uniform(150, 215)), look.hand_scale),
+        hand_on_scrubber(sc, "R", look.hand_scale),
+    )
+    return SceneState(
+        look, "detergent", hands=hands, dish=d, dish_held=True, scrubber=sc, scrubber_held=True, water_on=_water(rng)
+    )
 
 
 def _rinse_close(rng: np.random.Generator, look: Look, water: bool = True) -> SceneState:
@@ -102,11 +122,26 @@ def _rinse_far(rng: np.random.Generator, look: Look) -> SceneState:
 
 def _rinse_no_dish(rng: np.random.Generator, look: Look) -> SceneState:
     cx, cy = roi_point(rng, 30)
-    hands = [Hand("R", cx + 22 + float(rng.normal(0, 6)), cy + float(rng.normal(0, 6)),
-                  float(rng.uniform(-150, -110)), float(rng.uniform(0, 0.4)))]
+    hands = [
+        Hand(
+            "R",
+            cx + 22 + float(rng.normal(0, 6)),
+            cy + float(rng.normal(0, 6)),
+            float(rng.uniform(-150, -110)),
+            float(rng.uniform(0, 0.4)),
+        )
+    ]
     if rng.random() < 0.6:
-        hands.insert(0, Hand("L", cx - 22 + float(rng.normal(0, 6)), cy + float(rng.normal(0, 6)),
-                             float(rng.uniform(-70, -30)), float(rng.uniform(0, 0.4))))
+        hands.insert(
+            0,
+            Hand(
+                "L",
+                cx - 22 + float(rng.normal(0, 6)),
+                cy + float(rng.normal(0, 6)),
+                float(rng.uniform(-70, -30)),
+                float(rng.uniform(0, 0.4)),
+            ),
+        )
     return SceneState(look, "rinse", hands=tuple(hands), water_on=_water(rng))
 
 
@@ -116,8 +151,12 @@ def _dim(rng: np.random.Generator, look: Look) -> SceneState:
 
 def _glare(rng: np.random.Generator, look: Look) -> SceneState:
     x0, y0, x1, y1 = ROI
-    g = (float(rng.uniform(x0 - 40, x1 + 40)), float(rng.uniform(y0 - 20, y1 + 20)), float(rng.uniform(50, 90)),
-         float(rng.uniform(120, 180)))
+    g = (
+        float(rng.uniform(x0 - 40, x1 + 40)),
+        float(rng.uniform(y0 - 20, y1 + 20)),
+        float(rng.uniform(50, 90)),
+        float(rng.uniform(120, 180)),
+    )
     return _rinse_close(rng, replace(look, glare=g))
 
 
@@ -133,8 +172,13 @@ def _occluded(rng: np.random.Generator, look: Look) -> SceneState:
     d = sample_dish(rng, str(rng.choice(["plate", "bowl", "pan"])))
     x, y = roi_point(rng, 25)
     d = replace(d, x=x, y=y)
-    wipe = Hand("L", x + float(rng.normal(0, d.r * 0.2)), y + float(rng.normal(0, d.r * 0.2)),
-                float(rng.uniform(-110, -30)), float(rng.uniform(0, 0.3)))
+    wipe = Hand(
+        "L",
+        x + float(rng.normal(0, d.r * 0.2)),
+        y + float(rng.normal(0, d.r * 0.2)),
+        float(rng.uniform(-110, -30)),
+        float(rng.uniform(0, 0.3)),
+    )
     hands = (hand_holding(d, "R", float(rng.uniform(60, 120)), look.hand_scale), wipe)
     return SceneState(look, "rinse", hands=hands, dish=d, dish_held=True, water_on=True)
 

@@ -245,8 +245,17 @@ def _draw_clutter(img: np.ndarray, it: ClutterItem) -> None:
         cv2.circle(img, _pt(x, y), int(s * 0.8), (70, 50, 35), -1, _AA)
         for k in range(5):
             ux, uy = _unit(it.angle + k * 72)
-            cv2.ellipse(img, _pt(x + ux * s * 0.4, y + uy * s * 0.4), (int(s * 0.45), int(s * 0.18)),
-                        it.angle + k * 72, 0, 360, (60, 140, 60), -1, _AA)
+            cv2.ellipse(
+                img,
+                _pt(x + ux * s * 0.4, y + uy * s * 0.4),
+                (int(s * 0.45), int(s * 0.18)),
+                it.angle + k * 72,
+                0,
+                360,
+                (60, 140, 60),
+                -1,
+                _AA,
+            )
     else:  # cutting board
         box = cv2.boxPoints(((x, y), (s * 3.2, s * 2.0), it.angle)).astype(np.int32)
         cv2.fillPoly(img, [box], c, _AA)
@@ -263,7 +272,7 @@ def _faucet_sprite(look: Look) -> tuple[np.ndarray, np.ndarray, tuple[slice, sli
     half = 17
     for k in range(-half, half + 1):  # cylinder shading: dark edges, a highlight left of centre
         f = 0.62 + 0.38 * math.cos(math.pi * k / (2.2 * half))
-        f += 0.35 * math.exp(-((k + 5) / 3.0) ** 2)
+        f += 0.35 * math.exp(-(((k + 5) / 3.0) ** 2))
         cv2.line(img, (cx + k, 0), (cx + k, ny - 6), _shade(c, f), 1)
     cv2.rectangle(mask, (cx - half, 0), (cx + half, ny - 6), 255, -1)
     cv2.circle(img, (cx, ny), 21, _shade(c, 0.85), -1, _AA)
@@ -334,13 +343,11 @@ class _Background:
             gx, gy, gr, gs = look.glare
             g = gs * np.exp(-((xx - gx) ** 2 + (yy - gy) ** 2) / (2 * (gr / 1.6) ** 2))
             g += 0.5 * gs * np.exp(-((xx - gx - gr * 0.9) ** 2 + (yy - gy + gr * 0.4) ** 2) / (2 * (gr / 4) ** 2))
-            self.glare = np.repeat(g[..., None].astype(np.float32), 3, axis=2) * np.array(
-                [1.0, 1.0, 0.97], np.float32
-            )
+            self.glare = np.repeat(g[..., None].astype(np.float32), 3, axis=2) * np.array([1.0, 1.0, 0.97], np.float32)
         self.faucet = _faucet_sprite(look)
 
 
-_BG_CACHE: "OrderedDict[Look, _Background]" = OrderedDict()
+_BG_CACHE: OrderedDict[Look, _Background] = OrderedDict()
 _BG_CACHE_SIZE = 16
 
 
@@ -383,10 +390,22 @@ def _draw_dish(img: np.ndarray, d: Dish) -> None:
     ri = lambda f: max(1, int(round(r * f)))  # noqa: E731
     if d.kind == "pan":
         ux, uy = _unit(d.angle)
-        cv2.line(img, _pt(x + ux * r * 0.9, y + uy * r * 0.9), _pt(x + ux * r * 2.1, y + uy * r * 2.1),
-                 _shade(a, 0.8), max(6, ri(0.2)), _AA)
-        cv2.line(img, _pt(x + ux * r * 0.9, y + uy * r * 0.9), _pt(x + ux * r * 2.1, y + uy * r * 2.1),
-                 a, max(4, ri(0.15)), _AA)
+        cv2.line(
+            img,
+            _pt(x + ux * r * 0.9, y + uy * r * 0.9),
+            _pt(x + ux * r * 2.1, y + uy * r * 2.1),
+            _shade(a, 0.8),
+            max(6, ri(0.2)),
+            _AA,
+        )
+        cv2.line(
+            img,
+            _pt(x + ux * r * 0.9, y + uy * r * 0.9),
+            _pt(x + ux * r * 2.1, y + uy * r * 2.1),
+            a,
+            max(4, ri(0.15)),
+            _AA,
+        )
         cv2.circle(img, p, ri(1.0), _shade(c, 0.75), -1, _AA)
         cv2.circle(img, p, ri(0.9), c, -1, _AA)
         cv2.circle(img, p, ri(0.9), _shade(c, 1.35), 2, _AA)
@@ -470,8 +489,17 @@ def _draw_hand(img: np.ndarray, h: Hand, look: Look) -> None:
         cv2.line(img, _pt(bx, by), _pt(ex, ey), dark, ft + 3, _AA)
         cv2.line(img, _pt(bx, by), _pt(ex, ey), skin, ft, _AA)
         if h.grip < 0.6:
-            cv2.ellipse(img, _pt(ex - ux * 3 * s, ey - uy * 3 * s), (max(2, int(3.5 * s)), max(2, int(3 * s))),
-                        h.angle, 0, 360, _mix(skin, (250, 230, 230), 0.55), -1, _AA)
+            cv2.ellipse(
+                img,
+                _pt(ex - ux * 3 * s, ey - uy * 3 * s),
+                (max(2, int(3.5 * s)), max(2, int(3 * s))),
+                h.angle,
+                0,
+                360,
+                _mix(skin, (250, 230, 230), 0.55),
+                -1,
+                _AA,
+            )
         else:  # curled: a darker knuckle band at the tip
             cv2.circle(img, _pt(ex, ey), max(2, ft // 2 - 1), _shade(skin, 0.85), -1, _AA)
     tang = h.angle + side * 48
@@ -521,7 +549,7 @@ def _draw_water(img: np.ndarray, state: SceneState) -> None:
     x0, y0 = NOZZLE[0] - 60, NOZZLE[1]
     yi = _impact_y(state)
     y1 = int(min(H, yi + 34))
-    reg = img[y0:y1, x0:NOZZLE[0] + 60]
+    reg = img[y0:y1, x0 : NOZZLE[0] + 60]
     over = reg.copy()
     cx = 60
     ys = np.arange(0, int(yi - y0) + 1, 6, dtype=np.float32)
@@ -538,15 +566,23 @@ def _draw_water(img: np.ndarray, state: SceneState) -> None:
         cv2.polylines(over, [pts], False, (252, 253, 255), 2, _AA)
     iy = int(yi - y0)
     # splash: a bright sheet spreading on whatever the stream hits, a ring and droplets
-    cv2.ellipse(over, (cx, iy), (int(rng.uniform(20, 26)), int(rng.uniform(8, 11))), 0, 0, 360,
-                (230, 238, 246), -1, _AA)
-    cv2.ellipse(over, (cx, iy), (int(rng.uniform(30, 38)), int(rng.uniform(11, 15))), 0, 0, 360,
-                (244, 248, 252), 2, _AA)
+    cv2.ellipse(
+        over, (cx, iy), (int(rng.uniform(20, 26)), int(rng.uniform(8, 11))), 0, 0, 360, (230, 238, 246), -1, _AA
+    )
+    cv2.ellipse(
+        over, (cx, iy), (int(rng.uniform(30, 38)), int(rng.uniform(11, 15))), 0, 0, 360, (244, 248, 252), 2, _AA
+    )
     for _ in range(8):
         a = rng.uniform(0, 2 * math.pi)
         rr = rng.uniform(18, 44)
-        cv2.circle(over, (int(cx + math.cos(a) * rr), int(iy + math.sin(a) * rr * 0.45)), int(rng.integers(1, 4)),
-                   (248, 250, 253), -1, _AA)
+        cv2.circle(
+            over,
+            (int(cx + math.cos(a) * rr), int(iy + math.sin(a) * rr * 0.45)),
+            int(rng.integers(1, 4)),
+            (248, 250, 253),
+            -1,
+            _AA,
+        )
     cv2.addWeighted(over, 0.62, reg, 0.38, 0, dst=reg)
 
 

@@ -8,7 +8,7 @@ Per dish: enter -> [pre-rinse] -> detergent (hand with scrubber) -> put the scru
 down, visible) -> [set the dish down] -> rinse (close under the faucet / far / no dish, with
 occasional excursions out of the ROI) -> exit -> idle gap.
 
-Ground truth per frame (label convention v1, README "The sample data lake"), from the state alone:
+Ground truth per frame (label convention v1, docs/simulator.md), from the state alone:
 
 * detergent: 0
 * pre-rinse and rinse: scrubber visible -> -1; else 1 iff a hand holds the dish and the dish
@@ -35,15 +35,15 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 
 from autosink.sim.scene import (
-    H,
     ROI,
-    W,
     ClutterItem,
     Dish,
+    H,
     Hand,
     Look,
     SceneState,
     Scrubber,
+    W,
     hand_holding,
     hand_on_scrubber,
     in_roi,
@@ -98,23 +98,59 @@ class Truth:
     scrubber_visible: bool
 
     @classmethod
-    def of(cls, state: SceneState, wish: str = "spout") -> "Truth":
-        return cls(label_of(state), wants_water(state, wish), state.step, state.dish_in_roi, state.dish_held,
-                   state.hand_in_roi, state.scrubber_visible)
+    def of(cls, state: SceneState, wish: str = "spout") -> Truth:
+        return cls(
+            label_of(state),
+            wants_water(state, wish),
+            state.step,
+            state.dish_in_roi,
+            state.dish_held,
+            state.hand_in_roi,
+            state.scrubber_visible,
+        )
 
 
 # --------------------------------------------------------------------------- appearance sampling
 
-_SKIN = [(246, 210, 184), (236, 192, 160), (222, 172, 138), (198, 140, 104), (170, 112, 80), (132, 86, 60),
-         (98, 64, 46)]
-_COUNTER = [(150, 112, 78), (120, 90, 62), (196, 170, 130), (138, 138, 134), (90, 92, 96), (226, 224, 218),
-            (44, 44, 48), (70, 96, 88)]
+_SKIN = [
+    (246, 210, 184),
+    (236, 192, 160),
+    (222, 172, 138),
+    (198, 140, 104),
+    (170, 112, 80),
+    (132, 86, 60),
+    (98, 64, 46),
+]
+_COUNTER = [
+    (150, 112, 78),
+    (120, 90, 62),
+    (196, 170, 130),
+    (138, 138, 134),
+    (90, 92, 96),
+    (226, 224, 218),
+    (44, 44, 48),
+    (70, 96, 88),
+]
 _FAUCET = [(200, 204, 210), (188, 190, 192), (48, 48, 52), (190, 160, 100), (232, 232, 230)]
 _DISH = {
-    "plate": [(240, 240, 235), (240, 232, 210), (190, 210, 230), (200, 225, 200), (200, 110, 80), (46, 46, 50),
-              (160, 162, 166)],
-    "bowl": [(240, 240, 235), (230, 80, 60), (70, 110, 190), (240, 200, 70), (90, 160, 110), (50, 50, 56),
-             (230, 220, 200)],
+    "plate": [
+        (240, 240, 235),
+        (240, 232, 210),
+        (190, 210, 230),
+        (200, 225, 200),
+        (200, 110, 80),
+        (46, 46, 50),
+        (160, 162, 166),
+    ],
+    "bowl": [
+        (240, 240, 235),
+        (230, 80, 60),
+        (70, 110, 190),
+        (240, 200, 70),
+        (90, 160, 110),
+        (50, 50, 56),
+        (230, 220, 200),
+    ],
     "cup": [(242, 242, 238), (210, 50, 50), (50, 90, 170), (40, 40, 44), (240, 200, 60), (80, 150, 100)],
     "pan": [(42, 42, 46), (70, 70, 74), (170, 172, 176), (184, 115, 70)],
 }
@@ -148,8 +184,23 @@ def sample_clutter(rng: np.random.Generator, basin: tuple[int, int, int, int], n
             y = rng.uniform(-size * 0.5, max(-size * 0.4, by0 - 14 - size * 0.3))
         else:  # bottom corners
             x, y = rng.choice([rng.uniform(-10, 60), rng.uniform(W - 60, W + 10)]), rng.uniform(H - 30, H + 10)
-        color = _jit(rng, _pick(rng, [(40, 120, 200), (200, 60, 60), (90, 180, 90), (230, 230, 230), (250, 200, 60),
-                                      (120, 80, 160), (200, 160, 110), (60, 60, 60)]), 12)
+        color = _jit(
+            rng,
+            _pick(
+                rng,
+                [
+                    (40, 120, 200),
+                    (200, 60, 60),
+                    (90, 180, 90),
+                    (230, 230, 230),
+                    (250, 200, 60),
+                    (120, 80, 160),
+                    (200, 160, 110),
+                    (60, 60, 60),
+                ],
+            ),
+            12,
+        )
         items.append(ClutterItem(kind, float(x), float(y), size, float(rng.uniform(0, 180)), color))
     return tuple(items)
 
@@ -164,8 +215,12 @@ def sample_look(rng: np.random.Generator) -> Look:
         basin_color = _jit(rng, _pick(rng, [(236, 236, 232), (232, 226, 210), (222, 226, 230)]), 4)
     else:
         basin_color = _jit(rng, _pick(rng, [(56, 56, 60), (74, 70, 66), (188, 178, 160), (120, 124, 128)]), 5)
-    basin = (int(rng.integers(55, 96)), int(rng.integers(40, 71)), int(rng.integers(545, 591)),
-             int(rng.integers(432, 466)))
+    basin = (
+        int(rng.integers(55, 96)),
+        int(rng.integers(40, 71)),
+        int(rng.integers(545, 591)),
+        int(rng.integers(432, 466)),
+    )
     cx, cy = (basin[0] + basin[2]) // 2, (basin[1] + basin[3]) // 2
     drain = (int(cx + rng.integers(-25, 26)), int(cy + rng.integers(20, 66)))
     return Look(
@@ -178,8 +233,22 @@ def sample_look(rng: np.random.Generator) -> Look:
         drain=drain,
         faucet_color=_pick(rng, _FAUCET),
         skin=_jit(rng, _pick(rng, _SKIN), 6),
-        sleeve=_jit(rng, _pick(rng, [(60, 80, 130), (180, 40, 50), (40, 40, 44), (220, 220, 215), (70, 120, 70),
-                                     (150, 120, 200), (230, 170, 60)]), 15),
+        sleeve=_jit(
+            rng,
+            _pick(
+                rng,
+                [
+                    (60, 80, 130),
+                    (180, 40, 50),
+                    (40, 40, 44),
+                    (220, 220, 215),
+                    (70, 120, 70),
+                    (150, 120, 200),
+                    (230, 170, 60),
+                ],
+            ),
+            15,
+        ),
         hand_scale=float(rng.uniform(0.9, 1.12)),
         clutter=sample_clutter(rng, basin, int(rng.integers(2, 6))),
         texture_seed=int(rng.integers(2**31)),
@@ -195,17 +264,26 @@ def sample_look(rng: np.random.Generator) -> Look:
 def drift_look(rng: np.random.Generator, base: Look) -> Look:
     """The same kitchen on another day: lighting, glare, camera noise/blur and clutter drift."""
     clutter = tuple(
-        replace(it, x=it.x + float(rng.normal(0, 8)), y=it.y + float(rng.normal(0, 8)),
-                angle=it.angle + float(rng.normal(0, 15)))
-        for it in base.clutter if rng.random() > 0.15
+        replace(
+            it,
+            x=it.x + float(rng.normal(0, 8)),
+            y=it.y + float(rng.normal(0, 8)),
+            angle=it.angle + float(rng.normal(0, 15)),
+        )
+        for it in base.clutter
+        if rng.random() > 0.15
     )
     if rng.random() < 0.3:
         clutter = clutter + sample_clutter(rng, base.basin, 1)
     glare = None
     if rng.random() < 0.35:
         bx0, by0, bx1, by1 = base.basin
-        glare = (float(rng.uniform(bx0 + 40, bx1 - 40)), float(rng.uniform(by0 + 30, by1 - 60)),
-                 float(rng.uniform(35, 90)), float(rng.uniform(40, 120)))
+        glare = (
+            float(rng.uniform(bx0 + 40, bx1 - 40)),
+            float(rng.uniform(by0 + 30, by1 - 60)),
+            float(rng.uniform(35, 90)),
+            float(rng.uniform(40, 120)),
+        )
     gain = base.gain * rng.uniform(0.82, 1.18)
     if rng.random() < 0.15:  # evening, only the room light on
         gain *= rng.uniform(0.5, 0.75)
@@ -264,16 +342,26 @@ def sample_dish(rng: np.random.Generator, kind: str | None = None) -> Dish:
     if kind == "pan":
         accent = _jit(rng, _pick(rng, [(30, 30, 32), (110, 70, 40), (60, 60, 64)]), 4)
     lo, hi = _DISH_R[kind]
-    return Dish(kind, 0.0, 0.0, float(rng.uniform(lo, hi)), float(rng.uniform(0, 360)), color, accent,
-                0.0, int(rng.integers(2**31)))
+    return Dish(
+        kind,
+        0.0,
+        0.0,
+        float(rng.uniform(lo, hi)),
+        float(rng.uniform(0, 360)),
+        color,
+        accent,
+        0.0,
+        int(rng.integers(2**31)),
+    )
 
 
 def sample_scrubber(rng: np.random.Generator, kind: str | None = None) -> Scrubber:
     kind = kind or ("sponge" if rng.random() < 0.8 else "brush")
     c1, c2 = _pick(rng, _SCRUB)
     if kind == "brush":
-        c1, c2 = _pick(rng, [((240, 210, 80), (200, 50, 50)), ((240, 210, 80), (60, 60, 64)),
-                             ((230, 90, 90), (240, 240, 240))])
+        c1, c2 = _pick(
+            rng, [((240, 210, 80), (200, 50, 50)), ((240, 210, 80), (60, 60, 64)), ((230, 90, 90), (240, 240, 240))]
+        )
     return Scrubber(kind, 0.0, 0.0, 0.0, _jit(rng, c1, 6), _jit(rng, c2, 6))
 
 
@@ -374,8 +462,9 @@ def make_users(cfg: dict, stream: str = "lake") -> list[UserProfile]:
         lo, hi = rd
         a = float(rng.uniform(lo, lo + 0.5 * (hi - lo)))
         b = float(rng.uniform(a + 0.25 * (hi - lo), hi)) if hi > lo else hi
-        users.append(UserProfile(u, f"user_{int(ids[u])}", look, habits, (a, max(a, b)),
-                                 "prerinse" if deviant[u] else "spout"))
+        users.append(
+            UserProfile(u, f"user_{int(ids[u])}", look, habits, (a, max(a, b)), "prerinse" if deviant[u] else "spout")
+        )
     return users
 
 
@@ -403,7 +492,8 @@ class SessionScript:
     def timestamp(self, i: int) -> datetime:
         """Naive local second-precision timestamp of frame ``i`` (what the Pi writes)."""
         return (self.start.replace(tzinfo=None) + timedelta(seconds=math.floor(i / self.fps + 1e-9))).replace(
-            microsecond=0)
+            microsecond=0
+        )
 
 
 class _Builder:
@@ -421,15 +511,33 @@ class _Builder:
     def n(self, lo: float, hi: float) -> int:
         return max(1, int(round(self.rng.uniform(lo, hi) * self.h.speed * self.fps)))
 
-    def emit(self, step: str, hands=(), dish: Dish | None = None, dish_held: bool = False,
-             scrubber: Scrubber | None = None, scrubber_held: bool = False) -> None:
+    def emit(
+        self,
+        step: str,
+        hands=(),
+        dish: Dish | None = None,
+        dish_held: bool = False,
+        scrubber: Scrubber | None = None,
+        scrubber_held: bool = False,
+    ) -> None:
         t = len(self.states) / self.fps
         gain = 1.0 + 0.03 * math.sin(2 * math.pi * t / self.gain_period + self.gain_phase)
-        self.states.append(SceneState(
-            look=self.look, step=step, t=t, hands=tuple(hands), dish=dish, dish_held=dish_held,
-            scrubber=scrubber, scrubber_held=scrubber_held, resting=self.resting, water_on=False,
-            gain=round(gain, 4), noise_seed=int(self.rng.integers(2**31)),
-        ))
+        self.states.append(
+            SceneState(
+                look=self.look,
+                step=step,
+                t=t,
+                hands=tuple(hands),
+                dish=dish,
+                dish_held=dish_held,
+                scrubber=scrubber,
+                scrubber_held=scrubber_held,
+                resting=self.resting,
+                water_on=False,
+                gain=round(gain, 4),
+                noise_seed=int(self.rng.integers(2**31)),
+            )
+        )
 
     def visible_scrubber(self) -> Scrubber | None:
         if self.scrub_home is None:
@@ -437,8 +545,7 @@ class _Builder:
         x, y, a = self.scrub_home
         return replace(self.scrubber, x=x, y=y, angle=a, foam=0.0)
 
-    def wob(self, d: Dish, x: float, y: float, amp: float = 6.0, roi_clamp: bool = False,
-            far: bool = False) -> Dish:
+    def wob(self, d: Dish, x: float, y: float, amp: float = 6.0, roi_clamp: bool = False, far: bool = False) -> Dish:
         nx = x + float(self.rng.normal(0, amp))
         ny = y + float(self.rng.normal(0, amp))
         if roi_clamp and not in_roi(nx, ny, 2):
@@ -460,19 +567,39 @@ class _Builder:
         rng = self.rng
         cx, cy = roi_point(rng, 30)
         for _ in range(self.n(lo, hi)):
-            hands = [Hand("R", cx + 22 + float(rng.normal(0, 6)), cy + float(rng.normal(0, 6)),
-                          float(rng.uniform(-150, -110)), float(rng.uniform(0, 0.4)))]
+            hands = [
+                Hand(
+                    "R",
+                    cx + 22 + float(rng.normal(0, 6)),
+                    cy + float(rng.normal(0, 6)),
+                    float(rng.uniform(-150, -110)),
+                    float(rng.uniform(0, 0.4)),
+                )
+            ]
             if two or rng.random() < 0.5:
-                hands.insert(0, Hand("L", cx - 22 + float(rng.normal(0, 6)), cy + float(rng.normal(0, 6)),
-                                     float(rng.uniform(-70, -30)), float(rng.uniform(0, 0.4))))
+                hands.insert(
+                    0,
+                    Hand(
+                        "L",
+                        cx - 22 + float(rng.normal(0, 6)),
+                        cy + float(rng.normal(0, 6)),
+                        float(rng.uniform(-70, -30)),
+                        float(rng.uniform(0, 0.4)),
+                    ),
+                )
             self.emit("rinse", hands, None, False, self.visible_scrubber())
 
     def idle(self, lo: float, hi: float) -> None:
         n = self.n(lo, hi)
         hand = None
         if self.rng.random() < 0.3:  # a hand resting on the front rim
-            hand = Hand("R" if self.rng.random() < 0.5 else "L", float(self.rng.uniform(140, 500)),
-                        float(self.rng.uniform(420, 465)), float(self.rng.uniform(-120, -60)), 0.2)
+            hand = Hand(
+                "R" if self.rng.random() < 0.5 else "L",
+                float(self.rng.uniform(140, 500)),
+                float(self.rng.uniform(420, 465)),
+                float(self.rng.uniform(-120, -60)),
+                0.2,
+            )
         for _ in range(n):
             self.emit("idle", [hand] if hand else [], scrubber=self.visible_scrubber())
 
@@ -485,7 +612,7 @@ class _Builder:
         if pre:
             tx, ty = roi_point(rng, 20) if rng.random() < 0.8 else far_point(rng, self.look, dish.r, 15)
         else:
-            tx, ty = (roi_point(rng, 15) if rng.random() < h.p_det_in_roi else far_point(rng, self.look, dish.r, 25))
+            tx, ty = roi_point(rng, 15) if rng.random() < h.p_det_in_roi else far_point(rng, self.look, dish.r, 25)
         for k in range(int(rng.integers(1, 3))):
             f = (k + 1) / 3.0
             ex, ey = tx + 160 * (1 - f), ty + 220 * (1 - f)
@@ -493,11 +620,21 @@ class _Builder:
             if pre:
                 self.emit(first_step, self.holders(d, False, 80, 180), d, True, self.visible_scrubber())
             else:  # straight to detergent: the right hand already has the scrubber
-                sc = replace(self.scrubber, x=min(ex + d.r + 50, W - 60.0), y=min(ey + 30, H - 50.0),
-                             angle=float(rng.uniform(-125, -55)))
+                sc = replace(
+                    self.scrubber,
+                    x=min(ex + d.r + 50, W - 60.0),
+                    y=min(ey + 30, H - 50.0),
+                    angle=float(rng.uniform(-125, -55)),
+                )
                 self.scrub_home = None
-                self.emit(first_step, [hand_holding(d, "L", 170, self.s), hand_on_scrubber(sc, "R", self.s)], d,
-                          True, sc, True)
+                self.emit(
+                    first_step,
+                    [hand_holding(d, "L", 170, self.s), hand_on_scrubber(sc, "R", self.s)],
+                    d,
+                    True,
+                    sc,
+                    True,
+                )
         dish = replace(dish, x=tx, y=ty)
         if pre:
             two = rng.random() < h.p_two_hands
@@ -529,15 +666,19 @@ class _Builder:
         phi = float(rng.uniform(0, 360))
         rr = dish.r * (0.25 if dish.kind == "cup" else 0.45)
         foam = dish.foam
-        for k in range(n):
+        for _ in range(n):
             dish = self.wob(dish, tx, ty, 4, roi_clamp=in_roi(tx, ty), far=not in_roi(tx, ty))
             phi += float(rng.uniform(90, 170))
             foam = min(1.0, foam + float(rng.uniform(0.2, 0.4)))
             dish = replace(dish, foam=foam)
             ux, uy = math.cos(math.radians(phi)), math.sin(math.radians(phi))
-            sc = replace(self.scrubber, x=dish.x + ux * rr, y=dish.y + uy * rr * 0.8,
-                         angle=float(rng.uniform(-125, -55)) + (180 if self.scrubber.kind == "brush" else 0),
-                         foam=min(1.0, 0.3 + foam))
+            sc = replace(
+                self.scrubber,
+                x=dish.x + ux * rr,
+                y=dish.y + uy * rr * 0.8,
+                angle=float(rng.uniform(-125, -55)) + (180 if self.scrubber.kind == "brush" else 0),
+                foam=min(1.0, 0.3 + foam),
+            )
             hands = [hand_on_scrubber(sc, "R", self.s)]
             if not resting:
                 hands.insert(0, hand_holding(dish, "L", th_l + float(rng.normal(0, 5)), self.s))
@@ -545,8 +686,11 @@ class _Builder:
         # put the scrubber away (off frame) or down where it stays visible
         if rng.random() < h.p_scrubber_left_visible:
             bx0, by0, bx1, by1 = self.look.basin
-            self.scrub_home = (float(rng.uniform(bx1 - 70, bx1 - 35)), float(rng.uniform(by0 + 35, by0 + 90)),
-                               float(rng.uniform(0, 180)))
+            self.scrub_home = (
+                float(rng.uniform(bx1 - 70, bx1 - 35)),
+                float(rng.uniform(by0 + 35, by0 + 90)),
+                float(rng.uniform(0, 180)),
+            )
             px, py, pa = self.scrub_home
         else:  # carried off to the right: still in view in this frame, gone in the next
             px, py, pa = W - 60.0, float(rng.uniform(150, 350)), float(rng.uniform(-125, -55))
@@ -565,8 +709,9 @@ class _Builder:
             dish = replace(dish, x=sx, y=sy)
             hands = []
             if rng.random() < 0.6:  # the hand hovers beside it, open
-                hands = [Hand("R", sx + dish.r + 40, sy + float(rng.uniform(-20, 40)), float(rng.uniform(-130, -80)),
-                              0.1)]
+                hands = [
+                    Hand("R", sx + dish.r + 40, sy + float(rng.uniform(-20, 40)), float(rng.uniform(-130, -80)), 0.1)
+                ]
             for _ in range(self.n(0.5, 1.5)):
                 self.emit("rinse", hands, dish, False, vis())
         u = rng.random()
@@ -590,16 +735,27 @@ class _Builder:
                 if e0 <= k < e1:
                     dish = self.wob(dish, ex, ey, 5, far=True)
                 elif edge:
-                    dish = replace(dish, x=tx + float(rng.normal(0, 1.5)), y=ty + float(rng.normal(0, 1.5)),
-                                   angle=dish.angle + float(rng.normal(0, 8)))
+                    dish = replace(
+                        dish,
+                        x=tx + float(rng.normal(0, 1.5)),
+                        y=ty + float(rng.normal(0, 1.5)),
+                        angle=dish.angle + float(rng.normal(0, 8)),
+                    )
                 else:
                     dish = self.wob(dish, tx, ty, 7, roi_clamp=True)
                 dish = replace(dish, foam=dish.foam * decay)
                 hands = self.holders(dish, two and not wipe, th_r, 185)
                 if wipe and not (e0 <= k < e1):
-                    hands.insert(0, Hand("L", dish.x + float(rng.normal(-0.1, 0.2)) * dish.r,
-                                         dish.y + float(rng.normal(-0.1, 0.2)) * dish.r,
-                                         float(rng.uniform(-120, -40)), float(rng.uniform(0, 0.3))))
+                    hands.insert(
+                        0,
+                        Hand(
+                            "L",
+                            dish.x + float(rng.normal(-0.1, 0.2)) * dish.r,
+                            dish.y + float(rng.normal(-0.1, 0.2)) * dish.r,
+                            float(rng.uniform(-120, -40)),
+                            float(rng.uniform(0, 0.3)),
+                        ),
+                    )
                 self.emit("rinse", hands, dish, True, vis())
         elif u < h.p_rinse_close + h.p_rinse_far:
             tx, ty = far_point(rng, self.look, dish.r, 30)

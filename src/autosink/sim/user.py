@@ -37,12 +37,13 @@ optional ``reset(seed)`` called at the start of every session.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from autosink.sim.scene import ROI, H, W, SceneState, render
+from autosink.sim.scene import ROI, H, SceneState, W, render
 from autosink.sim.session import SessionScript, Truth, label_of, wants_water
 
 Model = Callable[[SceneState, "np.ndarray | None"], float]
@@ -85,8 +86,9 @@ class RoiPresence:
 
     needs_frame = False
 
-    def __init__(self, c0: float = 0.4, slope: float = 14.0, noise: float = 1.4, rho: float = 0.85,
-                 hand_bonus: float = 1.5) -> None:
+    def __init__(
+        self, c0: float = 0.4, slope: float = 14.0, noise: float = 1.4, rho: float = 0.85, hand_bonus: float = 1.5
+    ) -> None:
         self.c0, self.slope, self.noise, self.rho, self.hand_bonus = c0, slope, noise, rho, hand_bonus
         self.reset(0)
 
@@ -247,8 +249,16 @@ class ClosedLoop:
     True for plain callables); ``keep_frames`` stores rendered frames in the records.
     """
 
-    def __init__(self, script: SessionScript, model: Any, user: SimUser | None = None, *, threshold: float = 0.5,
-                 render_frames: bool | None = None, keep_frames: bool = False) -> None:
+    def __init__(
+        self,
+        script: SessionScript,
+        model: Any,
+        user: SimUser | None = None,
+        *,
+        threshold: float = 0.5,
+        render_frames: bool | None = None,
+        keep_frames: bool = False,
+    ) -> None:
         self.script = script
         self.model = model
         self.user = user if user is not None else SimUser(script.user.reaction_delay_s, seed=script.seed + 1)
@@ -276,8 +286,9 @@ class ClosedLoop:
         magnetic = self.user.step(state.t, truth.wants_water, decision)
         self.water = magnetic
         self.i += 1
-        return FrameRecord(i, state.t, state, truth, prob, decision, magnetic, self.user.mode,
-                           frame if self.keep_frames else None)
+        return FrameRecord(
+            i, state.t, state, truth, prob, decision, magnetic, self.user.mode, frame if self.keep_frames else None
+        )
 
     def run(self) -> list[FrameRecord]:
         out = []

@@ -31,11 +31,23 @@ def run(params: dict, progress: bool = True) -> dict:
     torch.set_num_threads(max(1, int(p["train"].get("threads") or os.cpu_count() or 1)))
     pre = build_preprocess(p["model"], p["data"])
     every = int(params["base"].get("every", 1))
-    pairs = {split: render_pairs(base_sessions(params["sim"], params["base"], split), pre, every, progress,
-                                 desc=f"base {split}") for split in ("train", "val")}
+    pairs = {
+        split: render_pairs(
+            base_sessions(params["sim"], params["base"], split), pre, every, progress, desc=f"base {split}"
+        )
+        for split in ("train", "val")
+    }
     dm = BaseDataModule(pairs["train"], pairs["val"], p["train"], float(params["base"].get("stratify", 0.0)))
-    result = fit(p, splits_dir=CKPT.parent / "no-splits", ckpt_dir=CKPT.parent / "checkpoints", out_ckpt=CKPT,
-                 progress=progress, datamodule=dm, data_version="sim-base", job_type="base")
+    result = fit(
+        p,
+        splits_dir=CKPT.parent / "no-splits",
+        ckpt_dir=CKPT.parent / "checkpoints",
+        out_ckpt=CKPT,
+        progress=progress,
+        datamodule=dm,
+        data_version="sim-base",
+        job_type="base",
+    )
     if not result:  # a DDP worker other than rank 0
         return result
     history = result.pop("history")
@@ -44,11 +56,21 @@ def run(params: dict, progress: bool = True) -> dict:
     result["train_pairs"] = int(len(pairs["train"]["label"]))
     result["val_pairs"] = int(len(pairs["val"]["label"]))
     v = result["val"]
-    write_metrics(METRICS, {"val_accuracy": v["accuracy"], "val_auroc": v["auroc"], "val_f1": v["f1"],
-                            "epochs": result["epochs"], "best_epoch": result["best_epoch"],
-                            "train_pairs": result["train_pairs"]})
+    write_metrics(
+        METRICS,
+        {
+            "val_accuracy": v["accuracy"],
+            "val_auroc": v["auroc"],
+            "val_f1": v["f1"],
+            "epochs": result["epochs"],
+            "best_epoch": result["best_epoch"],
+            "train_pairs": result["train_pairs"],
+        },
+    )
     write_run_record("base", result)
-    print(f"base: {result['backbone']} {result['epochs']} epochs on {result['train_pairs']} rendered frames "
-          f"(water on and off, {result['images_per_s']:.0f} images/s, {result['seconds']:.0f} s); val accuracy "
-          f"{v['accuracy']:.3f} auroc {v['auroc']:.3f} -> {CKPT}")
+    print(
+        f"base: {result['backbone']} {result['epochs']} epochs on {result['train_pairs']} rendered frames "
+        f"(water on and off, {result['images_per_s']:.0f} images/s, {result['seconds']:.0f} s); val accuracy "
+        f"{v['accuracy']:.3f} auroc {v['auroc']:.3f} -> {CKPT}"
+    )
     return result

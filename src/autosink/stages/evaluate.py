@@ -39,27 +39,35 @@ def run(params: dict, progress: bool = True) -> dict:
         from autosink.water import heldout_scripts
 
         scripts = heldout_scripts(params["water"])[: int(inv["sessions"])]
-        metrics["water_invariance"] = water_invariance(net, scripts, metrics["threshold"], int(inv.get("every", 1)),
-                                                       progress=progress)
+        metrics["water_invariance"] = water_invariance(
+            net, scripts, metrics["threshold"], int(inv.get("every", 1)), progress=progress
+        )
     metrics["backbone"] = net.backbone_name
     metrics["data_version"] = meta.get("data_version", "")
     PLOTS.mkdir(parents=True, exist_ok=True)
     for name, frame in curve_tables(p, table["label"].to_numpy(), metrics["threshold"]).items():
         frame.to_csv(PLOTS / f"{name}.csv", index=False)
     table.assign(p_water=p.round(6), predicted=(p >= metrics["threshold"]).astype(int)).to_csv(
-        PLOTS / "predictions.csv", index=False)
+        PLOTS / "predictions.csv", index=False
+    )
     write_results("eval", metrics, KEYS)
-    print(f"evaluate: {metrics['n']} held-out frames: accuracy {metrics['accuracy']:.3f}, f1 {metrics['f1']:.3f}, "
-          f"auroc {metrics['auroc']:.3f}, worst episode {metrics['worst_episode_accuracy']:.2f} -> {METRICS}, {REPORT}")
+    print(
+        f"evaluate: {metrics['n']} held-out frames: accuracy {metrics['accuracy']:.3f}, f1 {metrics['f1']:.3f}, "
+        f"auroc {metrics['auroc']:.3f}, worst episode {metrics['worst_episode_accuracy']:.2f} -> {METRICS}, {REPORT}"
+    )
     if "truth" in metrics:
         t = metrics["truth"]
-        print(f"evaluate: against the simulator's truth: labels agree {t['label_agreement']}, model "
-              f"{t['accuracy_vs_truth']}; {t['truth_ignore_share']:.0%} of test frames are 'ignore' by the "
-              f"convention; a rule seeing each frame's state but not the washing step reaches "
-              f"{t['visible_state_ceiling']:.3f}")
+        print(
+            f"evaluate: against the simulator's truth: labels agree {t['label_agreement']}, model "
+            f"{t['accuracy_vs_truth']}; {t['truth_ignore_share']:.0%} of test frames are 'ignore' by the "
+            f"convention; a rule seeing each frame's state but not the washing step reaches "
+            f"{t['visible_state_ceiling']:.3f}"
+        )
     if "water_invariance" in metrics:
         w = metrics["water_invariance"]
-        print(f"evaluate: water on vs off on {w['pairs']} held-out scenes: probability moves by {w['mean_abs_diff']:.3f} "
-              f"on average; accuracy vs truth with the water off {w['accuracy_water_off']:.3f}, on "
-              f"{w['accuracy_water_on']:.3f}")
+        print(
+            f"evaluate: water on vs off on {w['pairs']} held-out scenes: probability moves by {w['mean_abs_diff']:.3f} "
+            f"on average; accuracy vs truth with the water off {w['accuracy_water_off']:.3f}, on "
+            f"{w['accuracy_water_on']:.3f}"
+        )
     return metrics

@@ -43,19 +43,31 @@ def run(params: dict, progress: bool = True) -> dict:
         "gate_passed": bool(cases["passed"]),
     }
     card = write_model_card(
-        ONNX, backbone=net.backbone_name, threshold=float(meta["threshold"]),
+        ONNX,
+        backbone=net.backbone_name,
+        threshold=float(meta["threshold"]),
         # named after the ONNX bytes, which retraining with the same data and code reproduces
         # (the checkpoint's bytes differ from run to run)
-        version=f"{net.backbone_name}-{sha256_file(ONNX)[:10]}", data_version=meta.get("data_version", ""),
-        height=h, width=w, metrics=metrics,
-        extra={"checkpoint_sha256": ckpt_sha,
-               # what trained it: parameters + training code + splits, and the wandb run that logged it
-               "training_fingerprint": meta.get("fingerprint"), "wandb_run_id": meta.get("wandb_run_id"),
-               # how the threshold was chosen (the closed loop, or offline accuracy)
-               "threshold_rule": meta.get("threshold_rule", "best accuracy on the validation split"),
-               "water_invariance": evaluation.get("water_invariance"),
-               "accuracy_vs_truth": evaluation.get("accuracy_vs_truth")},
-        input_size=(net.preprocess.height, net.preprocess.width), crop=net.preprocess.crop)
-    print(f"export: {ONNX} ({ONNX.stat().st_size / 1e6:.1f} MB, opset {cfg['opset']}, parity checked on "
-          f"{len(frames)} validation frames) + {card}; case gate {'passed' if cases['passed'] else 'FAILED'}")
+        version=f"{net.backbone_name}-{sha256_file(ONNX)[:10]}",
+        data_version=meta.get("data_version", ""),
+        height=h,
+        width=w,
+        metrics=metrics,
+        extra={
+            "checkpoint_sha256": ckpt_sha,
+            # what trained it: parameters + training code + splits, and the wandb run that logged it
+            "training_fingerprint": meta.get("fingerprint"),
+            "wandb_run_id": meta.get("wandb_run_id"),
+            # how the threshold was chosen (the closed loop, or offline accuracy)
+            "threshold_rule": meta.get("threshold_rule", "best accuracy on the validation split"),
+            "water_invariance": evaluation.get("water_invariance"),
+            "accuracy_vs_truth": evaluation.get("accuracy_vs_truth"),
+        },
+        input_size=(net.preprocess.height, net.preprocess.width),
+        crop=net.preprocess.crop,
+    )
+    print(
+        f"export: {ONNX} ({ONNX.stat().st_size / 1e6:.1f} MB, opset {cfg['opset']}, parity checked on "
+        f"{len(frames)} validation frames) + {card}; case gate {'passed' if cases['passed'] else 'FAILED'}"
+    )
     return metrics

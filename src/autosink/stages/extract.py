@@ -1,4 +1,5 @@
-"""`extract` stage: data lake -> data/extracted (a validated per-frame table referencing the lake), bad episodes quarantined."""
+"""`extract` stage: data lake -> data/extracted (a validated per-frame table referencing the
+lake), bad episodes quarantined."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ METRICS = Path("metrics/extract.json")
 def run(params: dict, progress: bool = True) -> dict:
     data = params["data"]
     result = extract_lake(
-        Path(data["lake"]), OUT_DIR,
+        Path(data["lake"]),
+        OUT_DIR,
         expected_size=(int(data["frame_width"]), int(data["frame_height"])),
         progress=progress,
     )

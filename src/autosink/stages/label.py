@@ -42,22 +42,23 @@ def agreement_with_truth(manifest: pd.DataFrame, truth_dir: Path) -> dict:
     if not rows:
         return {"truth_episodes": 0}
     df = pd.concat(rows)
-    auto = df[(df["source"] == "auto") & ~df["review"].astype(bool)
-              & (df["label"] != IGNORE) & (df["truth"] != IGNORE)]
+    auto = df[(df["source"] == "auto") & ~df["review"].astype(bool) & (df["label"] != IGNORE) & (df["truth"] != IGNORE)]
     reviewed = df[df["review"].astype(bool) & (df["label"] != IGNORE) & (df["truth"] != IGNORE)]
     return {
         "truth_episodes": int(df["episode"].nunique()),
         "auto_label_agreement": round(float((auto["label"] == auto["truth"]).mean()), 4) if len(auto) else None,
         "auto_frames_scored": int(len(auto)),
         "review_label_agreement": round(float((reviewed["label"] == reviewed["truth"]).mean()), 4)
-        if len(reviewed) else None,
+        if len(reviewed)
+        else None,
     }
 
 
 def run(params: dict, progress: bool = True) -> dict:
     cfg = params["label"]
-    work = build_feature_store(EXTRACTED, HUMAN_LABELS, STORE, LabelRules.from_params(cfg),
-                               float(cfg["default_fps"]), progress=progress)
+    work = build_feature_store(
+        EXTRACTED, HUMAN_LABELS, STORE, LabelRules.from_params(cfg), float(cfg["default_fps"]), progress=progress
+    )
     manifest = pd.read_csv(STORE / "manifest.csv", dtype={"episode": str})
     per_class = work["per_class"]
     metrics = {
@@ -72,28 +73,52 @@ def run(params: dict, progress: bool = True) -> dict:
         "human_label_files_orphaned": work["human_label_files_orphaned"],
         # Human label files given for another file of their episode (re-uploaded with other frames):
         # skipped, so their episodes carry automatic labels only. Listed only when there are some.
-        **({"human_label_files_mismatched": [m["file"] for m in work["human_label_files_mismatched"]]}
-           if work["human_label_files_mismatched"] else {}),
+        **(
+            {"human_label_files_mismatched": [m["file"] for m in work["human_label_files_mismatched"]]}
+            if work["human_label_files_mismatched"]
+            else {}
+        ),
         # The simulator's hidden truth scores only the sample lake's episodes.
-        **(agreement_with_truth(manifest, Path(cfg["truth_dir"])) if params["data"]["source"] == "sample"
-           else {"truth_episodes": 0}),
+        **(
+            agreement_with_truth(manifest, Path(cfg["truth_dir"]))
+            if params["data"]["source"] == "sample"
+            else {"truth_episodes": 0}
+        ),
     }
     write_results("labels", metrics, KEYS)
     # the work this run did depends on what an earlier run left, not on the data: not a metric
-    write_run_record("label", {k: work[k] for k in ("episodes_relabelled", "episodes_reused",
-                                                    "human_label_files_mismatched", "human_label_files_unverified")})
-    print(f"label: {metrics['frames']} frames in {metrics['episodes']} episodes "
-          f"({work['episodes_relabelled']} relabelled, {work['episodes_reused']} reused), "
-          f"{metrics['frames_review']} to review, feature store {work['version']}"
-          + (f", auto-label agreement {metrics['auto_label_agreement']}" if metrics.get("auto_label_agreement") else ""))
+    write_run_record(
+        "label",
+        {
+            k: work[k]
+            for k in (
+                "episodes_relabelled",
+                "episodes_reused",
+                "human_label_files_mismatched",
+                "human_label_files_unverified",
+            )
+        },
+    )
+    print(
+        f"label: {metrics['frames']} frames in {metrics['episodes']} episodes "
+        f"({work['episodes_relabelled']} relabelled, {work['episodes_reused']} reused), "
+        f"{metrics['frames_review']} to review, feature store {work['version']}"
+        + (f", auto-label agreement {metrics['auto_label_agreement']}" if metrics.get("auto_label_agreement") else "")
+    )
     skipped = work["human_label_files_mismatched"]
     if skipped:
-        print(f"label: {len(skipped)} human label file(s) NOT applied: given for another file of the episode "
-              "(re-uploaded with other frames?); relabel in `autosink label serve` or delete them:")
+        print(
+            f"label: {len(skipped)} human label file(s) NOT applied: given for another file of the episode "
+            "(re-uploaded with other frames?); relabel in `autosink label serve` or delete them:"
+        )
         for m in skipped:
-            print(f"  {m['file']}: {m['labels']} labels for sha256 {m['labels_for_sha256'][:12]}..., "
-                  f"the lake's {m['episode']} is {m['episode_sha256'][:12]}...")
+            print(
+                f"  {m['file']}: {m['labels']} labels for sha256 {m['labels_for_sha256'][:12]}..., "
+                f"the lake's {m['episode']} is {m['episode_sha256'][:12]}..."
+            )
     if work["human_label_files_unverified"]:
-        print(f"label: {len(work['human_label_files_unverified'])} older human label file(s) without the episode "
-              "sha256 applied unchecked: " + ", ".join(work["human_label_files_unverified"]))
+        print(
+            f"label: {len(work['human_label_files_unverified'])} older human label file(s) without the episode "
+            "sha256 applied unchecked: " + ", ".join(work["human_label_files_unverified"])
+        )
     return metrics

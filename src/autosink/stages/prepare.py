@@ -20,8 +20,14 @@ def run(params: dict, progress: bool = True) -> dict:
     if not MANIFEST.exists():
         raise FileNotFoundError(f"{MANIFEST}: not found; run the label stage first (dvc repro label)")
     manifest = pd.read_csv(MANIFEST, dtype={"episode": str, "dishwashing_id": str, "user_id": str})
-    splits = make_splits(manifest, cfg["group_by"], dict(cfg["fractions"]), int(cfg["seed"]),
-                         include_review=bool(cfg["include_review"]), min_confidence=float(cfg["min_confidence"]))
+    splits = make_splits(
+        manifest,
+        cfg["group_by"],
+        dict(cfg["fractions"]),
+        int(cfg["seed"]),
+        include_review=bool(cfg["include_review"]),
+        min_confidence=float(cfg["min_confidence"]),
+    )
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     metrics: dict = {"group_by": cfg["group_by"]}
     for name, table in splits.items():
@@ -32,6 +38,5 @@ def run(params: dict, progress: bool = True) -> dict:
             "per_class": {str(c): int((table["label"] == c).sum()) for c in (0, 1)},
         }
     write_results("prepare", metrics, KEYS)
-    print("prepare: " + ", ".join(f"{s} {metrics[s]['frames']} frames / {metrics[s]['groups']} groups"
-                                  for s in splits))
+    print("prepare: " + ", ".join(f"{s} {metrics[s]['frames']} frames / {metrics[s]['groups']} groups" for s in splits))
     return metrics

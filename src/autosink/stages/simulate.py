@@ -15,8 +15,9 @@ KEYS = ("users", "sessions", "episodes", "frames", "overrides", "lake_mb", "majo
 def run(params: dict, progress: bool = True) -> dict:
     from autosink.sim import simulate_lake
 
-    metrics = simulate_lake(dict(params["sim"]), Path(params["data"]["sim_lake"]), TRUTH_DIR, CASES_DIR,
-                            progress=progress)
+    metrics = simulate_lake(
+        dict(params["sim"]), Path(params["data"]["sim_lake"]), TRUTH_DIR, CASES_DIR, progress=progress
+    )
     write_results("simulate", metrics, KEYS)
     print(
         f"simulate: {metrics['episodes']} episodes, {metrics['frames']} frames, "

@@ -39,8 +39,9 @@ def replay_pairs(params: dict, progress: bool = True):
     from autosink.model import build_preprocess
 
     sessions = base_sessions(params["sim"], {**params["base"], "users": int(r["users"])}, "train")
-    pairs = render_pairs(sessions, build_preprocess(params["model"], params["data"]), int(r.get("every", 1)),
-                         progress, desc="replay")
+    pairs = render_pairs(
+        sessions, build_preprocess(params["model"], params["data"]), int(r.get("every", 1)), progress, desc="replay"
+    )
     return PairDataset(pairs, "random", stratify=float(r.get("stratify") or 0.0)), float(r["share"])
 
 
@@ -54,8 +55,10 @@ def choose_in_loop(params: dict, ckpt: Path = CKPT, progress: bool = True) -> di
     d = params["train"].get("decision") or {}
     water = params["water"]
     net, _ = load_trained(ckpt)
-    scripts = tune_scripts({**params["sim"], "fps": float(water["fps"]),
-                            "dishes_per_session": water["dishes_per_session"]}, int(d.get("sessions", 8)))
+    scripts = tune_scripts(
+        {**params["sim"], "fps": float(water["fps"]), "dishes_per_session": water["dishes_per_session"]},
+        int(d.get("sessions", 8)),
+    )
     probs = pair_probabilities(net, scripts, progress=progress)
     needs = [[wants_water(st) for st in s.states] for s in scripts]
     rows = sweep(probs, needs, controller_config(water), float(water["fps"]), float(water["flow_l_min"]))
@@ -69,8 +72,11 @@ def choose_in_loop(params: dict, ckpt: Path = CKPT, progress: bool = True) -> di
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, ckpt)
-    return {"threshold": float(best["threshold"]), "rule": state["autosink"]["threshold_rule"],
-            "tuning": {k: best[k] for k in ("withheld_pct", "litres", "false_offs_per_10min", "savings_pct")}}
+    return {
+        "threshold": float(best["threshold"]),
+        "rule": state["autosink"]["threshold_rule"],
+        "tuning": {k: best[k] for k in ("withheld_pct", "litres", "false_offs_per_10min", "savings_pct")},
+    }
 
 
 def run(params: dict, progress: bool = True) -> dict:
@@ -78,8 +84,15 @@ def run(params: dict, progress: bool = True) -> dict:
     version_file = STORE / "version.json"
     data_version = json.loads(version_file.read_text())["version"] if version_file.exists() else ""
     replay, share = replay_pairs(params, progress)
-    result = fit(params, store_dir=STORE, out_ckpt=CKPT, progress=progress, data_version=data_version,
-                 replay=replay, replay_share=share)
+    result = fit(
+        params,
+        store_dir=STORE,
+        out_ckpt=CKPT,
+        progress=progress,
+        data_version=data_version,
+        replay=replay,
+        replay_share=share,
+    )
     if not result:  # a DDP worker other than rank 0: rank 0 writes the results
         return result
     history = result.pop("history")
@@ -95,14 +108,22 @@ def run(params: dict, progress: bool = True) -> dict:
     val, tuning = result["val"], result.get("tuning") or {}
     # what a person compares across experiments, and the wandb run that logged it (the threshold
     # rule and the data version are in the model card; everything else in runs/stages/train.json)
-    write_metrics(METRICS, {"val_accuracy": val["accuracy"], "threshold": result["threshold"],
-                            "tune_withheld_pct": tuning.get("withheld_pct"),
-                            "tune_false_offs": tuning.get("false_offs_per_10min"),
-                            "wandb_run_id": result.get("wandb_run_id")})
+    write_metrics(
+        METRICS,
+        {
+            "val_accuracy": val["accuracy"],
+            "threshold": result["threshold"],
+            "tune_withheld_pct": tuning.get("withheld_pct"),
+            "tune_false_offs": tuning.get("false_offs_per_10min"),
+            "wandb_run_id": result.get("wandb_run_id"),
+        },
+    )
     write_run_record("train", result)
-    print(f"train: {result['backbone']} {result['epochs']} epochs (best {result['best_epoch']}), "
-          f"{result['images_per_s']:.0f} images/s; val accuracy {val['accuracy']:.3f} f1 {val['f1']:.3f} "
-          f"at threshold {result['threshold_accuracy']:.2f} -> models/model.ckpt")
+    print(
+        f"train: {result['backbone']} {result['epochs']} epochs (best {result['best_epoch']}), "
+        f"{result['images_per_s']:.0f} images/s; val accuracy {val['accuracy']:.3f} f1 {val['f1']:.3f} "
+        f"at threshold {result['threshold_accuracy']:.2f} -> models/model.ckpt"
+    )
     if "threshold_rule" in result:
         print(f"train: threshold {result['threshold']:.2f}, {result['threshold_rule']}")
     return result

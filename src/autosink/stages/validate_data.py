@@ -25,18 +25,23 @@ VERDICT = Path("reports/data_validation/verdict.json")
 
 def run(params: dict, progress: bool = True) -> dict:
     summary = validate(params, PATHS, progress=progress)
-    verdict = {"passed": summary["passed"], "enforced": summary["enforced"],
-               "feature_store_version": summary["feature_store_version"],
-               "checks": {c["name"]: c["passed"] for c in summary["checks"].values()}}
+    verdict = {
+        "passed": summary["passed"],
+        "enforced": summary["enforced"],
+        "feature_store_version": summary["feature_store_version"],
+        "checks": {c["name"]: c["passed"] for c in summary["checks"].values()},
+    }
     atomic_write(VERDICT, json.dumps(verdict, indent=2, sort_keys=True) + "\n")
     write_run_record("validate_data", {k: summary.get(k) for k in RUN_KEYS})
     for check in summary["checks"].values():
         print(f"validate: {'ok  ' if check['passed'] else 'FAIL'} {check['name']}: {check['message']}")
     drift = summary["drift_share"]
-    print(f"validate: {summary['n_frames']} frames ({summary['features_computed']} computed, "
-          f"{summary['features_reused']} from cache), drift share "
-          f"{'n/a' if drift is None else f'{drift:.2f}'} vs. {summary['drift']['reference']['kind']} reference, "
-          f"{summary['seconds']:.1f} s -> {PATHS.html}, {PATHS.metrics}, {PATHS.report}")
+    print(
+        f"validate: {summary['n_frames']} frames ({summary['features_computed']} computed, "
+        f"{summary['features_reused']} from cache), drift share "
+        f"{'n/a' if drift is None else f'{drift:.2f}'} vs. {summary['drift']['reference']['kind']} reference, "
+        f"{summary['seconds']:.1f} s -> {PATHS.html}, {PATHS.metrics}, {PATHS.report}"
+    )
     if not summary["passed"]:
         if summary["enforced"]:
             raise DataValidationError(failure_message(summary))

@@ -42,12 +42,19 @@ def run(params: dict, progress: bool = True) -> dict:
         champion = evaluate_cases(production, cases, threshold, size)
         champion_info = {"model_sha256": production.card["model_sha256"], "version": production.card["version"]}
     result = gate(challenger, champion, cfg)
-    result.update(checkpoint_sha256=sha256_file(CKPT), threshold=float(meta["threshold"]), champion=champion_info,
-                  backbone=net.backbone_name)
+    result.update(
+        checkpoint_sha256=sha256_file(CKPT),
+        threshold=float(meta["threshold"]),
+        champion=champion_info,
+        backbone=net.backbone_name,
+    )
     accuracy = [c["accuracy"] for c in result["cases"].values()]
-    metrics = {"cases_passed": sum(bool(c["passed"]) for c in result["cases"].values()), "cases_total": len(accuracy),
-               "worst_case_accuracy": min(accuracy, default=None),
-               "mean_case_accuracy": sum(accuracy) / len(accuracy) if accuracy else None}
+    metrics = {
+        "cases_passed": sum(bool(c["passed"]) for c in result["cases"].values()),
+        "cases_total": len(accuracy),
+        "worst_case_accuracy": min(accuracy, default=None),
+        "mean_case_accuracy": sum(accuracy) / len(accuracy) if accuracy else None,
+    }
     write_results("cases", {**result, **metrics}, KEYS)
     print(format_report(result))
     if champion is None:

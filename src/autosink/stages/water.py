@@ -30,8 +30,13 @@ def run(params: dict, progress: bool = True) -> dict:
     trace = traces[k]
     metrics["plot_session"] = trace.name
     write_session_csv(trace, SESSION_CSV)
-    plot_session(trace, PLOT, threshold=float(metrics["model"]["threshold"]), controller=controller_config(cfg),
-                 flow_l_min=float(cfg["flow_l_min"]))
+    plot_session(
+        trace,
+        PLOT,
+        threshold=float(metrics["model"]["threshold"]),
+        controller=controller_config(cfg),
+        flow_l_min=float(cfg["flow_l_min"]),
+    )
     t = metrics["total"]
     limit = float(cfg["max_withheld_pct"])
     # a model that never opens "saves" everything: it fails here, whatever its savings
@@ -40,16 +45,20 @@ def run(params: dict, progress: bool = True) -> dict:
     write_metrics(REPORTS / "water.json", metrics)
     write_metrics(METRICS, headline({**t, "passed": metrics["passed"]}, KEYS))
     fmt = lambda x, spec=".1f": "n/a" if x is None else format(x, spec)  # noqa: E731
-    print(f"water: {metrics['n_sessions']} held-out sessions, {t['duration_s']:.0f} s of washing at "
-          f"{metrics['flow_l_min']:g} L/min: autosink {t['litres_autosink']:.2f} L, always-on "
-          f"{t['litres_always_on']:.2f} L, oracle {t['litres_oracle']:.2f} L, IR {t['litres_ir']:.2f} L; "
-          f"savings {fmt(t['savings_pct'])}% (oracle {fmt(t['oracle_savings_pct'])}%, "
-          f"IR {fmt(t['ir_savings_pct'])}%); "
-          f"withheld {t['withheld_s']:.1f} s of {t['need_s']:.1f} s needed; false-offs "
-          f"{fmt(t['false_offs_per_10min'], '.2f')}/10 min; valve switches {fmt(t['valve_switches_per_min'], '.2f')}/min "
-          f"-> {METRICS}, {REPORTS / 'water.json'}, {SESSION_CSV}, {PLOT}")
-    print(f"water: {'PASS' if metrics['passed'] else 'FAIL'}: withheld {fmt(t['withheld_pct'])}% of the needed water "
-          f"(max {limit:g}%, water.max_withheld_pct), {fmt(t['missed_needs_pct'])}% of needs got none, false-offs "
-          f"{fmt(t['false_offs_per_10min'], '.2f')}/10 min; savings {fmt(t['savings_pct'])}% "
-          f"({fmt(t.get('savings_of_oracle_pct'))}% of the oracle's)")
+    print(
+        f"water: {metrics['n_sessions']} held-out sessions, {t['duration_s']:.0f} s of washing at "
+        f"{metrics['flow_l_min']:g} L/min: autosink {t['litres_autosink']:.2f} L, always-on "
+        f"{t['litres_always_on']:.2f} L, oracle {t['litres_oracle']:.2f} L, IR {t['litres_ir']:.2f} L; "
+        f"savings {fmt(t['savings_pct'])}% (oracle {fmt(t['oracle_savings_pct'])}%, "
+        f"IR {fmt(t['ir_savings_pct'])}%); "
+        f"withheld {t['withheld_s']:.1f} s of {t['need_s']:.1f} s needed; false-offs "
+        f"{fmt(t['false_offs_per_10min'], '.2f')}/10 min; valve switches {fmt(t['valve_switches_per_min'], '.2f')}/min "
+        f"-> {METRICS}, {REPORTS / 'water.json'}, {SESSION_CSV}, {PLOT}"
+    )
+    print(
+        f"water: {'PASS' if metrics['passed'] else 'FAIL'}: withheld {fmt(t['withheld_pct'])}% of the needed water "
+        f"(max {limit:g}%, water.max_withheld_pct), {fmt(t['missed_needs_pct'])}% of needs got none, false-offs "
+        f"{fmt(t['false_offs_per_10min'], '.2f')}/10 min; savings {fmt(t['savings_pct'])}% "
+        f"({fmt(t.get('savings_of_oracle_pct'))}% of the oracle's)"
+    )
     return metrics

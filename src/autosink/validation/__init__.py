@@ -1,4 +1,4 @@
-"""Data validation between the feature store and training (issue 5).
+"""Data validation between the feature store and training: the gate of the ``validate_data`` stage.
 
 - ``features``: per-image features (brightness, contrast, sharpness, colour cast, ROI brightness
   and objectness, saturation, size, readability, 16x16 average hash), cached by path + content hash.

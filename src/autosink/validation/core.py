@@ -25,9 +25,14 @@ SPLITS = ["train", "val", "test"]
 # Fixed histogram ranges (values outside land in the end bins), so `dvc plots diff` can overlay
 # the histograms of two snapshots bin for bin.
 HIST_RANGES = {
-    "brightness": (0.0, 255.0), "contrast": (0.0, 100.0), "sharpness": (0.0, 2000.0),
-    "cast_rg": (-50.0, 50.0), "cast_bg": (-50.0, 50.0), "roi_brightness": (0.0, 255.0),
-    "roi_objectness": (0.0, 0.3), "saturated": (0.0, 0.5),
+    "brightness": (0.0, 255.0),
+    "contrast": (0.0, 100.0),
+    "sharpness": (0.0, 2000.0),
+    "cast_rg": (-50.0, 50.0),
+    "cast_bg": (-50.0, 50.0),
+    "roi_brightness": (0.0, 255.0),
+    "roi_objectness": (0.0, 0.3),
+    "saturated": (0.0, 0.5),
 }
 HIST_BINS = 20
 
@@ -44,7 +49,7 @@ class Paths:
     html: Path = Path("reports/data_validation.html")
     plots: Path = Path("reports/data_validation")
     metrics: Path = Path("metrics/data_validation.json")  # the headline numbers (HEADLINE)
-    report: Path = Path("reports/data_validation.json")   # the whole summary: every check's message
+    report: Path = Path("reports/data_validation.json")  # the whole summary: every check's message
 
 
 #: what metrics/data_validation.json holds: the numbers to compare across experiments
@@ -60,8 +65,11 @@ def _counts(labels: pd.Series, classes=("0", "1")) -> dict[str, int]:
 
 def read_splits(splits_dir: Path) -> pd.DataFrame | None:
     """path, split, label of every split table present (None when there are none)."""
-    tables = [pd.read_csv(splits_dir / f"{s}.csv", dtype={"path": str}).assign(split=s)
-              for s in SPLITS if (splits_dir / f"{s}.csv").exists()]
+    tables = [
+        pd.read_csv(splits_dir / f"{s}.csv", dtype={"path": str}).assign(split=s)
+        for s in SPLITS
+        if (splits_dir / f"{s}.csv").exists()
+    ]
     return pd.concat(tables, ignore_index=True)[["path", "split", "label"]] if tables else None
 
 
@@ -76,13 +84,20 @@ def label_distribution(manifest: pd.DataFrame, splits: pd.DataFrame | None) -> p
 
 def episode_stats(frames: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
     m = manifest.assign(is1=manifest["label"] == 1, is0=manifest["label"] == 0, ign=manifest["label"] == -1)
-    per = m.groupby("episode").agg(user_id=("user_id", "first"), dishwashing_id=("dishwashing_id", "first"),
-                                   start=("timestamp", "min"), frames=("label", "size"),
-                                   share_label_1=("is1", "mean"), share_label_0=("is0", "mean"),
-                                   share_ignored=("ign", "mean"))
-    img = frames.groupby("episode").agg(unreadable=("readable", lambda r: int((~r).sum())),
-                                        mean_brightness=("brightness", "mean"),
-                                        mean_roi_objectness=("roi_objectness", "mean"))
+    per = m.groupby("episode").agg(
+        user_id=("user_id", "first"),
+        dishwashing_id=("dishwashing_id", "first"),
+        start=("timestamp", "min"),
+        frames=("label", "size"),
+        share_label_1=("is1", "mean"),
+        share_label_0=("is0", "mean"),
+        share_ignored=("ign", "mean"),
+    )
+    img = frames.groupby("episode").agg(
+        unreadable=("readable", lambda r: int((~r).sum())),
+        mean_brightness=("brightness", "mean"),
+        mean_roi_objectness=("roi_objectness", "mean"),
+    )
     return per.join(img, how="left").reset_index().sort_values("start").round(4)
 
 
@@ -114,35 +129,41 @@ def validate(params: dict, paths: Paths = Paths(), progress: bool = True) -> dic
     """Validate the feature store under ``paths.store``; write every output; return the summary."""
     t0 = time.perf_counter()
     if "validate" not in params:
-        raise ValueError("params.yaml has no `validate` group: add `- validate: default` to the defaults in "
-                         "conf/config.yaml and run `make params`")
+        raise ValueError(
+            "params.yaml has no `validate` group: add `- validate: default` to the defaults in "
+            "conf/config.yaml and run `make params`"
+        )
     cfg, data = params["validate"], params["data"]
     manifest_file = paths.store / "manifest.csv"
     if not manifest_file.exists():
         raise FileNotFoundError(f"{manifest_file}: not found; run the label stage first (dvc repro label)")
-    manifest = pd.read_csv(manifest_file, dtype={"episode": str, "dishwashing_id": str, "user_id": str,
-                                                 "path": str, "timestamp": str})
+    manifest = pd.read_csv(
+        manifest_file, dtype={"episode": str, "dishwashing_id": str, "user_id": str, "path": str, "timestamp": str}
+    )
     manifest["path"] = manifest["path"].fillna("")
     version_file = paths.store / "version.json"
     version = json.loads(version_file.read_text()).get("version") if version_file.exists() else None
 
     labelled = manifest[manifest["label"].isin([0, 1])].reset_index(drop=True)
     if labelled.empty:
-        raise ValueError(f"{manifest_file}: no frame labelled 0 or 1: nothing to validate or train on "
-                         "(is the lake empty, or every episode quarantined? see metrics/extract.json)")
-    feats, cache_counts = compute_features(labelled["path"].tolist(), paths.store, paths.cache,
-                                           FeatureConfig.from_params(cfg), progress=progress)
+        raise ValueError(
+            f"{manifest_file}: no frame labelled 0 or 1: nothing to validate or train on "
+            "(is the lake empty, or every episode quarantined? see metrics/extract.json)"
+        )
+    feats, cache_counts = compute_features(
+        labelled["path"].tolist(), paths.store, paths.cache, FeatureConfig.from_params(cfg), progress=progress
+    )
     meta = labelled[["episode", "frame_index", "timestamp", "user_id", "dishwashing_id", "label"]]
     frames = pd.concat([meta, feats], axis=1)
     frames.loc[labelled["path"] == "", ["readable", "error"]] = [False, "no path in the manifest"]
     splits = read_splits(paths.splits)
-    per_split = None if splits is None else \
-        {s: _counts(splits.loc[splits["split"] == s, "label"]) for s in SPLITS}
+    per_split = None if splits is None else {s: _counts(splits.loc[splits["split"] == s, "label"]) for s in SPLITS}
 
     drift = drift_report(frames, Path(cfg["reference"]), paths.html, cfg)
     per_class = _counts(manifest["label"], ("0", "1", "-1"))
-    checks = run_checks(frames, per_class, per_split, drift, cfg,
-                        (int(data["frame_width"]), int(data["frame_height"])), SPLITS)
+    checks = run_checks(
+        frames, per_class, per_split, drift, cfg, (int(data["frame_width"]), int(data["frame_height"])), SPLITS
+    )
 
     labels = label_distribution(manifest, splits)
     write_csv_atomic(labels, paths.plots / "label_distribution.csv")

@@ -37,8 +37,20 @@ from autosink.validation.features import FEATURES
 
 # evidently stattests whose score is a p-value (drifted when it is small): a "severe" score
 # threshold (checks.max_feature_drift) means nothing for them.
-P_VALUE_TESTS = {"ks", "chisquare", "z", "t_test", "anderson", "fisher_exact", "cramer_von_mises", "g_test",
-                 "mannw", "es", "TVD", "empirical_mmd"}
+P_VALUE_TESTS = {
+    "ks",
+    "chisquare",
+    "z",
+    "t_test",
+    "anderson",
+    "fisher_exact",
+    "cramer_von_mises",
+    "g_test",
+    "mannw",
+    "es",
+    "TVD",
+    "empirical_mmd",
+}
 
 
 def choose_reference(frames: pd.DataFrame, reference_path: Path, min_episodes: int) -> dict:
@@ -52,8 +64,13 @@ def choose_reference(frames: pd.DataFrame, reference_path: Path, min_episodes: i
             raise ValueError(f"{reference_path}: reference features table lacks columns {missing}")
         if "readable" in ref.columns:
             ref = ref[ref["readable"].astype(str).str.lower() == "true"]
-        return {"kind": "production", "path": str(reference_path), "reference": ref, "current": ok,
-                "description": f"production model's training snapshot ({reference_path}) vs. this snapshot"}
+        return {
+            "kind": "production",
+            "path": str(reference_path),
+            "reference": ref,
+            "current": ok,
+            "description": f"production model's training snapshot ({reference_path}) vs. this snapshot",
+        }
     eps = ok.groupby("episode").agg(start=("timestamp", "min"), user=("user_id", "first"))
     eps = eps.sort_values(["user", "start"], kind="stable")
     eps["rank"] = eps.groupby("user").cumcount()
@@ -61,17 +78,26 @@ def choose_reference(frames: pd.DataFrame, reference_path: Path, min_episodes: i
     single = int((eps.groupby("user").size() == 1).sum())
     eps = eps[eps["n"] > 1]
     if len(eps) < max(2, min_episodes):
-        return {"kind": "none", "path": None, "reference": None, "current": ok,
-                "description": f"{len(eps)} episodes of users with more than one episode: fewer than "
-                               f"{max(2, min_episodes)} needed for the time-split reference, and no {reference_path}"}
+        return {
+            "kind": "none",
+            "path": None,
+            "reference": None,
+            "current": ok,
+            "description": f"{len(eps)} episodes of users with more than one episode: fewer than "
+            f"{max(2, min_episodes)} needed for the time-split reference, and no {reference_path}",
+        }
     early = set(eps.index[eps["rank"] < eps["n"] // 2])
     ref = ok[ok["episode"].isin(early)]
     cur = ok[ok["episode"].isin(set(eps.index) - early)]
     users = eps["user"].nunique()
-    return {"kind": "time_split", "path": None, "reference": ref, "current": cur,
-            "description": f"earliest half of each user's episodes ({len(early)} episodes) vs. the latest half "
-                           f"({len(eps) - len(early)}), {users} users"
-                           + (f"; {single} users with one episode left out" if single else "")}
+    return {
+        "kind": "time_split",
+        "path": None,
+        "reference": ref,
+        "current": cur,
+        "description": f"earliest half of each user's episodes ({len(early)} episodes) vs. the latest half "
+        f"({len(eps) - len(early)}), {users} users" + (f"; {single} users with one episode left out" if single else ""),
+    }
 
 
 def _stattest_decisions(ref: pd.DataFrame, cur: pd.DataFrame, method: str | None, threshold: float | None) -> dict:
@@ -84,14 +110,20 @@ def _stattest_decisions(ref: pd.DataFrame, cur: pd.DataFrame, method: str | None
         r, c = ref[f].dropna(), cur[f].dropna()
         test = get_stattest(r, c, ColumnType.Numerical, method)
         res = test(r, c, ColumnType.Numerical, threshold)
-        out[f] = {"score": float(res.drift_score), "drifted": bool(res.drifted),
-                  "threshold": float(res.actual_threshold), "method": test.name}
+        out[f] = {
+            "score": float(res.drift_score),
+            "drifted": bool(res.drifted),
+            "threshold": float(res.actual_threshold),
+            "method": test.name,
+        }
     return out
 
 
 #: the random and time-based ids evidently gives every widget and script variable
-_IDS = re.compile(r"(?<![0-9a-fA-F])(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})"
-                  r"(?![0-9a-fA-F])")
+_IDS = re.compile(
+    r"(?<![0-9a-fA-F])(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})"
+    r"(?![0-9a-fA-F])"
+)
 
 
 def stable_ids(html: str) -> str:
@@ -131,26 +163,48 @@ def drift_report(frames: pd.DataFrame, reference_path: Path, html_path: Path, cf
     choice = choose_reference(frames, reference_path, int(d.get("min_episodes", 4)))
     definition = DataDefinition(numerical_columns=list(FEATURES))
     cur = Dataset.from_pandas(choice["current"][FEATURES].reset_index(drop=True), data_definition=definition)
-    info = {"kind": choice["kind"], "path": choice["path"], "description": choice["description"],
-            "n_reference": 0 if choice["reference"] is None else int(len(choice["reference"])),
-            "n_current": int(len(choice["current"]))}
+    info = {
+        "kind": choice["kind"],
+        "path": choice["path"],
+        "description": choice["description"],
+        "n_reference": 0 if choice["reference"] is None else int(len(choice["reference"])),
+        "n_current": int(len(choice["current"])),
+    }
     if choice["reference"] is None or choice["reference"].empty or choice["current"].empty:
         snapshot = Report([DataSummaryPreset()]).run(cur, None)
         _save_html(snapshot, html_path)
-        return {"drift_share": None, "reference": info, "skipped": choice["description"],
-                "n_features": len(FEATURES), "drifted_features": [], "scores": {}, "features": {}}
+        return {
+            "drift_share": None,
+            "reference": info,
+            "skipped": choice["description"],
+            "n_features": len(FEATURES),
+            "drifted_features": [],
+            "scores": {},
+            "features": {},
+        }
     ref = Dataset.from_pandas(choice["reference"][FEATURES].reset_index(drop=True), data_definition=definition)
-    preset = DataDriftPreset(columns=list(FEATURES), num_method=method, num_threshold=threshold,
-                             drift_share=float(cfg["checks"]["max_drift_share"]))
+    preset = DataDriftPreset(
+        columns=list(FEATURES),
+        num_method=method,
+        num_threshold=threshold,
+        drift_share=float(cfg["checks"]["max_drift_share"]),
+    )
     snapshot = Report([preset, DataSummaryPreset()]).run(cur, ref)  # current first
     _save_html(snapshot, html_path)
-    share = next((m["value"]["share"] for m in snapshot.dict()["metrics"]
-                  if m["metric_name"].startswith("DriftedColumnsCount")), None)
+    share = next(
+        (m["value"]["share"] for m in snapshot.dict()["metrics"] if m["metric_name"].startswith("DriftedColumnsCount")),
+        None,
+    )
     per = _stattest_decisions(choice["reference"], choice["current"], method, threshold)
     drifted = [f for f in FEATURES if per[f]["drifted"]]
     if share is None:
         share = len(drifted) / len(FEATURES)
-    return {"drift_share": float(share), "reference": info, "n_features": len(FEATURES),
-            "distance": not any(per[f]["method"] in P_VALUE_TESTS for f in FEATURES),
-            "drifted_features": drifted, "scores": {f: round(per[f]["score"], 4) for f in FEATURES},
-            "features": per}
+    return {
+        "drift_share": float(share),
+        "reference": info,
+        "n_features": len(FEATURES),
+        "distance": not any(per[f]["method"] in P_VALUE_TESTS for f in FEATURES),
+        "drifted_features": drifted,
+        "scores": {f: round(per[f]["score"], 4) for f in FEATURES},
+        "features": per,
+    }

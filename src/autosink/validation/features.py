@@ -23,8 +23,8 @@ Features (one row per frame; ``FEATURES`` are the ones the drift report compares
 
 The cache (``data/validation/image_features.csv``) is reused row by row when a frame's path
 and sha256 match (content, not mtime: the cache is a DVC output and must come out the same on
-every machine; hashing the sample store takes under a second), and as a whole only when the feature settings are unchanged (they are
-stored beside it in ``image_features.key.json``).
+every machine; hashing the sample store takes under a second), and as a whole only when the
+feature settings are unchanged (they are stored beside it in ``image_features.key.json``).
 """
 
 from __future__ import annotations
@@ -43,8 +43,14 @@ from tqdm import tqdm
 from autosink.fileio import atomic_write, sha256_file
 
 FEATURES = [
-    "brightness", "contrast", "sharpness", "cast_rg", "cast_bg",
-    "roi_brightness", "roi_objectness", "saturated",
+    "brightness",
+    "contrast",
+    "sharpness",
+    "cast_rg",
+    "cast_bg",
+    "roi_brightness",
+    "roi_objectness",
+    "saturated",
 ]
 KEY_COLUMNS = ["path", "sha256"]
 CACHE_COLUMNS = KEY_COLUMNS + ["readable", "width", "height", *FEATURES, "ahash", "error"]
@@ -64,14 +70,17 @@ class FeatureConfig:
     hash_size: int = 16
 
     @classmethod
-    def from_params(cls, cfg: dict) -> "FeatureConfig":
+    def from_params(cls, cfg: dict) -> FeatureConfig:
         f = cfg.get("features", {})
-        return cls(roi=tuple(int(v) for v in cfg["roi"]), roi_frame=tuple(int(v) for v in cfg["roi_frame"]),
-                   work_width=int(f.get("work_width", cls.work_width)),
-                   saturation_level=int(f.get("saturation_level", cls.saturation_level)),
-                   canny_low=int(f.get("canny_low", cls.canny_low)),
-                   canny_high=int(f.get("canny_high", cls.canny_high)),
-                   hash_size=int(f.get("hash_size", cls.hash_size)))
+        return cls(
+            roi=tuple(int(v) for v in cfg["roi"]),
+            roi_frame=tuple(int(v) for v in cfg["roi_frame"]),
+            work_width=int(f.get("work_width", cls.work_width)),
+            saturation_level=int(f.get("saturation_level", cls.saturation_level)),
+            canny_low=int(f.get("canny_low", cls.canny_low)),
+            canny_high=int(f.get("canny_high", cls.canny_high)),
+            hash_size=int(f.get("hash_size", cls.hash_size)),
+        )
 
     def roi_pixels(self, width: int, height: int) -> tuple[int, int, int, int]:
         """The ROI scaled to an image of ``width`` x ``height`` (at least one pixel each way)."""
@@ -92,8 +101,11 @@ def image_features(rgb: np.ndarray, cfg: FeatureConfig) -> dict:
     """The feature row of one decoded RGB frame (uint8, HxWx3)."""
     height, width = rgb.shape[:2]
     scale = cfg.work_width / width
-    small = cv2.resize(rgb, (cfg.work_width, max(1, round(height * scale))), interpolation=cv2.INTER_AREA) \
-        if scale < 1 else rgb
+    small = (
+        cv2.resize(rgb, (cfg.work_width, max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
+        if scale < 1
+        else rgb
+    )
     luma = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
     lf = luma.astype(np.float32)
     chans = small.reshape(-1, 3).astype(np.float32).mean(axis=0)
@@ -101,19 +113,31 @@ def image_features(rgb: np.ndarray, cfg: FeatureConfig) -> dict:
     roi = luma[y0:y1, x0:x1]
     edges = cv2.Canny(roi, cfg.canny_low, cfg.canny_high)
     return {
-        "readable": True, "width": int(width), "height": int(height),
-        "brightness": float(lf.mean()), "contrast": float(lf.std()),
+        "readable": True,
+        "width": int(width),
+        "height": int(height),
+        "brightness": float(lf.mean()),
+        "contrast": float(lf.std()),
         "sharpness": float(cv2.Laplacian(lf, cv2.CV_32F).var()),
-        "cast_rg": float(chans[0] - chans[1]), "cast_bg": float(chans[2] - chans[1]),
-        "roi_brightness": float(roi.mean()), "roi_objectness": float((edges > 0).mean()),
+        "cast_rg": float(chans[0] - chans[1]),
+        "cast_bg": float(chans[2] - chans[1]),
+        "roi_brightness": float(roi.mean()),
+        "roi_objectness": float((edges > 0).mean()),
         "saturated": float((small.max(axis=2) >= cfg.saturation_level).mean()),
-        "ahash": average_hash(luma, cfg.hash_size), "error": "",
+        "ahash": average_hash(luma, cfg.hash_size),
+        "error": "",
     }
 
 
 def _unreadable(error: str, width: int = 0, height: int = 0) -> dict:
-    return {"readable": False, "width": width, "height": height, **{f: np.nan for f in FEATURES},
-            "ahash": "", "error": error}
+    return {
+        "readable": False,
+        "width": width,
+        "height": height,
+        **{f: np.nan for f in FEATURES},
+        "ahash": "",
+        "error": error,
+    }
 
 
 def file_features(path: Path, cfg: FeatureConfig) -> dict:
@@ -137,8 +161,11 @@ def _digest(path: Path) -> str:
 
 
 def _cache_key(cfg: FeatureConfig) -> dict:
-    return {"features_version": FEATURES_VERSION, "columns": CACHE_COLUMNS,
-            "config": json.loads(json.dumps(asdict(cfg)))}
+    return {
+        "features_version": FEATURES_VERSION,
+        "columns": CACHE_COLUMNS,
+        "config": json.loads(json.dumps(asdict(cfg))),
+    }
 
 
 def key_file(cache_file: Path) -> Path:
@@ -152,9 +179,13 @@ def read_cache(path: Path, cfg: FeatureConfig) -> pd.DataFrame:
         return pd.DataFrame(columns=CACHE_COLUMNS)
     # round_trip: pandas' default float parser can be one ulp off, and a reused row must be
     # written back with exactly the digits a fresh computation writes (the cache is a DVC output)
-    table = pd.read_csv(path, dtype={"path": str, "sha256": str, "ahash": str, "error": str}, keep_default_na=False,
-                        float_precision="round_trip",
-                        na_values={f: ["", "nan"] for f in FEATURES})
+    table = pd.read_csv(
+        path,
+        dtype={"path": str, "sha256": str, "ahash": str, "error": str},
+        keep_default_na=False,
+        float_precision="round_trip",
+        na_values={f: ["", "nan"] for f in FEATURES},
+    )
     if list(table.columns) != CACHE_COLUMNS:  # another feature set: recompute everything
         return pd.DataFrame(columns=CACHE_COLUMNS)
     table["readable"] = table["readable"].astype(str).str.lower() == "true"
@@ -166,8 +197,14 @@ def write_csv_atomic(table: pd.DataFrame, path: Path) -> None:
     atomic_write(path, table.to_csv(index=False))
 
 
-def compute_features(paths: list[str], store_dir: Path, cache_file: Path, cfg: FeatureConfig,
-                     progress: bool = True, workers: int | None = None) -> tuple[pd.DataFrame, dict]:
+def compute_features(
+    paths: list[str],
+    store_dir: Path,
+    cache_file: Path,
+    cfg: FeatureConfig,
+    progress: bool = True,
+    workers: int | None = None,
+) -> tuple[pd.DataFrame, dict]:
     """Features of every frame in ``paths`` (relative to ``store_dir``), reusing ``cache_file``.
 
     A cached row is reused when its path and content hash match; the cache is
@@ -181,8 +218,15 @@ def compute_features(paths: list[str], store_dir: Path, cache_file: Path, cfg: F
     todo = [i for i, r in enumerate(reuse) if r is None]
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:  # cv2 releases the GIL while decoding
-        computed = list(tqdm(pool.map(lambda i: file_features(store_dir / paths[i], cfg), todo), total=len(todo),
-                             desc="validate: image features", unit="frame", disable=not progress or not todo))
+        computed = list(
+            tqdm(
+                pool.map(lambda i: file_features(store_dir / paths[i], cfg), todo),
+                total=len(todo),
+                desc="validate: image features",
+                unit="frame",
+                disable=not progress or not todo,
+            )
+        )
     rows: list[dict] = [{}] * len(paths)
     records = cache.to_dict("records")
     for i, r in enumerate(reuse):

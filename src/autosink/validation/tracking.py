@@ -54,13 +54,17 @@ def run_identity(job_type: str, key: str, env: dict | None = None) -> dict:
     env = os.environ if env is None else env
     experiment = env.get("DVC_EXP_NAME") or "workspace"
     revision = git_revision()
-    return {"name": f"{experiment}-{job_type}", "group": experiment, "job_type": job_type,
-            "tags": [experiment, f"git-{revision[:12]}" + ("-dirty" if revision.endswith("-dirty") else "")],
-            "id": f"{job_type}-{key[:16]}", "resume": "allow"}
+    return {
+        "name": f"{experiment}-{job_type}",
+        "group": experiment,
+        "job_type": job_type,
+        "tags": [experiment, f"git-{revision[:12]}" + ("-dirty" if revision.endswith("-dirty") else "")],
+        "id": f"{job_type}-{key[:16]}",
+        "resume": "allow",
+    }
 
 
-def log_to_wandb(summary: dict, frames: pd.DataFrame, labels: pd.DataFrame, cfg: dict,
-                 features: list[str]) -> dict:
+def log_to_wandb(summary: dict, frames: pd.DataFrame, labels: pd.DataFrame, cfg: dict, features: list[str]) -> dict:
     """Log one run (job_type data-validation). Returns {mode, run_dir or error}."""
     w = cfg.get("wandb", {})
     mode, note = resolve_mode(w.get("mode"))
@@ -75,21 +79,43 @@ def log_to_wandb(summary: dict, frames: pd.DataFrame, labels: pd.DataFrame, cfg:
         run_dir.mkdir(parents=True, exist_ok=True)
         ident = run_identity("data-validation", f"{summary.get('feature_store_version')}-{_config_key(cfg)}")
         ident["tags"].append(str(summary.get("feature_store_version", "unknown")))
-        run = wandb.init(project=w.get("project", "autosink"), mode=mode, dir=str(run_dir), config={"validate": cfg},
-                         settings=wandb.Settings(silent=True, console="off"), **ident)
+        run = wandb.init(
+            project=w.get("project", "autosink"),
+            mode=mode,
+            dir=str(run_dir),
+            config={"validate": cfg},
+            settings=wandb.Settings(silent=True, console="off"),
+            **ident,
+        )
         label_table = wandb.Table(dataframe=labels[["name", "split", "label", "count"]])
-        checks = wandb.Table(columns=["name", "passed", "value", "threshold", "message"],
-                             data=[[c["name"], c["passed"], str(c["value"]), str(c["threshold"]), c["message"]]
-                                   for c in summary["checks"].values()])
+        checks = wandb.Table(
+            columns=["name", "passed", "value", "threshold", "message"],
+            data=[
+                [c["name"], c["passed"], str(c["value"]), str(c["threshold"]), c["message"]]
+                for c in summary["checks"].values()
+            ],
+        )
         ok = frames[frames["readable"]]
-        log = {"label_distribution": wandb.plot.bar(label_table, "name", "count", title="Frames per split and label"),
-               "label_table": label_table, "checks": checks,
-               **{f"features/{f}": wandb.Histogram(ok[f].dropna().to_numpy(dtype=np.float64)) for f in features
-                  if ok[f].notna().any()}}
+        log = {
+            "label_distribution": wandb.plot.bar(label_table, "name", "count", title="Frames per split and label"),
+            "label_table": label_table,
+            "checks": checks,
+            **{
+                f"features/{f}": wandb.Histogram(ok[f].dropna().to_numpy(dtype=np.float64))
+                for f in features
+                if ok[f].notna().any()
+            },
+        }
         run.log(log)
-        run.summary.update({"drift_share": summary["drift_share"], "n_frames": summary["n_frames"],
-                            "passed": summary["passed"], "per_class": summary["per_class"],
-                            **{f"checks/{n}": c["passed"] for n, c in summary["checks"].items()}})
+        run.summary.update(
+            {
+                "drift_share": summary["drift_share"],
+                "n_frames": summary["n_frames"],
+                "passed": summary["passed"],
+                "per_class": summary["per_class"],
+                **{f"checks/{n}": c["passed"] for n, c in summary["checks"].items()},
+            }
+        )
         out = {"mode": mode, "run_dir": str(Path(run.dir).parent)}
         run.finish()
         return out
