@@ -19,6 +19,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from autosink.modelcard import card_path_for, make_card, sha256_file, write_card
+from tests.layers import PI_LAYERS, modules_in
 
 ROI = (220, 150, 420, 350)  # x0, y0, x1, y1
 HEIGHT, WIDTH = 480, 640
@@ -131,16 +132,13 @@ FORBIDDEN = (
     "pydrive2",
     "matplotlib",
 )
-ALLOWED_AUTOSINK = {"autosink", "autosink.episode", "autosink.fileio", "autosink.modelcard"}
+#: the ``autosink`` modules the Pi may load: those of the Pi's layers (core and edge, tests/layers.py)
+ALLOWED_AUTOSINK = modules_in(*PI_LAYERS)
 
 
 def check_footprint(modules: list[str]) -> None:
-    """No training stack, no pipeline module: only the episode format, the card and the edge."""
+    """No training stack, no pipeline module: only the core (episode format, card, files) and the edge."""
     heavy = [m for m in modules if m.split(".")[0] in FORBIDDEN]
     assert not heavy, heavy
-    pipeline = [
-        m
-        for m in modules
-        if m.startswith("autosink") and m not in ALLOWED_AUTOSINK and not m.startswith("autosink.edge")
-    ]
+    pipeline = [m for m in modules if m.split(".")[0] == "autosink" and m not in ALLOWED_AUTOSINK]
     assert not pipeline, pipeline

@@ -2,7 +2,7 @@
 
 Each stage's code is the import closure, inside ``autosink``, of the module its ``cmd`` runs
 (``autosink <command>`` -> the stage module the CLI's parser maps it to). The closure is found
-statically with ``ast``: ``import autosink.x``, ``from autosink.x import y`` (``y`` a submodule
+statically with ``ast`` (tests/imports.py): ``import autosink.x``, ``from autosink.x import y`` (``y`` a submodule
 or a name), ``from autosink import x``, relative imports, and imports anywhere in a module,
 inside functions too (a lazy import runs when the stage does). Importing a module runs the
 ``__init__.py`` of every package above it, so those count as well. A dep naming a folder covers
@@ -21,6 +21,8 @@ import pytest
 import yaml
 
 from autosink import cli
+from tests import imports
+from tests.imports import with_parents
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -30,45 +32,13 @@ PACKAGE = "autosink"
 @cache
 def module_file(name: str) -> Path | None:
     """The file of module ``name`` (``a.b`` -> src/a/b.py or src/a/b/__init__.py), None if there is none."""
-    base = SRC.joinpath(*name.split("."))
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.is_file():
-            return path
-    return None
-
-
-def with_parents(name: str) -> list[str]:
-    """``a.b.c`` -> ``a``, ``a.b``, ``a.b.c``: importing a module imports every package above it."""
-    parts = name.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return imports.module_file(name, SRC)
 
 
 @cache
 def imported_modules(name: str) -> frozenset[str]:
-    """The ``autosink`` modules that module ``name`` imports, anywhere in its body."""
-    path = module_file(name)
-    is_package = path.name == "__init__.py"
-    # the package that relative imports start from
-    package = name if is_package else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                anchor = package.split(".")
-                if node.level > 1:
-                    anchor = anchor[: len(anchor) - (node.level - 1)]
-                base = ".".join(anchor + ([node.module] if node.module else []))
-            else:
-                base = node.module
-            found.add(base)
-            # `from pkg import x`: x is a submodule when pkg/x.py (or pkg/x/) exists, else a name
-            found.update(
-                f"{base}.{alias.name}"
-                for alias in node.names
-                if alias.name != "*" and module_file(f"{base}.{alias.name}")
-            )
+    """The ``autosink`` modules that module ``name`` imports, anywhere in its body (tests/imports.py reads them)."""
+    found = {imp.module for imp in imports.imports_of(module_file(name), SRC, name)}
     return frozenset(
         parent
         for module in found

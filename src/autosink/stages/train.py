@@ -94,6 +94,8 @@ def run(params: dict, progress: bool = True) -> dict:
         replay_share=share,
     )
     if not result:  # a DDP worker other than rank 0: rank 0 writes the results
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        print(f"train: rank {rank}/{world} done; rank 0 writes the results", flush=True)
         return result
     history = result.pop("history")
     HISTORY.parent.mkdir(parents=True, exist_ok=True)
