@@ -56,8 +56,7 @@ TINY_CONF = {
     "sim/default.yaml": TINY_SIM,
     "prepare/default.yaml": TINY_PREPARE,
     "validate/default.yaml": TINY_VALIDATE,
-    "model/mobilenet_v3_small.yaml": TINY_MODEL,
-    "model/resnet18.yaml": TINY_MODEL,
+    "model/_base.yaml": TINY_MODEL,  # every backbone's input size
     "base/default.yaml": TINY_BASE,
     "train/default.yaml": TINY_TRAIN,
     "evaluate/default.yaml": {"invariance": {"sessions": 1, "every": 8}},
