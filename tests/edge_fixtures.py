@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from autosink.modelcard import card_path_for, make_card, sha256_file, write_card
+from autosink.core.modelcard import card_path_for, make_card, sha256_file, write_card
 from tests.layers import PI_LAYERS, modules_in
 
 ROI = (220, 150, 420, 350)  # x0, y0, x1, y1

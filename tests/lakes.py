@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autosink.episode import EpisodeMeta, Interaction, episode_stem, write_episode
+from autosink.core.episode import EpisodeMeta, Interaction, episode_stem, write_episode
 
 JST = timezone(timedelta(hours=9))
 

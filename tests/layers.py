@@ -28,39 +28,21 @@ ORDER = ("core", "edge", "sim", "data", "learn", "stages", "ops", "labelapp", "c
 #: module or package under ``autosink`` -> its layer. A package covers every module in it; the
 #: root package ``autosink`` covers only its own ``__init__.py``. Entries do not nest.
 LAYERS = {
-    # Pi-safe core: the episode format, the model card, file helpers
     "autosink": "core",
-    "autosink.episode": "core",
-    "autosink.fileio": "core",
-    "autosink.modelcard": "core",
+    # Pi-safe core: the episode format, the model card, file helpers, subprocesses, W&B run names
+    "autosink.core": "core",
     # the Raspberry Pi runtime (edge/run.py is its entry point)
     "autosink.edge": "edge",
     # the simulated sink, users and episode lake
     "autosink.sim": "sim",
     # episodes -> labelled, split, validated tables
-    "autosink.labels": "data",
-    "autosink.extract": "data",
-    "autosink.featurestore": "data",
-    "autosink.split": "data",
-    "autosink.validation": "data",
+    "autosink.data": "data",
     # the model: training, evaluation, export, the gate's cases, the water benchmark, the decision rule
-    "autosink.model": "learn",
-    "autosink.frames": "learn",
-    "autosink.base": "learn",
-    "autosink.training": "learn",
-    "autosink.evaluation": "learn",
-    "autosink.export": "learn",
-    "autosink.cases": "learn",
-    "autosink.water": "learn",
-    "autosink.decision": "learn",
+    "autosink.learn": "learn",
     # the DVC stage entry points (thin)
     "autosink.stages": "stages",
     # run the project: params and workspace, benchmarks, the closed loop, promotion, plots
-    "autosink.config": "ops",
-    "autosink.bench": "ops",
-    "autosink.loop": "ops",
-    "autosink.promote": "ops",
-    "autosink.plots": "ops",
+    "autosink.ops": "ops",
     # the labeling web app
     "autosink.labelapp": "labelapp",
     # the `autosink` command
@@ -82,11 +64,7 @@ LAZY_ONLY = {
 
 #: (importer, imported) -> why this upward import exists today. Each is a debt: the test fails
 #: once one is gone, so the entry goes too.
-KNOWN_UPWARD = {
-    ("autosink.validation.tracking", "autosink.export"): (
-        "run_identity() takes git_revision() from export.py (learn); the git helper belongs below both"
-    ),
-}
+KNOWN_UPWARD: dict[tuple[str, str], str] = {}
 
 #: files outside src/autosink checked as part of a layer (path from the repository root)
 EXTRA_FILES = {"edge/run.py": "edge"}

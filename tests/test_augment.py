@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import WeightedRandomSampler
 
-from autosink.frames import (
+from autosink.learn.frames import (
     AugmentCollate,
     BatchAugment,
     WaterDataModule,
@@ -17,7 +17,7 @@ from autosink.frames import (
     visible_water,
     water_balanced_weights,
 )
-from autosink.model import Preprocess
+from autosink.learn.model import Preprocess
 from tests.train_fixtures import H, W, tiny_params, write_store
 
 #: conf/train/default.yaml's augmentation

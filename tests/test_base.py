@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from autosink.base import BaseDataModule, PairDataset, base_sessions, render_pairs
-from autosink.frames import AugmentCollate
-from autosink.model import Preprocess
+from autosink.learn.base import BaseDataModule, PairDataset, base_sessions, render_pairs
+from autosink.learn.frames import AugmentCollate
+from autosink.learn.model import Preprocess
 from autosink.sim.lake import with_defaults
 from autosink.sim.scene import render
 from autosink.sim.session import label_of, make_sessions, wants_water

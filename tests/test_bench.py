@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from autosink import bench
 from autosink.cli import build_parser, main
+from autosink.ops import bench
 
 H, W = 48, 64  # a tiny "camera"
 TINY = {

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from autosink.cases import (
+from autosink.core.modelcard import card_path_for, read_card, write_card
+from autosink.learn.cases import (
     Case,
     CaseError,
     evaluate_cases,
@@ -19,7 +20,6 @@ from autosink.cases import (
     parse_case_name,
     wilson_interval,
 )
-from autosink.modelcard import card_path_for, read_card, write_card
 from tests.edge_fixtures import bright_roi_frame, write_tiny_model
 
 SMALL = (32, 24)  # width, height of the synthetic frames: reading is the slow part

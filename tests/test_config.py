@@ -6,7 +6,7 @@ import shutil
 
 import yaml
 
-from autosink.config import check_params, compose, diff_params, write_params
+from autosink.ops.config import check_params, compose, diff_params, write_params
 
 
 def test_committed_params_yaml_matches_conf(repo_root):
@@ -50,7 +50,7 @@ def test_diff_params_nested():
 
 def test_model_configs_extend_one_base(repo_root):
     """conf/model/<backbone>.yaml holds only what differs; the rest comes from conf/model/_base.yaml."""
-    from autosink.model import BACKBONES
+    from autosink.learn.model import BACKBONES
 
     folder = repo_root / "conf" / "model"
     base = yaml.safe_load((folder / "_base.yaml").read_text())

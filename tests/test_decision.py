@@ -1,4 +1,4 @@
-"""The closed-loop threshold choice (autosink.decision) on synthetic probabilities: no network,
+"""The closed-loop threshold choice (autosink.learn.decision) on synthetic probabilities: no network,
 no rendering (except one short pair_probabilities check with a stand-in network)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from autosink.decision import DEFAULT_THRESHOLDS, choose, pair_probabilities, replay, sweep, tune_scripts
 from autosink.edge.controller import ControllerConfig
+from autosink.learn.decision import DEFAULT_THRESHOLDS, choose, pair_probabilities, replay, sweep, tune_scripts
 
 FPS = 2.0
 FLOW = 6.0  # litres per minute

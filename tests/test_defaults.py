@@ -12,15 +12,15 @@ from dataclasses import asdict, fields
 import pytest
 import yaml
 
-from autosink.cases import DEFAULT_MAX_REGRESSION, DEFAULT_MIN_ACCURACY
+from autosink.data.labels import LabelRules
+from autosink.data.validation.features import FeatureConfig
 from autosink.edge.controller import ControllerConfig
 from autosink.edge.runtime import DEFAULT_CONFIG
-from autosink.export import OPSET
-from autosink.labels import LabelRules
+from autosink.learn.cases import DEFAULT_MAX_REGRESSION, DEFAULT_MIN_ACCURACY
+from autosink.learn.export import OPSET
+from autosink.learn.water import DEFAULTS as WATER_DEFAULTS
 from autosink.sim import DEFAULTS as SIM_DEFAULTS
 from autosink.sim.scene import ROI
-from autosink.validation.features import FeatureConfig
-from autosink.water import DEFAULTS as WATER_DEFAULTS
 
 
 def conf(repo_root, group: str) -> dict:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from autosink.core.modelcard import card_path_for, read_card, sha256_file, write_card
 from autosink.edge.camera import IteratorCamera
 from autosink.edge.controller import UserInput
 from autosink.edge.devices import FakeValve
@@ -36,7 +37,6 @@ from autosink.edge.fetch import (
 )
 from autosink.edge.inference import ModelReloader, load_model
 from autosink.edge.runtime import DEFAULT_CONFIG, ConfigError, FeedbackContext, SimClock, build_runtime, merge_config
-from autosink.modelcard import card_path_for, read_card, sha256_file, write_card
 from tests.edge_fixtures import FOOTPRINT_SCRIPT, bright_roi_frame, check_footprint, write_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -494,8 +494,8 @@ def _git(root: Path, *args: str) -> str:
 
 @pytest.mark.slow
 def test_dvc_get_from_a_clone_delivers_the_promoted_model(repo_root, tmp_path, monkeypatch, caplog):
-    from autosink.bench import copy_project
-    from autosink.promote import promote
+    from autosink.ops.bench import copy_project
+    from autosink.ops.promote import promote
     from tests.test_promote import make_candidate
 
     caplog.set_level(logging.INFO)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autosink.episode import EpisodeMeta, Interaction, episode_stem, write_episode
+from autosink.core.episode import EpisodeMeta, Interaction, episode_stem, write_episode
 from tests.edge_fixtures import FOOTPRINT_SCRIPT, bright_roi_frame, check_footprint, write_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]

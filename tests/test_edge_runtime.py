@@ -1,4 +1,4 @@
-"""Tests for the edge runtime (edge/run.py, autosink.edge.*, autosink.modelcard).
+"""Tests for the edge runtime (edge/run.py, autosink.edge.*, autosink.core.modelcard).
 
 Everything runs on a simulated clock (no sleeping) except the subprocess tests that start
 ``edge/run.py`` for real (import footprint, SIGTERM, a device as the camera) and the checks that
@@ -28,6 +28,15 @@ import cv2
 import numpy as np
 import pytest
 
+from autosink.core.episode import check_episode, episode_stem, read_episode
+from autosink.core.modelcard import (
+    CardError,
+    card_path_for,
+    check_card_supported,
+    read_card,
+    sha256_file,
+    write_card,
+)
 from autosink.edge.camera import Camera, Frame, IteratorCamera, open_camera
 from autosink.edge.controller import UserInput
 from autosink.edge.devices import FakeInput, FakeValve
@@ -45,15 +54,6 @@ from autosink.edge.runtime import (
     merge_config,
 )
 from autosink.edge.uploader import FolderTarget, GDriveTarget, TargetUnavailable, Uploader, make_target
-from autosink.episode import check_episode, episode_stem, read_episode
-from autosink.modelcard import (
-    CardError,
-    card_path_for,
-    check_card_supported,
-    read_card,
-    sha256_file,
-    write_card,
-)
 from tests.edge_fixtures import FOOTPRINT_SCRIPT, ROI, bright_roi_frame, check_footprint, write_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -605,8 +605,8 @@ def test_the_controllers_hold_is_recorded_as_the_valve_not_the_users_wish(tmp_pa
     keeps the water on 3 s after the release. The episode says so in the v2 fields' own meaning
     (the earlier reader still reads it): magnetic_status 1 only while the user asked, the valve
     (arduino_output) open through the hold, and the label stage ignores the held frames."""
+    from autosink.data.labels import IGNORE, propagate
     from autosink.edge.controller import ControllerConfig
-    from autosink.labels import IGNORE, propagate
 
     fps, pressed = 5.0, range(10, 15)
     rec = Recorder(tmp_path / "spool", user_id="u", pre_s=1, post_s=5, record_fps=0, background=False)
@@ -1123,7 +1123,7 @@ class SimulatedUser:
 
 def test_end_to_end_simulated_session_feeds_the_pipeline(tmp_path, model_path, capsys):
     from autosink.cli import main as autosink_main
-    from autosink.extract import extract_lake
+    from autosink.data.extract import extract_lake
     from autosink.sim import make_sessions, render_session, with_defaults
 
     cfg = with_defaults({"users": 1, "sessions_per_user": 1, "dishes_per_session": [3, 4]})

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 from autosink.cli import main as autosink_main
-from autosink.episode import EpisodeMeta, Interaction, episode_stem, write_episode
+from autosink.core.episode import EpisodeMeta, Interaction, episode_stem, write_episode
 from tests.edge_fixtures import write_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]

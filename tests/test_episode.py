@@ -1,4 +1,4 @@
-"""Tests for autosink.episode: the data-lake episode format, its validation and safe reading."""
+"""Tests for autosink.core.episode: the data-lake episode format, its validation and safe reading."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 import pytest
 
-from autosink import episode as ep_mod
-from autosink.episode import (
+from autosink.core import episode as ep_mod
+from autosink.core.episode import (
     FRAME_HEIGHT,
     FRAME_WIDTH,
     Episode,
@@ -999,7 +999,7 @@ def test_full_lake_check_flow(tmp_path: Path) -> None:
 
 _CHECK_SPECIALS = r"""
 import json, sys
-from autosink.episode import EpisodeError, check_episode, find_episodes, read_episode
+from autosink.core.episode import EpisodeError, check_episode, find_episodes, read_episode
 lake, paths = sys.argv[1], sys.argv[2:]
 out = {"found": [str(p) for p in find_episodes([lake])], "checks": {}}
 for p in paths:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
-import subprocess
 import time
 
 import cv2
@@ -17,24 +15,23 @@ import pytest
 import torch
 from torch import nn
 
-from autosink.config import compose
+from autosink.core.fileio import sha256_file
+from autosink.core.modelcard import card_path_for, check_card_supported, read_card, write_card
 from autosink.edge.camera import open_camera
 from autosink.edge.inference import ModelError, load_model
-from autosink.export import (
+from autosink.learn.export import (
     INPUT_NAME,
     OPSET,
     OUTPUT_NAME,
     ExportError,
     check_parity,
     export_onnx,
-    git_revision,
     write_model_card,
 )
-from autosink.fileio import sha256_file
-from autosink.frames import read_frame, read_split
-from autosink.model import build_model
-from autosink.modelcard import card_path_for, check_card_supported, read_card, write_card
-from autosink.training import LitWaterNet, fit, load_trained
+from autosink.learn.frames import read_frame, read_split
+from autosink.learn.model import build_model
+from autosink.learn.training import LitWaterNet, fit, load_trained
+from autosink.ops.config import compose
 from tests.train_fixtures import H, W, tiny_params, write_store
 
 RTOL, ATOL = 1e-3, 1e-5
@@ -288,36 +285,6 @@ def test_the_card_describes_the_file(exported):
     assert card["checkpoint"] == "model.ckpt"
     json.loads(card_path.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
     assert load_model(onnx_path, threads=1).sha256 == card["model_sha256"]
-
-
-def test_git_revision_outside_git_is_unknown(tmp_path):
-    assert git_revision(tmp_path) == "unknown"
-
-
-def test_git_revision_is_dirty_for_code_not_for_pipeline_outputs(tmp_path):
-    def git(*args):
-        subprocess.run(
-            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True, capture_output=True
-        )
-
-    for rel in ("src/code.py", "dvc.lock", "metrics/eval.json"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text("v1\n")
-    git("init", "-q")
-    git("add", "-A")
-    git("commit", "-q", "-m", "c")
-    head = git_revision(tmp_path)
-    assert re.fullmatch(r"[0-9a-f]{40}", head)
-    (tmp_path / "dvc.lock").write_text("v2\n")  # what `dvc repro` changes
-    (tmp_path / "metrics/eval.json").write_text("v2\n")
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models/model.json").write_text("{}\n")
-    assert git_revision(tmp_path) == head
-    (tmp_path / "src/code.py").write_text("v2\n")
-    assert git_revision(tmp_path / "src") == f"{head}-dirty"  # from a subfolder too
-    (tmp_path / "src/code.py").write_text("v1\n")
-    (tmp_path / "new.py").write_text("untracked\n")
-    assert git_revision(tmp_path) == f"{head}-dirty"
 
 
 def test_a_card_of_another_file_is_refused_by_the_edge(exported, tmp_path):

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pandas as pd
 
-from autosink.extract import extract_lake
+from autosink.data.extract import extract_lake
 from tests.lakes import make_episode
 
 
@@ -103,7 +103,7 @@ def test_moved_lake_updates_the_references(tmp_path):
 
 _EXTRACT = r"""
 import json, sys
-from autosink.extract import extract_lake
+from autosink.data.extract import extract_lake
 runs = [extract_lake(sys.argv[1], sys.argv[2], expected_size=None, progress=False) for _ in range(2)]
 print(json.dumps([{**r.metrics(), "quarantined": r.quarantined} for r in runs]))
 """

@@ -9,9 +9,9 @@ from datetime import datetime
 import pandas as pd
 import pytest
 
-from autosink.extract import extract_lake
-from autosink.featurestore import build_feature_store
-from autosink.labels import LabelRules, read_human_labels, write_human_labels
+from autosink.data.extract import extract_lake
+from autosink.data.featurestore import build_feature_store
+from autosink.data.labels import LabelRules, read_human_labels, write_human_labels
 from tests.lakes import make_episode
 
 RULES = LabelRules(min_reaction_s=0.5, max_reaction_s=1.0, min_override_s=0.5)

@@ -28,13 +28,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from autosink.episode import read_episode
-from autosink.extract import extract_lake
-from autosink.featurestore import build_feature_store
-from autosink.labelapp import LabelData, LabelServer
-from autosink.labelapp.data import Conflict
-from autosink.labelapp.server import CSRF_HEADER, GENERIC_500, MAX_BODY, TOKEN_ENV, resolve_token
-from autosink.labels import (
+from autosink.core.episode import read_episode
+from autosink.data.extract import extract_lake
+from autosink.data.featurestore import build_feature_store
+from autosink.data.labels import (
     HUMAN_HEADER,
     LabelRules,
     format_human_labels,
@@ -44,6 +41,9 @@ from autosink.labels import (
     read_human_labels,
     write_human_labels,
 )
+from autosink.labelapp import LabelData, LabelServer
+from autosink.labelapp.data import Conflict
+from autosink.labelapp.server import CSRF_HEADER, GENERIC_500, MAX_BODY, TOKEN_ENV, resolve_token
 from tests.lakes import make_episode
 
 TOKEN = "test-token-0123456789abcdef"
@@ -793,7 +793,7 @@ def test_two_server_processes_saving_at_once_lose_nothing(project, labels_dir, r
 
 
 def test_a_save_waits_for_the_lock_another_holds(data, labels_dir):
-    from autosink.labels import human_labels_lock
+    from autosink.data.labels import human_labels_lock
 
     path = labels_dir / f"{EP}.csv"
     with human_labels_lock(path):

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
+from autosink.data.labels import read_human_label_file, read_human_labels, write_human_labels
 from autosink.labelapp import LabelData, LabelServer
-from autosink.labels import read_human_label_file, read_human_labels, write_human_labels
 from tests.conftest import CHROMIUM
 from tests.test_labelapp_api import EP, build_project, episode_sha
 

@@ -1,4 +1,4 @@
-"""Sparse-to-dense propagation rules (src/autosink/labels.py), one frame per second unless said;
+"""Sparse-to-dense propagation rules (src/autosink/data/labels.py), one frame per second unless said;
 human label files (the episode sha256 they record, the save lock) and how the label stage reports
 labels given for another file of their episode."""
 
@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from autosink.fileio import sha256_file
-from autosink.labels import (
+from autosink.core.fileio import sha256_file
+from autosink.data.labels import (
     IGNORE,
     LABELS_MATCH,
     LABELS_MISMATCH,
@@ -205,7 +205,7 @@ def test_writing_refuses_bad_labels_and_bad_shas(tmp_path):
 
 HOLD = textwrap.dedent("""
     import sys
-    from autosink.labels import human_labels_lock
+    from autosink.data.labels import human_labels_lock
     with human_labels_lock(sys.argv[1]):
         print("held", flush=True)
         sys.stdin.readline()
@@ -259,7 +259,7 @@ def test_label_stage_skips_and_reports_labels_given_for_another_file(tmp_path, m
     """Labels for a re-uploaded episode (the file's sha is not the lake file's) are not applied and
     are reported in the output, reports/labels.json and the run record; older files without the
     sha are applied and named; matching ones are applied."""
-    from autosink.extract import extract_lake
+    from autosink.data.extract import extract_lake
     from autosink.stages import label as stage
     from tests.lakes import make_episode
 

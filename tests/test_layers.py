@@ -145,8 +145,8 @@ def test_the_pi_loads_only_core_and_edge_modules():
     from tests.edge_fixtures import ALLOWED_AUTOSINK
 
     assert ALLOWED_AUTOSINK == layers.modules_in(*PI_LAYERS)
-    assert {"autosink", "autosink.episode", "autosink.fileio", "autosink.modelcard"} <= ALLOWED_AUTOSINK
-    assert "autosink.edge.runtime" in ALLOWED_AUTOSINK and "autosink.training" not in ALLOWED_AUTOSINK
+    assert {"autosink", "autosink.core.episode", "autosink.core.fileio", "autosink.core.modelcard"} <= ALLOWED_AUTOSINK
+    assert "autosink.edge.runtime" in ALLOWED_AUTOSINK and "autosink.learn.training" not in ALLOWED_AUTOSINK
 
 
 # -------------------------------------------------------------------------------- the check itself

@@ -1,4 +1,4 @@
-"""Tests for the closed loop's edge side (src/autosink/loop.py, water.SimUserFeedback) and the
+"""Tests for the closed loop's edge side (src/autosink/ops/loop.py, water.SimUserFeedback) and the
 loop's settings. The whole loop (copy, dvc repro, promote) runs in tests/test_pipeline_e2e.py.
 
 The fleet's sessions run through the real edge runtime, recorder and uploader with tiny constant
@@ -12,9 +12,9 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from autosink.episode import read_episode
-from autosink.labels import propagate
-from autosink.loop import LoopSettings, collect_round, fleet_scripts
+from autosink.core.episode import read_episode
+from autosink.data.labels import propagate
+from autosink.ops.loop import LoopSettings, collect_round, fleet_scripts
 from autosink.sim.lake import with_defaults
 from autosink.sim.session import make_sessions
 from tests.edge_fixtures import write_tiny_model
@@ -94,8 +94,8 @@ def test_replaying_an_episode_with_its_user_records_the_same_overrides(tmp_path,
     """The edge demo that records (edge/run.py --camera episode:<zip> --replay-user): the same
     frames, the same model and the recorded faucet states as the user's hand give an episode the
     lake accepts, overridden on exactly the frames the original was."""
+    from autosink.core.episode import check_episode
     from autosink.edge.runtime import SimClock, build_runtime, load_config, merge_config, replay_user
-    from autosink.episode import check_episode
 
     project, params = _project(tmp_path, repo_root, bias=-10.0)  # never opens: the user forces water
     collect_round(project, params, 1, tmp_path / "spool", progress=False)

@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from autosink.bench import clone_episode, copy_project, run
-from autosink.labels import write_human_labels
+from autosink.data.labels import write_human_labels
+from autosink.ops.bench import clone_episode, copy_project, run
 from tests.conftest import CHROMIUM
 
 pytestmark = pytest.mark.slow

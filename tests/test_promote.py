@@ -1,4 +1,4 @@
-"""Promotion of the candidate model to models/production, and rollback (autosink.promote).
+"""Promotion of the candidate model to models/production, and rollback (autosink.ops.promote).
 
 The candidate files are fabricated (a tiny ONNX model, its card, a fake checkpoint, a case
 verdict): no pipeline runs. The fast tests use a plain folder (no git, no DVC, W&B disabled);
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from autosink.bench import copy_project
-from autosink.modelcard import make_card, sha256_file, write_card
-from autosink.promote import PromotionError, production_status, promote, rollback
+from autosink.core.modelcard import make_card, sha256_file, write_card
+from autosink.ops.bench import copy_project
+from autosink.ops.promote import PromotionError, production_status, promote, rollback
 from tests.edge_fixtures import write_tiny_model
 
 CASES = {"tap_on_hands": {"accuracy": 0.96, "frames": 40}, "dishes_in_sink": {"accuracy": 0.9, "frames": 30}}

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from autosink.episode import read_episode
+from autosink.core.episode import read_episode
 from autosink.sim import (
     CASES,
     ROI,

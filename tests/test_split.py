@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from autosink.split import SPLITS, make_splits
+from autosink.data.split import SPLITS, make_splits
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 

@@ -8,10 +8,17 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from autosink.evaluation import VISIBLE_STATE, curve_tables, evaluate_table, predict_paths, truth_report
-from autosink.frames import AugmentCollate, WaterDataModule, build_augment, check_no_leakage, read_frame, read_split
-from autosink.model import BACKBONES, Preprocess, WaterNet, load_base_weights
-from autosink.training import binary_metrics, choose_threshold, fit, load_trained
+from autosink.learn.evaluation import VISIBLE_STATE, curve_tables, evaluate_table, predict_paths, truth_report
+from autosink.learn.frames import (
+    AugmentCollate,
+    WaterDataModule,
+    build_augment,
+    check_no_leakage,
+    read_frame,
+    read_split,
+)
+from autosink.learn.model import BACKBONES, Preprocess, WaterNet, load_base_weights
+from autosink.learn.training import binary_metrics, choose_threshold, fit, load_trained
 from tests.train_fixtures import H, W, tiny_params, write_store
 
 
@@ -91,7 +98,7 @@ def test_the_prepare_stage_writes_splits_the_training_side_finds_leak_free(repo_
     """The real prepare stage with the real config (conf/) on a small manifest: sessions of several
     episodes, ids with leading zeros (read back as text), frames left for review. Training reads
     its splits with read_split and refuses leakage of an episode or a session (check_no_leakage)."""
-    from autosink.config import compose
+    from autosink.ops.config import compose
     from autosink.stages import prepare
 
     rng = np.random.default_rng(0)

@@ -21,8 +21,8 @@ import pytest
 import torch
 import yaml
 
-from autosink.decision import DEFAULT_THRESHOLDS
-from autosink.training import load_trained
+from autosink.learn.decision import DEFAULT_THRESHOLDS
+from autosink.learn.training import load_trained
 from tests.train_fixtures import tiny_params, write_store
 
 pytestmark = pytest.mark.skipif(

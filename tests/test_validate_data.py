@@ -18,12 +18,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from autosink.core.tracking import resolve_mode
+from autosink.data.validation import FEATURES, DataValidationError
+from autosink.data.validation.checks import check_drift
+from autosink.data.validation.drift import choose_reference
+from autosink.data.validation.features import FeatureConfig, compute_features
 from autosink.stages import validate_data
-from autosink.validation import FEATURES, DataValidationError
-from autosink.validation.checks import check_drift
-from autosink.validation.drift import choose_reference
-from autosink.validation.features import FeatureConfig, compute_features
-from autosink.validation.tracking import resolve_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 W, H = 64, 48

@@ -1,4 +1,4 @@
-"""Tests for the water-savings benchmark (src/autosink/water.py, the `water` stage).
+"""Tests for the water-savings benchmark (src/autosink/learn/water.py, the `water` stage).
 
 The stage runs for real (params composed from conf/, the edge runtime and controller, frames
 rendered on the fly) on a couple of short held-out sessions, with tiny constant ONNX models
@@ -19,13 +19,9 @@ import numpy as np
 import pytest
 import yaml
 
-from autosink.config import compose
 from autosink.edge.controller import ControllerConfig
 from autosink.edge.runtime import load_config
-from autosink.sim.lake import with_defaults
-from autosink.sim.session import make_sessions
-from autosink.stages import water as stage
-from autosink.water import (
+from autosink.learn.water import (
     CSV_COLUMNS,
     DEFAULTS,
     controller_config,
@@ -34,6 +30,10 @@ from autosink.water import (
     heldout_scripts,
     run_benchmark,
 )
+from autosink.ops.config import compose
+from autosink.sim.lake import with_defaults
+from autosink.sim.session import make_sessions
+from autosink.stages import water as stage
 from tests.edge_fixtures import write_tiny_model
 
 FLOW = 6.0
@@ -295,10 +295,10 @@ def test_the_pis_hold_after_a_release_is_not_labelled_as_the_users_wish(tmp_path
     1); the held frames are ignored, neither wanted nor unwanted."""
     from dataclasses import replace
 
+    from autosink.data.labels import IGNORE, propagate
     from autosink.edge.inference import load_model
-    from autosink.labels import IGNORE, propagate
+    from autosink.learn.water import SimUserFeedback, run_session
     from autosink.sim.session import wants_water
-    from autosink.water import SimUserFeedback, run_session
 
     model = load_model(write_tiny_model(tmp_path / "off.onnx", scale=0.0, bias=-10.0))
     cfg = {**base_params["water"], "controller_from": str(repo_root / "edge" / "config.toml")}

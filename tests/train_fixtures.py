@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from autosink.config import compose
+from autosink.ops.config import compose
 
 W, H = 64, 48  # tiny "camera" frames
 

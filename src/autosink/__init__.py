@@ -1,7 +1,7 @@
 """autosink: a camera-controlled sink faucet that learns from its users.
 
 Keep this file free of heavy imports: the edge runtime imports
-``autosink.episode`` on a Raspberry Pi that has no torch.
+``autosink.core.episode`` on a Raspberry Pi that has no torch.
 """
 
 __version__ = "0.1.0"

@@ -17,7 +17,7 @@ REMOTE_ENV = "AUTOSINK_DVC_REMOTE"
 
 
 def _params(args: argparse.Namespace) -> dict:
-    from autosink.config import load_params
+    from autosink.ops.config import load_params
 
     return load_params(args.params)
 
@@ -28,7 +28,7 @@ def stage_handler(module: str):
     def handler(args: argparse.Namespace) -> int:
         from importlib import import_module
 
-        from autosink.config import project_root
+        from autosink.ops.config import project_root
 
         params = _params(args)  # --params relative to where you are, stage paths relative to the repo
         os.chdir(project_root())
@@ -40,7 +40,7 @@ def stage_handler(module: str):
 
 def cmd_validate_data(args: argparse.Namespace) -> int:
     """`autosink validate-data`: the data gate; exit 1, listing every failed check, when it fails."""
-    from autosink.validation import DataValidationError
+    from autosink.data.validation import DataValidationError
 
     try:
         stage_handler("validate_data")(args)
@@ -57,7 +57,7 @@ def cmd_label_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_lake_check(args: argparse.Namespace) -> int:
-    from autosink.episode import check_episode, find_episodes, format_verdict
+    from autosink.core.episode import check_episode, find_episodes, format_verdict
 
     missing = [p for p in args.paths if not Path(p).exists()]
     for p in missing:
@@ -81,7 +81,7 @@ def cmd_lake_check(args: argparse.Namespace) -> int:
 
 
 def cmd_params_compose(args: argparse.Namespace) -> int:
-    from autosink.config import project_root, write_params
+    from autosink.ops.config import project_root, write_params
 
     out = write_params(project_root(), args.overrides)
     print(f"wrote {out} from conf/" + (f" with {' '.join(args.overrides)}" if args.overrides else ""))
@@ -89,7 +89,7 @@ def cmd_params_compose(args: argparse.Namespace) -> int:
 
 
 def cmd_params_check(args: argparse.Namespace) -> int:
-    from autosink.config import check_params, project_root
+    from autosink.ops.config import check_params, project_root
 
     diffs = check_params(project_root())
     if diffs:
@@ -106,7 +106,7 @@ def cmd_remote_init(args: argparse.Namespace) -> int:
     """Point the default `local` remote at $AUTOSINK_DVC_REMOTE (else the default) and create it."""
     import subprocess
 
-    from autosink.config import project_root
+    from autosink.ops.config import project_root
 
     root = project_root()
     url = os.environ.get(REMOTE_ENV, "").strip()
@@ -124,26 +124,26 @@ def cmd_remote_init(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_incremental(args: argparse.Namespace) -> int:
-    from autosink.bench import main_incremental
+    from autosink.ops.bench import main_incremental
 
     return main_incremental(args.sizes, args.keep, args.json)
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
-    from autosink.bench import main_train
-    from autosink.model import BACKBONES
+    from autosink.learn.model import BACKBONES
+    from autosink.ops.bench import main_train
 
     return main_train(args.backbones or list(BACKBONES), args.batches, args.json)
 
 
 def cmd_bench_edge(args: argparse.Namespace) -> int:
-    from autosink.bench import main_edge
+    from autosink.ops.bench import main_edge
 
     return main_edge(args.model, args.iterations, args.warmup, args.json)
 
 
 def cmd_bench_all(args: argparse.Namespace) -> int:
-    from autosink.bench import main_all
+    from autosink.ops.bench import main_all
 
     return main_all(
         args.model, args.iterations, args.warmup, args.quick, args.sizes, args.batches, args.json, args.keep
@@ -151,8 +151,8 @@ def cmd_bench_all(args: argparse.Namespace) -> int:
 
 
 def cmd_plots(args: argparse.Namespace) -> int:
-    from autosink.config import project_root
-    from autosink.plots import show_plots
+    from autosink.ops.config import project_root
+    from autosink.ops.plots import show_plots
 
     try:
         page = show_plots(args.out, project_root())
@@ -165,7 +165,7 @@ def cmd_plots(args: argparse.Namespace) -> int:
 
 
 def cmd_loop(args: argparse.Namespace) -> int:
-    from autosink.loop import LoopSettings, main_loop
+    from autosink.ops.loop import LoopSettings, main_loop
 
     settings = LoopSettings(
         rounds=args.rounds,
@@ -183,8 +183,8 @@ def cmd_loop(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     import json
 
-    from autosink.config import project_root
-    from autosink.promote import PromotionError, production_status, promote, rollback
+    from autosink.ops.config import project_root
+    from autosink.ops.promote import PromotionError, production_status, promote, rollback
 
     root = project_root()
     if args.status:

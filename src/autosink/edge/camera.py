@@ -11,7 +11,7 @@
 ==================  ================================================================================
 
 Every source returns :class:`Frame` objects: an RGB uint8 HxWx3 image (the colour order the
-model card speaks of, and the one :func:`autosink.episode.write_episode` expects) with its
+model card speaks of, and the one :func:`autosink.core.episode.write_episode` expects) with its
 capture time on the runtime's monotonic clock. ``read(timeout)`` returns ``None`` when no new
 frame came within ``timeout`` (a stall: the runtime fails closed) and sets ``finished`` when a
 replay ran out. A ``folder:`` image that cannot be decoded (or is not a regular file) is a
@@ -37,7 +37,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from autosink.fileio import not_regular
+from autosink.core.fileio import not_regular
 
 __all__ = [
     "Frame",
@@ -405,7 +405,7 @@ def open_camera(
             raise CameraError(f"{spec}: OpenCV cannot open it")
         return IteratorCamera(_video_frames(cap), clock, name=spec, size=size, on_close=cap.release)
     if kind == "episode":
-        from autosink.episode import EpisodeError, read_episode
+        from autosink.core.episode import EpisodeError, read_episode
 
         try:
             episode = read_episode(path, check_frames=False, expected_size=None)

@@ -18,8 +18,8 @@ version and the card's sha256) and stops there when that is what is installed. O
 downloads into a temp folder beside the target (same filesystem), verifies there and only then
 swaps the files in:
 
-1. both files present; the card valid (:func:`autosink.modelcard.read_card`) and one this edge
-   can serve (:func:`autosink.modelcard.check_card_supported`);
+1. both files present; the card valid (:func:`autosink.core.modelcard.read_card`) and one this edge
+   can serve (:func:`autosink.core.modelcard.check_card_supported`);
 2. sha256 of the ``.onnx`` equals the card's ``model_sha256`` (a corrupted or partial download,
    or a card of another model, is refused);
 3. onnxruntime loads it (:func:`autosink.edge.inference.load_model`, which checks the graph
@@ -61,8 +61,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from autosink.fileio import NotRegularFileError, atomic_write, fsync_dir, not_regular, open_regular, sha256_file
-from autosink.modelcard import CardError, card_path_for, check_card_supported, read_card
+from autosink.core.fileio import NotRegularFileError, atomic_write, fsync_dir, not_regular, open_regular, sha256_file
+from autosink.core.modelcard import CardError, card_path_for, check_card_supported, read_card
 
 __all__ = [
     "FetchError",

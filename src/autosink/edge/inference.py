@@ -3,7 +3,7 @@
 :class:`OnnxModel` feeds the raw camera frame (uint8, NHWC, ``[1, H, W, 3]`` at the camera
 resolution, colour order as the card says) to onnxruntime and returns the probability of
 ``water_on``: resizing and normalisation are the graph's job, so what was trained is what runs.
-The card (:mod:`autosink.modelcard`, ``model.json`` beside ``model.onnx``) must match
+The card (:mod:`autosink.core.modelcard`, ``model.json`` beside ``model.onnx``) must match
 the file: its ``model_sha256`` is checked against the very bytes the session is built from,
 so a half-copied model or a card left over from another model is refused, not run.
 
@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from autosink.modelcard import CardError, card_path_for, check_card_supported, read_card, sha256_bytes
+from autosink.core.modelcard import CardError, card_path_for, check_card_supported, read_card, sha256_bytes
 
 __all__ = ["ModelError", "Predictor", "OnnxModel", "load_model", "normalize_probability", "ModelReloader", "self_test"]
 

@@ -2,11 +2,11 @@
 
 Every processed frame is offered to :meth:`Recorder.add` with what the system decided
 (``model_output``: the model's decision, without the user), the water the user wanted
-(``magnetic_status``; see :class:`autosink.episode.Interaction`) and the valve
+(``magnetic_status``; see :class:`autosink.core.episode.Interaction`) and the valve
 (``arduino_output``). When the first two differ the user overrode the model, and the frames from
 ``pre_s`` seconds before the first overridden frame to ``post_s`` seconds after the last one are
 written to the spool as one data-lake episode, version 2, with
-:func:`autosink.episode.write_episode` (atomic: a hidden temp file renamed into place), so the
+:func:`autosink.core.episode.write_episode` (atomic: a hidden temp file renamed into place), so the
 pipeline's ``autosink lake check`` and ``extract`` read them like any other Pi's.
 
 **Frames kept.** The control loop may run faster than episodes need; a frame goes into the
@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autosink.episode import FRAME_HEIGHT, FRAME_WIDTH, EpisodeMeta, Interaction, episode_stem, write_episode
+from autosink.core.episode import FRAME_HEIGHT, FRAME_WIDTH, EpisodeMeta, Interaction, episode_stem, write_episode
 
 __all__ = ["Recorder", "Sample", "Session", "cleanup_spool", "spool_stems"]
 

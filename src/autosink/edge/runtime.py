@@ -184,7 +184,7 @@ def load_config(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     """Defaults, overridden by the TOML file at ``path`` (None: defaults only)."""
     import tomllib
 
-    from autosink.fileio import NotRegularFileError, open_regular
+    from autosink.core.fileio import NotRegularFileError, open_regular
 
     if path is None:
         return copy.deepcopy(DEFAULT_CONFIG)
@@ -313,7 +313,7 @@ class EpisodeFeedback:
     Pi did: the README's demo, and a check that replaying an episode reproduces its overrides."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        from autosink.episode import read_episode
+        from autosink.core.episode import read_episode
 
         self.path = str(path)
         self.actions = [
@@ -725,9 +725,9 @@ def load_regular_model(path: str | os.PathLike[str], *, threads: int = 2) -> Any
     is a device, FIFO or socket is a :class:`ModelError` at once (reading ``/dev/zero`` never
     ends, a FIFO blocks). Here rather than in ``inference`` so the training stage, which depends
     on that module, is not invalidated."""
+    from autosink.core.fileio import not_regular
+    from autosink.core.modelcard import card_path_for
     from autosink.edge.inference import ModelError, load_model
-    from autosink.fileio import not_regular
-    from autosink.modelcard import card_path_for
 
     for p, what in ((path, "the model's .onnx file"), (card_path_for(path), "the model's card")):
         if kind := not_regular(p):

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from autosink.fileio import fsync_dir, open_regular
+from autosink.core.fileio import fsync_dir, open_regular
 
 __all__ = [
     "TargetUnavailable",

@@ -5,19 +5,19 @@ Sources (all folder paths are constructor arguments, so tests never touch the re
 - ``<extracted>/frames.csv``: one row per frame of every good episode (the frame list and the
   lake file each frame is read from).
 - automatic labels: recomputed per episode with the ``label`` stage's own function
-  (:func:`autosink.featurestore.label_episode`) *without* human labels, using the rules the
+  (:func:`autosink.data.featurestore.label_episode`) *without* human labels, using the rules the
   feature store was built with (``<store>/labels/<episode>.key``). The manifest cannot be used
   as is: once a human label is in the store, its row says ``source=human, review=False`` and
   the automatic label and the review flag the human answered are gone.
 - ``<labels>/<episode>.csv``: human labels, read and written only through
-  :func:`autosink.labels.parse_human_labels` / :func:`autosink.labels.write_human_labels`. The
+  :func:`autosink.data.labels.parse_human_labels` / :func:`autosink.data.labels.write_human_labels`. The
   file records the sha256 of the episode file the labels were given for; the episode's current
   sha256 is the one ``<extracted>/episodes/<episode>.json`` records (what the ``label`` stage
   compares too). Labels given for another file of the episode (a re-upload with other frames) are
   reported and not loaded as the episode's labels; older files without the sha load, flagged
-  ``unverified``. Saving holds :func:`autosink.labels.human_labels_lock` (``fcntl.flock``) over
+  ``unverified``. Saving holds :func:`autosink.data.labels.human_labels_lock` (``fcntl.flock``) over
   the version check and the write, so two servers on one labels folder never interleave.
-- frames: the PNG bytes from the lake episode (:func:`autosink.episode.read_episode`);
+- frames: the PNG bytes from the lake episode (:func:`autosink.core.episode.read_episode`);
   thumbnails are made with OpenCV and kept in an in-memory LRU cache.
 
 Every name that comes from a request is checked against what the data holds (episode names
@@ -39,10 +39,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from autosink.episode import read_episode
-from autosink.extract import sha256_source
-from autosink.featurestore import label_episode
-from autosink.labels import (
+from autosink.core.episode import read_episode
+from autosink.data.extract import sha256_source
+from autosink.data.featurestore import label_episode
+from autosink.data.labels import (
     IGNORE,
     LABELS_MISMATCH,
     LABELS_UNVERIFIED,

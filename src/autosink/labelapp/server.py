@@ -546,8 +546,8 @@ def serve(
     quiet: bool = False,
 ) -> int:
     """Run the labeler on the project's data folders until Ctrl+C (what `autosink label serve` calls)."""
-    from autosink.config import load_params, project_root
-    from autosink.labels import LabelRules
+    from autosink.data.labels import LabelRules
+    from autosink.ops.config import load_params, project_root
 
     token = resolve_token(token)
     check_bind(host, token)  # before touching any data: the refusal must be the first thing said

@@ -34,7 +34,7 @@ from autosink.sim.user import CLOSED, FORCED_ON, ClosedLoop, FrameRecord, SimUse
 #: Defaults of the ``sim:`` config group: exactly conf/sim/default.yaml, key by key
 #: (tests/test_defaults.py), so a config that leaves a key out gets what the pipeline runs with.
 #: Kept in code rather than read from conf/ at run time: the water benchmark's held-out sessions
-#: (src/autosink/water.py) take every key they do not set from here, so a change here must be
+#: (src/autosink/learn/water.py) take every key they do not set from here, so a change here must be
 #: a code change that DVC sees, not an untracked file the stage reads.
 DEFAULTS: dict[str, Any] = {
     "seed": 20240706,
@@ -208,7 +208,7 @@ def simulate_lake(cfg: dict, lake_dir: Path, truth_dir: Path, cases_dir: Path, p
     folders; return metrics (see module docstring and :data:`DEFAULTS`)."""
     from tqdm import tqdm
 
-    from autosink.episode import EpisodeMeta, Interaction, episode_stem, write_episode
+    from autosink.core.episode import EpisodeMeta, Interaction, episode_stem, write_episode
     from autosink.sim.cases import write_cases
 
     cfg = with_defaults(cfg)

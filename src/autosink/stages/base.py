@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from autosink.base import BaseDataModule, base_sessions, render_pairs
-from autosink.model import build_preprocess
+from autosink.learn.base import BaseDataModule, base_sessions, render_pairs
+from autosink.learn.model import build_preprocess
+from autosink.learn.training import HISTORY_COLUMNS, fit
 from autosink.stages import write_metrics, write_run_record
-from autosink.training import HISTORY_COLUMNS, fit
 
 CKPT = Path("models/base/model.ckpt")
 METRICS = Path("metrics/base.json")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from autosink.evaluation import curve_tables, evaluate_table, predict_paths, truth_report, water_invariance
-from autosink.frames import read_split
+from autosink.learn.evaluation import curve_tables, evaluate_table, predict_paths, truth_report, water_invariance
+from autosink.learn.frames import read_split
+from autosink.learn.training import load_trained
 from autosink.stages import REPORTS, write_results
-from autosink.training import load_trained
 
 CKPT = Path("models/model.ckpt")
 STORE = Path("data/feature-store")
@@ -36,7 +36,7 @@ def run(params: dict, progress: bool = True) -> dict:
             metrics["accuracy_vs_truth"] = truth["accuracy_vs_truth"]
     inv = params.get("evaluate", {}).get("invariance") or {}
     if int(inv.get("sessions", 0)) > 0:
-        from autosink.water import heldout_scripts
+        from autosink.learn.water import heldout_scripts
 
         scripts = heldout_scripts(params["water"])[: int(inv["sessions"])]
         metrics["water_invariance"] = water_invariance(

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from autosink.export import export_onnx, write_model_card
-from autosink.fileio import sha256_file
-from autosink.frames import read_frame, read_split
-from autosink.training import load_trained
+from autosink.core.fileio import sha256_file
+from autosink.learn.export import export_onnx, write_model_card
+from autosink.learn.frames import read_frame, read_split
+from autosink.learn.training import load_trained
 
 CKPT = Path("models/model.ckpt")
 ONNX = Path("models/model.onnx")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autosink.extract import extract_lake
+from autosink.data.extract import extract_lake
 from autosink.stages import write_metrics, write_run_record
 
 OUT_DIR = Path("data/extracted")

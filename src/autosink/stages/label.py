@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from autosink.featurestore import build_feature_store
-from autosink.labels import IGNORE, LabelRules
+from autosink.data.featurestore import build_feature_store
+from autosink.data.labels import IGNORE, LabelRules
 from autosink.stages import write_results, write_run_record
 
 EXTRACTED = Path("data/extracted")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from autosink.split import make_splits
+from autosink.data.split import make_splits
 from autosink.stages import write_results
 
 MANIFEST = Path("data/feature-store/manifest.csv")

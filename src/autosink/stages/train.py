@@ -1,5 +1,5 @@
 """`train` stage: feature store + splits -> models/model.ckpt, metrics/train.json, training curves;
-then the decision threshold, chosen in the edge controller's closed loop (autosink.decision)."""
+then the decision threshold, chosen in the edge controller's closed loop (autosink.learn.decision)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from autosink.learn.training import HISTORY_COLUMNS, fit, load_trained
 from autosink.stages import write_metrics, write_run_record
-from autosink.training import HISTORY_COLUMNS, fit, load_trained
 
 STORE = Path("data/feature-store")
 GATE = Path("reports/data_validation/verdict.json")
@@ -35,8 +35,8 @@ def replay_pairs(params: dict, progress: bool = True):
     r = params["train"].get("replay") or {}
     if not float(r.get("share") or 0) > 0 or str(params["model"].get("weights")) in ("none", "imagenet"):
         return None, 0.0
-    from autosink.base import PairDataset, base_sessions, render_pairs
-    from autosink.model import build_preprocess
+    from autosink.learn.base import PairDataset, base_sessions, render_pairs
+    from autosink.learn.model import build_preprocess
 
     sessions = base_sessions(params["sim"], {**params["base"], "users": int(r["users"])}, "train")
     pairs = render_pairs(
@@ -48,9 +48,9 @@ def replay_pairs(params: dict, progress: bool = True):
 def choose_in_loop(params: dict, ckpt: Path = CKPT, progress: bool = True) -> dict:
     """Choose the threshold on the tuning sessions through the edge's controller; store it in
     the checkpoint (which evaluate, the case gate and the export read) and return the choice."""
-    from autosink.decision import choose, pair_probabilities, sweep, tune_scripts
+    from autosink.learn.decision import choose, pair_probabilities, sweep, tune_scripts
+    from autosink.learn.water import controller_config
     from autosink.sim.session import wants_water
-    from autosink.water import controller_config
 
     d = params["train"].get("decision") or {}
     water = params["water"]

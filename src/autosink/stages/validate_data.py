@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from autosink.fileio import atomic_write
+from autosink.core.fileio import atomic_write
+from autosink.data.validation import DataValidationError, Paths, failure_message, validate
+from autosink.data.validation.core import RUN_KEYS
 from autosink.stages import write_run_record
-from autosink.validation import DataValidationError, Paths, failure_message, validate
-from autosink.validation.core import RUN_KEYS
 
 PATHS = Paths()
 #: The verdict alone, what `train` depends on: unlike the metrics (which count cache hits), it

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from autosink.cases import evaluate_cases, format_report, gate, list_cases, onnx_predictor
-from autosink.fileio import sha256_file
+from autosink.core.fileio import sha256_file
+from autosink.learn.cases import evaluate_cases, format_report, gate, list_cases, onnx_predictor
+from autosink.learn.training import load_trained
 from autosink.stages import write_results
-from autosink.training import load_trained
 
 CKPT = Path("models/model.ckpt")
 PRODUCTION = Path("models/production/model.onnx")

@@ -3,15 +3,15 @@ metrics/water.json (the headline, and the verdict), reports/water.json (per sess
 controller, the model), metrics/water/session.csv and reports/water_session.png.
 
 Reads the ``water`` parameter group only (conf/water/default.yaml); the benchmark and every
-metric's definition live in :mod:`autosink.water`.
+metric's definition live in :mod:`autosink.learn.water`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from autosink.learn.water import controller_config, plot_session, run_benchmark, with_water_defaults, write_session_csv
 from autosink.stages import REPORTS, headline, write_metrics
-from autosink.water import controller_config, plot_session, run_benchmark, with_water_defaults, write_session_csv
 
 METRICS = Path("metrics/water.json")
 #: savings never alone: the water withheld from a need and the false-offs stand beside it

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from autosink.fileio import atomic_write, sha256_file
+from autosink.core.fileio import atomic_write, sha256_file
 
 FEATURES = [
     "brightness",

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from autosink.fileio import atomic_write
-from autosink.validation.checks import run_checks
-from autosink.validation.drift import drift_report
-from autosink.validation.features import FEATURES, FeatureConfig, compute_features, write_csv_atomic
-from autosink.validation.tracking import log_to_wandb, resolve_mode
+from autosink.core.fileio import atomic_write
+from autosink.core.tracking import resolve_mode
+from autosink.data.validation.checks import run_checks
+from autosink.data.validation.drift import drift_report
+from autosink.data.validation.features import FEATURES, FeatureConfig, compute_features, write_csv_atomic
+from autosink.data.validation.wandb_log import log_to_wandb
 
 SPLITS = ["train", "val", "test"]
 # Fixed histogram ranges (values outside land in the end bins), so `dvc plots diff` can overlay

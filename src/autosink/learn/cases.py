@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from autosink.modelcard import card_path_for
+from autosink.core.modelcard import card_path_for
 
 __all__ = [
     "Case",
@@ -160,7 +160,7 @@ def evaluate_cases(
     correct when ``(p >= threshold)`` equals the case label; ``correct`` is their count and
     ``accuracy`` their share. ``mean_p`` shows how far a failing case is from the threshold.
     """
-    from autosink.frames import read_frame  # here: it pulls in torch, which the gate alone does not need
+    from autosink.learn.frames import read_frame  # here: it pulls in torch, which the gate alone does not need
 
     threshold = float(threshold)
     if not 0.0 <= threshold <= 1.0:

@@ -27,7 +27,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from autosink.model import Preprocess
+from autosink.learn.model import Preprocess
 
 __all__ = ["base_sessions", "render_pairs", "PairDataset", "BaseDataModule"]
 
@@ -174,12 +174,12 @@ class PairDataset(Dataset):
 
 
 class BaseDataModule(pl.LightningDataModule):
-    """Train and val loaders over rendered pairs (the same interface :func:`autosink.training.fit`
-    uses of :class:`~autosink.frames.WaterDataModule`: ``datasets``, ``pos_weight``, loaders)."""
+    """Train and val loaders over rendered pairs (the same interface :func:`autosink.learn.training.fit`
+    uses of :class:`~autosink.learn.frames.WaterDataModule`: ``datasets``, ``pos_weight``, loaders)."""
 
     def __init__(self, train_pairs: dict, val_pairs: dict, train_cfg: dict, stratify: float = 0.0) -> None:
         super().__init__()
-        from autosink.frames import build_augment
+        from autosink.learn.frames import build_augment
 
         self.cfg = train_cfg
         self.datasets = {
@@ -202,7 +202,7 @@ class BaseDataModule(pl.LightningDataModule):
         return float((len(y) - pos) / pos) if pos else 1.0
 
     def _loader(self, name: str, train: bool) -> DataLoader:
-        from autosink.frames import AugmentCollate
+        from autosink.learn.frames import AugmentCollate
 
         ds = self.datasets[name]
         generator = torch.Generator().manual_seed(int(self.cfg.get("seed", 0)))

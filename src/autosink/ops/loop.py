@@ -21,9 +21,9 @@ Each round:
 1. **Edge.** The fleet, the households of the sample lake (``--households``: the first K
    users), washes dishes once more: one new session each (the lake's seed stream, session
    index 2, 3, ...: same people and kitchens, new days, lit by ``--regime``). Every session runs through the edge's
-   own runtime (:func:`autosink.water.run_session`: EdgeRuntime, Controller, Recorder) with the
+   own runtime (:func:`autosink.learn.water.run_session`: EdgeRuntime, Controller, Recorder) with the
    production ONNX model and a simulated user who corrects it at the faucet
-   (:class:`autosink.water.SimUserFeedback`), who holds the button while they want water (so
+   (:class:`autosink.learn.water.SimUserFeedback`), who holds the button while they want water (so
    the controller's hold after a release is one frame here, not the deployed 10 s, which would
    run water they then close, recorded as their wish). The recorder writes the episodes a Pi
    writes; the edge's uploader moves them into the lake folder.
@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from autosink.bench import copy_project, run
+from autosink.ops.bench import copy_project, run
 from autosink.stages import REPORTS, RUNS
 
 __all__ = ["LoopSettings", "fleet_scripts", "collect_round", "run_loop", "format_round", "plot_rounds"]
@@ -151,7 +151,7 @@ def collect_round(
     from autosink.edge.inference import load_model
     from autosink.edge.runtime import recorder_from_config
     from autosink.edge.uploader import FolderTarget, Uploader
-    from autosink.water import (
+    from autosink.learn.water import (
         COUNT_KEYS,
         SimUserFeedback,
         controller_config,
@@ -443,7 +443,7 @@ def plot_rounds(report: dict, path: Path) -> Path:
 
 def main_loop(settings: LoopSettings, workdir: Path, json_out: Path | None, plot_out: Path | None) -> int:
     """``autosink loop``: run, print the rounds and the comparison, write the JSON and the plot."""
-    from autosink.config import project_root
+    from autosink.ops.config import project_root
 
     root = project_root()
     workdir = workdir if workdir.is_absolute() else Path.cwd() / workdir

@@ -35,10 +35,10 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-import autosink.labels as labels_module
-from autosink.episode import read_episode
-from autosink.fileio import atomic_write, code_version, sha256_file
-from autosink.labels import (
+import autosink.data.labels as labels_module
+from autosink.core.episode import read_episode
+from autosink.core.fileio import atomic_write, code_version, sha256_file
+from autosink.data.labels import (
     IGNORE,
     LABELS_MISMATCH,
     LABELS_UNVERIFIED,

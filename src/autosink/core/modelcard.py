@@ -44,7 +44,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from autosink.fileio import atomic_write, json_type, sha256_file
+from autosink.core.fileio import atomic_write, json_type, sha256_file
 
 __all__ = [
     "FORMAT",

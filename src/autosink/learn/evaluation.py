@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from autosink.frames import read_frame
-from autosink.model import WaterNet
-from autosink.training import binary_metrics
+from autosink.learn.frames import read_frame
+from autosink.learn.model import WaterNet
+from autosink.learn.training import binary_metrics
 
 __all__ = [
     "predict_paths",

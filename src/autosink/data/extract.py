@@ -3,7 +3,7 @@
 Every episode is validated in full (its JSON, every field, every frame decoded at the
 camera resolution) before any of it is used. Frames are *not* copied here: the table
 references each frame by its episode file in the lake and its member name, and the
-feature store (``autosink.featurestore``) is the one place frames are written out. That
+feature store (``autosink.data.featurestore``) is the one place frames are written out. That
 keeps one copy of each frame beside the lake, and keeps DVC's persisted outputs free of
 hard links (DVC copies every linked file of a persisted output before each run, which
 would make every run cost the size of the lake).
@@ -33,8 +33,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from autosink.episode import check_episode, find_episodes, read_episode
-from autosink.fileio import atomic_write, code_version, not_regular, sha256_file
+from autosink.core.episode import check_episode, find_episodes, read_episode
+from autosink.core.fileio import atomic_write, code_version, not_regular, sha256_file
 
 FRAME_COLUMNS = [
     "episode",
@@ -155,7 +155,7 @@ def extract_lake(
             stale.unlink()
             removed += stale.parent == episodes_dir
 
-    import autosink.episode as episode_module
+    import autosink.core.episode as episode_module
 
     checked = {
         "frame_size": list(expected_size) if expected_size else None,

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autosink.fileio import atomic_write
+from autosink.core.fileio import atomic_write
 
 IGNORE = -1
 
@@ -226,7 +226,7 @@ class HumanLabelFile:
     """One episode's human labels and the sha256 of the episode file they were given for."""
 
     labels: dict[int, int]
-    #: sha256 of the episode's lake file (zip, or folder as :func:`autosink.extract.sha256_source`
+    #: sha256 of the episode's lake file (zip, or folder as :func:`autosink.data.extract.sha256_source`
     #: hashes it); None for a file written before label files recorded it
     episode_sha256: str | None
 

@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
 
-from autosink.model import Preprocess
+from autosink.learn.model import Preprocess
 
 __all__ = [
     "read_frame",

@@ -1,8 +1,6 @@
 """Log the validation summary to Weights & Biases: offline by default, never online without a key.
 
-Mode: ``validate.wandb.mode`` (offline | online | auto | disabled; auto = online when
-``WANDB_API_KEY`` is set), overridden by the ``WANDB_MODE``
-environment variable; ``online`` only when ``WANDB_API_KEY`` is set, else offline (said in a log
+Mode: ``validate.wandb.mode``, resolved by :func:`autosink.core.tracking.resolve_mode` (said in a log
 line). Offline runs land in ``<dir>/wandb/offline-run-*`` (``dir`` defaults to the repository
 root, where ``wandb/`` is git-ignored); ``wandb sync`` uploads them later. A wandb failure is
 reported and never fails the stage: the metrics JSON and the HTML report are the record.
@@ -12,56 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-MODES = ("online", "offline", "disabled")
+from autosink.core.tracking import resolve_mode, run_identity
 
 
 def _config_key(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
-def resolve_mode(configured: str | None, env: dict | None = None) -> tuple[str, str | None]:
-    """The wandb mode to use and, when it differs from what was asked, why."""
-    env = os.environ if env is None else env
-    mode = (env.get("WANDB_MODE") or configured or "offline").strip().lower()
-    if mode == "dryrun":
-        mode = "offline"
-    if mode == "auto":  # online exactly when a key is there to use
-        mode = "online" if env.get("WANDB_API_KEY") else "offline"
-    if mode not in MODES:
-        return "offline", f"unknown wandb mode {mode!r}: using offline"
-    if mode == "online" and not env.get("WANDB_API_KEY"):
-        return "offline", "wandb mode online but WANDB_API_KEY is not set: logging offline instead"
-    return mode, None
-
-
-def run_identity(job_type: str, key: str, env: dict | None = None) -> dict:
-    """``wandb.init`` arguments that trace a run back to its DVC experiment and git revision.
-
-    name ``<experiment>-<job_type>`` (the experiment: ``DVC_EXP_NAME``, which `dvc exp run` sets,
-    else ``workspace``), group = the experiment, tags ``[experiment, git-<revision>]``, and an id
-    derived from ``key`` (what defines the run, e.g. the training fingerprint): the id is recorded
-    in the model card, a DVC output that must come out the same on every machine, so the same
-    inputs give the same id and a rerun resumes that run (``resume="allow"``).
-    """
-    from autosink.export import git_revision
-
-    env = os.environ if env is None else env
-    experiment = env.get("DVC_EXP_NAME") or "workspace"
-    revision = git_revision()
-    return {
-        "name": f"{experiment}-{job_type}",
-        "group": experiment,
-        "job_type": job_type,
-        "tags": [experiment, f"git-{revision[:12]}" + ("-dirty" if revision.endswith("-dirty") else "")],
-        "id": f"{job_type}-{key[:16]}",
-        "resume": "allow",
-    }
 
 
 def log_to_wandb(summary: dict, frames: pd.DataFrame, labels: pd.DataFrame, cfg: dict, features: list[str]) -> dict:

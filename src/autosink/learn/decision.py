@@ -12,7 +12,7 @@ threshold is chosen by replaying sessions through :class:`autosink.edge.controll
   left it after the previous frame (exactly what the closed loop would render), so any number of
   thresholds costs no more network passes;
 * for each candidate threshold: needed water withheld, litres, false-offs (the water benchmark's
-  own accounting, :func:`autosink.water.frame_counts`);
+  own accounting, :func:`autosink.learn.water.frame_counts`);
 * the rule: the fewest litres among thresholds that withhold at most ``max_withheld_pct`` of
   the needed water with at most ``max_false_offs_per_10min``; if none does, the least withheld
   water (then the fewest litres).
@@ -41,10 +41,10 @@ def tune_scripts(sim_cfg: Mapping[str, Any], sessions: int) -> list:
 
 def pair_probabilities(net, scripts: list, batch_size: int = 32, progress: bool = False) -> list[np.ndarray]:
     """Per session ``[frames, 2]``: the network's probability on the water-off and water-on
-    render of every frame (:func:`autosink.evaluation.predict_water_on_off`)."""
+    render of every frame (:func:`autosink.learn.evaluation.predict_water_on_off`)."""
     from tqdm import tqdm
 
-    from autosink.evaluation import predict_water_on_off
+    from autosink.learn.evaluation import predict_water_on_off
 
     return [
         predict_water_on_off(net, s.states, batch_size)
@@ -78,7 +78,7 @@ def sweep(
     thresholds=DEFAULT_THRESHOLDS,
 ) -> list[dict]:
     """One row per threshold: the water benchmark's metrics pooled over the sessions."""
-    from autosink.water import derive, frame_counts
+    from autosink.learn.water import derive, frame_counts
 
     rows = []
     for t in thresholds:

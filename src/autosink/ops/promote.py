@@ -38,8 +38,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from autosink.fileio import atomic_write, fsync_dir, sha256_file
-from autosink.modelcard import CardError, read_card
+from autosink.core.fileio import atomic_write, fsync_dir, sha256_file
+from autosink.core.modelcard import CardError, read_card
 
 __all__ = ["PromotionError", "promote", "rollback", "production_status", "CANDIDATE", "PRODUCTION", "PREVIOUS"]
 
@@ -373,7 +373,7 @@ def _track(root: Path, push: bool, wandb_mode: str | None, what: str, result: di
 def _log_wandb(root: Path, wandb_mode: str | None, result: dict[str, Any]) -> None:
     """Log production's model.onnx + model.json as artifact ``autosink-model`` (aliases production
     and the card's version). Failures go to ``result["wandb_error"]`` and are printed."""
-    from autosink.validation.tracking import resolve_mode
+    from autosink.core.tracking import resolve_mode
 
     mode, note = resolve_mode(wandb_mode or "auto")
     if note:

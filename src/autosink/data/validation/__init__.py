@@ -4,11 +4,11 @@
   and objectness, saturation, size, readability, 16x16 average hash), cached by path + content hash.
 - ``drift``: evidently 0.7 report (DataDriftPreset + DataSummaryPreset) vs. a reference.
 - ``checks``: the checks and their thresholds (``validate.checks.*``).
-- ``tracking``: the summary to wandb (offline unless configured and keyed).
+- ``wandb_log``: the summary to wandb (offline unless configured and keyed).
 - ``core``: ``validate()`` ties them together and writes every output.
 """
 
-from autosink.validation.core import DataValidationError, Paths, failure_message, validate
-from autosink.validation.features import FEATURES
+from autosink.data.validation.core import DataValidationError, Paths, failure_message, validate
+from autosink.data.validation.features import FEATURES
 
 __all__ = ["DataValidationError", "FEATURES", "Paths", "failure_message", "validate"]

@@ -2,7 +2,7 @@
 
 The format is the one deployed Pis already write (documented in this module), so it lives in
 exactly one place, shared by the training pipeline and the Pi edge runtime. That is why
-this module imports only the standard library, numpy, cv2 and the stdlib-only autosink.fileio.
+this module imports only the standard library, numpy, cv2 and the stdlib-only autosink.core.fileio.
 
 An episode is ``{YYYYmmdd_HHMMSS}.zip`` holding ``{stem}.json`` and frames ``1.png .. N.png``
 at its root, or an unzipped folder with the same members. Episodes come from the field and
@@ -33,7 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from autosink.fileio import NotRegularFileError, fsync_dir, json_type, open_regular
+from autosink.core.fileio import NotRegularFileError, fsync_dir, json_type, open_regular
 
 __all__ = [
     "FRAME_WIDTH",
@@ -136,7 +136,7 @@ class Interaction:
       button release (its ``forced_on_hold_s``), autosink's edge writes the model's decision here;
     * ``arduino_output`` (version 2 only): the valve the Pi commanded, 1 open. The earlier Pis
       always wrote 0. ``arduino_output`` 1 with ``magnetic_status`` 0 is water nobody asked for:
-      the label stage ignores those frames (:func:`autosink.labels.propagate`, rule 6).
+      the label stage ignores those frames (:func:`autosink.data.labels.propagate`, rule 6).
     """
 
     timestamp: datetime

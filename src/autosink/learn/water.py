@@ -301,7 +301,7 @@ class SimUserFeedback:
     running (the valve before this step) against what they want in this frame of the script:
     water withheld for their reaction delay -> they press the button and hold it while they
     want water (``forced_on``); water running unwanted for their delay -> they close the handle
-    (``closed``). Used by the closed loop (:mod:`autosink.loop`); the benchmark has no user."""
+    (``closed``). Used by the closed loop (:mod:`autosink.ops.loop`); the benchmark has no user."""
 
     def __init__(self, script: SessionScript, user: SimUser | None = None) -> None:
         self.script = script

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from autosink.validation.features import FEATURES
+from autosink.data.validation.features import FEATURES
 
 # evidently stattests whose score is a p-value (drifted when it is small): a "severe" score
 # threshold (checks.max_feature_drift) means nothing for them.

@@ -1,4 +1,4 @@
-"""ONNX export of a trained :class:`~autosink.model.WaterNet`, checked, with its model card.
+"""ONNX export of a trained :class:`~autosink.learn.model.WaterNet`, checked, with its model card.
 
 :func:`export_onnx` writes ONE self-contained ``.onnx`` file (no external data) whose input is
 what the Pi's camera delivers and whose output is what the controller needs::
@@ -14,7 +14,7 @@ raises and never lands. The write is atomic (hidden temp file in the same folder
 ``os.replace``), so a reader (the Pi's hot reload, DVC) sees the old file or the new one.
 
 :func:`write_model_card` then writes the card beside it (``model.onnx`` -> ``model.json``,
-:mod:`autosink.modelcard`) with the file's sha256, the threshold, and provenance: feature-store
+:mod:`autosink.core.modelcard`) with the file's sha256, the threshold, and provenance: feature-store
 version, git revision, opset, creation time, metrics, model input size and crop.
 
 Exporter: the TorchScript ("legacy") exporter by default (``dynamo=False``): it handles
@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import subprocess
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from autosink.fileio import fsync_dir, sha256_file
-from autosink.modelcard import card_path_for, check_card_supported, make_card, write_card
+from autosink.core.fileio import fsync_dir, sha256_file
+from autosink.core.modelcard import card_path_for, check_card_supported, make_card, write_card
 
 __all__ = [
     "OPSET",
@@ -47,7 +46,6 @@ __all__ = [
     "export_onnx",
     "check_parity",
     "write_model_card",
-    "git_revision",
     "parity_frames",
 ]
 
@@ -71,7 +69,7 @@ def _quiet_exporter() -> Iterator[None]:
     """Hide the exporter's known, harmless chatter; every other warning (and every error) shows.
 
     * the legacy exporter's deprecation notices (we choose it on purpose, see the module doc);
-    * TracerWarnings raised from :mod:`autosink.model`: its shape checks (``frames.shape[-1] != 3``,
+    * TracerWarnings raised from :mod:`autosink.learn.model`: its shape checks (``frames.shape[-1] != 3``,
       "resize only if the size differs") compare the fixed H, W, C dims, which the graph fixes
       anyway; only N is dynamic, and the parity check runs more than one batch size.
     """
@@ -172,7 +170,7 @@ def export_onnx(
     rtol: float = 1e-3,
     atol: float = 1e-5,
 ) -> Path:
-    """Export ``net`` (a :class:`~autosink.model.WaterNet`) to ``path`` (``*.onnx``), checked.
+    """Export ``net`` (a :class:`~autosink.learn.model.WaterNet`) to ``path`` (``*.onnx``), checked.
 
     ``height`` x ``width`` is the camera frame the graph takes (the module's source size; a
     mismatch is an error). Parity with torch is checked on 2 deterministic random frames and on
@@ -315,33 +313,6 @@ def check_parity(net: Any, onnx_path: StrPath, frames: np.ndarray, rtol: float =
 
 
 # --------------------------------------------------------------------------- card
-
-
-#: What the pipeline itself writes into tracked files: changes there do not make the code dirty
-#: (after every `dvc repro` dvc.lock and the metrics differ from the commit).
-PIPELINE_OUTPUTS = ("dvc.lock", "metrics", "reports", "models", "data")
-
-
-def git_revision(cwd: StrPath | None = None) -> str:
-    """``git rev-parse HEAD`` of the repository holding ``cwd`` (default: this package's source),
-    plus ``-dirty`` when files other than the pipeline's outputs (:data:`PIPELINE_OUTPUTS`)
-    changed or untracked, not-ignored ones exist; ``unknown`` outside git (or without git)."""
-    where = str(cwd) if cwd is not None else str(Path(__file__).resolve().parent)
-
-    def git(*args: str) -> str:
-        # --no-optional-locks: a status must not take index.lock under a concurrent git command
-        return subprocess.run(
-            ["git", "--no-optional-locks", *args], cwd=where, capture_output=True, text=True, timeout=30, check=True
-        ).stdout.strip()
-
-    try:
-        head = git("rev-parse", "--verify", "HEAD")
-        dirty = bool(
-            git("status", "--porcelain", "--", ":(top)", *(f":(top,exclude){path}" for path in PIPELINE_OUTPUTS))
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{head}-dirty" if dirty else head
 
 
 def _jsonable(value: Any, where: str) -> Any:

@@ -90,7 +90,7 @@ def copy_project(
 
 def clone_episode(src: Path, lake: Path, shift: timedelta) -> Path:
     """Write a copy of an episode shifted in time: a distinct episode with the same frames."""
-    from autosink.episode import episode_stem, read_episode, write_episode
+    from autosink.core.episode import episode_stem, read_episode, write_episode
 
     ep = read_episode(src, check_frames=False)
     meta = ep.meta
@@ -118,7 +118,7 @@ def incremental(repo_root: Path, sizes: list[int], work: Path) -> list[dict]:
     `dvc add`ed lake): the data pipeline, whose cost should track the new data, not the lake.
     Training and what follows it rerun in full on any new data, whatever the lake's size (and the
     cloned episodes here share a few sessions, too few for the session-level splits to train on)."""
-    from autosink.episode import find_episodes
+    from autosink.core.episode import find_episodes
 
     # A tiny sample lake (only its cases and a few templates are used), and the data gate off:
     # cloned episodes are near-duplicates by construction.
@@ -178,7 +178,7 @@ def _row(r: dict) -> str:
 
 
 def main_incremental(sizes: list[int], keep: Path | None, json_out: Path | None) -> int:
-    from autosink.config import project_root
+    from autosink.ops.config import project_root
 
     repo = project_root()
     work = keep or Path(__import__("tempfile").mkdtemp(prefix="autosink-bench-"))
@@ -203,7 +203,7 @@ def train_throughput(
     for the current training split."""
     import torch
 
-    from autosink.model import WaterNet, count_parameters
+    from autosink.learn.model import WaterNet, count_parameters
 
     model_cfg, data_cfg, train_cfg = params["model"], params["data"], params["train"]
     torch.set_num_threads(threads or os.cpu_count() or 1)
@@ -242,7 +242,7 @@ def train_throughput(
 
 
 def main_train(backbones: list[str], batches: int, json_out: Path | None) -> int:
-    from autosink.config import load_params, project_root
+    from autosink.ops.config import load_params, project_root
 
     os.chdir(project_root())
     params = load_params()
@@ -379,7 +379,7 @@ def edge_latency(
     ``load_model(path, threads=...).predict``, in a fresh process that imports only the edge side;
     that process's peak memory too. ``frames``: RGB images of the card's size (others are
     skipped; none: synthetic frames). Returns p50/p90/p99/mean/min/max ms, fps, peak_rss_mb..."""
-    from autosink.modelcard import card_path_for
+    from autosink.core.modelcard import card_path_for
 
     model = Path(model)
     for path in (model, card_path_for(model)):
@@ -395,7 +395,7 @@ def edge_latency(
         "threads": int(threads),
     }
     proc = subprocess.run(
-        [sys.executable, "-c", "from autosink.bench import _edge_worker; _edge_worker()"],
+        [sys.executable, "-c", "from autosink.ops.bench import _edge_worker; _edge_worker()"],
         input=json.dumps(spec),
         capture_output=True,
         text=True,
@@ -434,8 +434,8 @@ def export_baseline(params: dict, out_dir: Path, backbone: str = BASELINE, seed:
     the trained one (same camera frame, model input, crop and opset), with a card, into ``out_dir``."""
     import torch
 
-    from autosink.export import OPSET, export_onnx, write_model_card
-    from autosink.model import build_model
+    from autosink.learn.export import OPSET, export_onnx, write_model_card
+    from autosink.learn.model import build_model
 
     model_cfg, data_cfg = params["model"], params["data"]
     torch.manual_seed(seed)
@@ -473,7 +473,7 @@ def compare_edge(root: Path, params: dict, model: Path, *, iterations: int, warm
     import tempfile
 
     model = model if model.is_absolute() else root / model
-    from autosink.modelcard import card_path_for
+    from autosink.core.modelcard import card_path_for
 
     for path in (model, card_path_for(model)):  # before the (slow) baseline export
         if not path.is_file():
@@ -718,7 +718,7 @@ def _from_cwd(path: Path) -> Path:
 
 
 def main_edge(model: Path, iterations: int, warmup: int, json_out: Path | None) -> int:
-    from autosink.config import load_params, project_root
+    from autosink.ops.config import load_params, project_root
 
     model, json_out = _from_cwd(model), json_out and json_out.resolve()
     root = project_root()
@@ -749,8 +749,8 @@ def main_all(
     """`autosink bench all` / `make bench`: everything, a table, and metrics/bench.json."""
     import tempfile
 
-    from autosink.config import load_params, project_root
-    from autosink.export import git_revision
+    from autosink.core.proc import git_revision
+    from autosink.ops.config import load_params, project_root
 
     json_out = json_out.resolve() if json_out else None
     keep = keep.resolve() if keep else None

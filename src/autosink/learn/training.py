@@ -1,6 +1,6 @@
 """Training: the LightningModule, the Trainer built from ``train.*`` parameters, and resume.
 
-:func:`fit` trains :class:`LitWaterNet` on the :class:`~autosink.frames.WaterDataModule`,
+:func:`fit` trains :class:`LitWaterNet` on the :class:`~autosink.learn.frames.WaterDataModule`,
 keeps the best checkpoint by ``train.monitor`` (early stopping on the same metric), picks the
 decision threshold on the validation split, and writes one self-contained checkpoint
 (``models/model.ckpt``: weights, hyperparameters, threshold, data version) for evaluate and
@@ -32,8 +32,15 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from autosink.fileio import atomic_write, code_version
-from autosink.model import WaterNet, build_model, build_preprocess, count_parameters, load_base_weights, net_state_dict
+from autosink.core.fileio import atomic_write, code_version
+from autosink.learn.model import (
+    WaterNet,
+    build_model,
+    build_preprocess,
+    count_parameters,
+    load_base_weights,
+    net_state_dict,
+)
 
 __all__ = ["LitWaterNet", "fit", "run_fingerprint", "choose_threshold", "load_trained"]
 
@@ -152,7 +159,7 @@ def choose_threshold(p: np.ndarray, y: np.ndarray) -> float:
 def run_fingerprint(params: dict, splits_dir: Path) -> str:
     """What defines a training run: model/train/data parameters, the training code and the split
     tables' bytes."""
-    from autosink import frames, model
+    from autosink.learn import frames, model
 
     h = hashlib.sha256(
         json.dumps({k: params.get(k) for k in ("model", "train", "data")}, sort_keys=True, default=str).encode()
@@ -221,9 +228,9 @@ class ThroughputCallback(pl.Callback):
 
 def make_logger(cfg: dict, save_dir: Path, job_type: str = "train", key: str = ""):
     """WandbLogger per ``train.wandb`` (mode auto: online with WANDB_API_KEY, else offline), or None.
-    Named, grouped and tagged by :func:`autosink.validation.tracking.run_identity` (``key``: the
+    Named, grouped and tagged by :func:`autosink.core.tracking.run_identity` (``key``: the
     run's fingerprint)."""
-    from autosink.validation.tracking import resolve_mode, run_identity
+    from autosink.core.tracking import resolve_mode, run_identity
 
     w = cfg.get("wandb") or {}
     mode, why = resolve_mode(w.get("mode", "auto"))
@@ -292,12 +299,12 @@ def fit(
 
     ``logger="config"`` builds the wandb logger from ``train.wandb``; pass None for none.
     ``datamodule``: train on it instead of the splits + feature store (the base model's
-    rendered pairs, :class:`autosink.base.BaseDataModule`). ``replay``/``replay_share``: old data
-    mixed into the training draws (:class:`~autosink.frames.WaterDataModule`).
+    rendered pairs, :class:`autosink.learn.base.BaseDataModule`). ``replay``/``replay_share``: old data
+    mixed into the training draws (:class:`~autosink.learn.frames.WaterDataModule`).
     """
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
-    from autosink.frames import WaterDataModule
+    from autosink.learn.frames import WaterDataModule
 
     model_cfg, data_cfg, cfg = params["model"], params["data"], params["train"]
     splits_dir, ckpt_dir, out_ckpt = Path(splits_dir), Path(ckpt_dir), Path(out_ckpt)
@@ -384,7 +391,7 @@ def fit(
         p = torch.cat([best.predict_step((x,), 0) for x, _, _ in dm.val_dataloader()]).numpy()
     y = val.labels.numpy().astype(int)
     thr_cfg = cfg.get("threshold", "auto")
-    # closed-loop: this is the starting point; the train stage then chooses in the loop (autosink.decision)
+    # closed-loop: this is the starting point; the train stage then chooses in the loop (autosink.learn.decision)
     threshold = choose_threshold(p, y) if thr_cfg in ("auto", "accuracy", "closed-loop") else float(thr_cfg)
     val_metrics = binary_metrics(p, y, threshold)
 

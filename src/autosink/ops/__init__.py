@@ -1,0 +1,1 @@
+"""Running the project: params and workspace, benchmarks, the closed loop, promotion, plots."""
