@@ -127,8 +127,9 @@ def build_fetch_parser() -> argparse.ArgumentParser:
 
 def fetch_main(argv: list[str]) -> int:
     args = build_fetch_parser().parse_args(argv)
-    from autosink.edge.fetch import FetchError, fetch_model, make_source
-    from autosink.edge.runtime import ConfigError, load_config, merge_config
+    from autosink.edge.fetch import fetch_model
+    from autosink.edge.settings import ConfigError, load_config, merge_config
+    from autosink.edge.sources import FetchError, make_source
 
     o: dict = {}
     for key, value in (
@@ -231,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _install_signal_notes()  # before the slow imports and the start-up: no signal may raise from here on
 
-    from autosink.edge.runtime import ConfigError, close_valve_from_config, load_config, merge_config
+    from autosink.edge.settings import ConfigError, load_config, merge_config
+    from autosink.edge.wiring import close_valve_from_config
 
     try:
         cfg = merge_config(load_config(args.config), _overrides(args), "command line")
@@ -254,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from autosink.edge.camera import CameraError
+    from autosink.edge.feedback import replay_user
     from autosink.edge.inference import ModelError
-    from autosink.edge.runtime import build_runtime, replay_user
+    from autosink.edge.wiring import build_runtime
 
     try:
         feedback = None

@@ -14,6 +14,7 @@ import pytest
 
 from autosink.cli import build_parser, main
 from autosink.ops import bench
+from autosink.ops.workspace import tool_env
 
 H, W = 48, 64  # a tiny "camera"
 TINY = {
@@ -203,7 +204,7 @@ def test_bench_all_writes_the_report(tmp_path, repo_root, monkeypatch, capsys):
 
 
 def test_dvc_noop_repro_never_runs_a_stale_pipeline(tmp_path):
-    env = bench._tool_env()
+    env = tool_env()
 
     def sh(*cmd):
         subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True)

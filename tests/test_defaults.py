@@ -15,7 +15,7 @@ import yaml
 from autosink.data.labels import LabelRules
 from autosink.data.validation.features import FeatureConfig
 from autosink.edge.controller import ControllerConfig
-from autosink.edge.runtime import DEFAULT_CONFIG
+from autosink.edge.settings import DEFAULT_CONFIG
 from autosink.learn.cases import DEFAULT_MAX_REGRESSION, DEFAULT_MIN_ACCURACY
 from autosink.learn.export import OPSET
 from autosink.learn.water import DEFAULTS as WATER_DEFAULTS

@@ -1,4 +1,4 @@
-"""Delivering the production model to the Pi (autosink.edge.fetch, `edge/run.py fetch`).
+"""Delivering the production model to the Pi (autosink.edge.fetch, .sources, .install; `edge/run.py fetch`).
 
 Fast tests use the folder source and a fake W&B API (no network); the slow one promotes a
 fabricated model in a scratch git+DVC copy of the project, pushes it to a private local remote,
@@ -21,22 +21,16 @@ import pytest
 
 from autosink.core.modelcard import card_path_for, read_card, sha256_file, write_card
 from autosink.edge.camera import IteratorCamera
+from autosink.edge.clock import SimClock
 from autosink.edge.controller import UserInput
 from autosink.edge.devices import FakeValve
-from autosink.edge.fetch import (
-    DvcSource,
-    FetchError,
-    FolderSource,
-    PeriodicFetcher,
-    WandbSource,
-    fetch_model,
-    installed_model,
-    make_source,
-    record_path_for,
-    recover_install,
-)
+from autosink.edge.feedback import FeedbackContext
+from autosink.edge.fetch import PeriodicFetcher, fetch_model
 from autosink.edge.inference import ModelReloader, load_model
-from autosink.edge.runtime import DEFAULT_CONFIG, ConfigError, FeedbackContext, SimClock, build_runtime, merge_config
+from autosink.edge.install import installed_model, record_path_for, recover_install
+from autosink.edge.settings import DEFAULT_CONFIG, ConfigError, merge_config
+from autosink.edge.sources import DvcSource, FetchError, FolderSource, WandbSource, make_source
+from autosink.edge.wiring import build_runtime
 from tests.edge_fixtures import FOOTPRINT_SCRIPT, bright_roi_frame, check_footprint, write_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,7 +169,9 @@ def test_a_bad_download_is_refused_and_the_installed_model_stays(tmp_path, pi, s
 
 _FETCH_SPECIALS = r"""
 import json, sys
-from autosink.edge.fetch import FolderSource, fetch_model, installed_model
+from autosink.edge.fetch import fetch_model
+from autosink.edge.install import installed_model
+from autosink.edge.sources import FolderSource
 pi, fifo_target, shares = sys.argv[1], sys.argv[2], sys.argv[3:]
 out = {"results": [fetch_model(FolderSource(s), pi).to_dict() for s in shares],
        "installed": installed_model(pi), "fifo_target": installed_model(fifo_target)}
@@ -235,9 +231,9 @@ def test_a_crash_between_the_two_renames_is_finished_at_the_next_start(tmp_path,
             raise OSError(5, "Input/output error")
         real_replace(a, b)
 
-    monkeypatch.setattr("autosink.edge.fetch.os.replace", power_cut)
+    monkeypatch.setattr("autosink.edge.install.os.replace", power_cut)
     res = fetch_model(FolderSource(src), pi)
-    monkeypatch.setattr("autosink.edge.fetch.os.replace", real_replace)
+    monkeypatch.setattr("autosink.edge.install.os.replace", real_replace)
     assert res.status == "failed" and "the next fetch or start finishes it" in res.message
     assert installed_model(pi)["problem"]  # new model, old card on disk
     assert reloader.check() and reloader.model.version == "v1"  # the mismatched pair is refused
@@ -494,8 +490,8 @@ def _git(root: Path, *args: str) -> str:
 
 @pytest.mark.slow
 def test_dvc_get_from_a_clone_delivers_the_promoted_model(repo_root, tmp_path, monkeypatch, caplog):
-    from autosink.ops.bench import copy_project
     from autosink.ops.promote import promote
+    from autosink.ops.workspace import copy_project
     from tests.test_promote import make_candidate
 
     caplog.set_level(logging.INFO)

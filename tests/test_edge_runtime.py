@@ -38,22 +38,16 @@ from autosink.core.modelcard import (
     write_card,
 )
 from autosink.edge.camera import Camera, Frame, IteratorCamera, open_camera
+from autosink.edge.clock import SimClock
 from autosink.edge.controller import UserInput
 from autosink.edge.devices import FakeInput, FakeValve
+from autosink.edge.feedback import FeedbackContext, GpioFeedback
 from autosink.edge.inference import ModelError, ModelReloader, load_model, normalize_probability
 from autosink.edge.recorder import Recorder
-from autosink.edge.runtime import (
-    DEFAULT_CONFIG,
-    ConfigError,
-    EdgeRuntime,
-    FeedbackContext,
-    GpioFeedback,
-    SimClock,
-    build_runtime,
-    load_config,
-    merge_config,
-)
+from autosink.edge.runtime import EdgeRuntime
+from autosink.edge.settings import DEFAULT_CONFIG, ConfigError, load_config, merge_config
 from autosink.edge.uploader import FolderTarget, GDriveTarget, TargetUnavailable, Uploader, make_target
+from autosink.edge.wiring import build_runtime
 from tests.edge_fixtures import FOOTPRINT_SCRIPT, ROI, bright_roi_frame, check_footprint, write_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -1012,7 +1006,8 @@ _OPEN_SPECIALS = r"""
 import json, sys, time
 from autosink.edge.camera import CameraError, open_camera
 from autosink.edge.inference import ModelError
-from autosink.edge.runtime import ConfigError, load_config, load_regular_model
+from autosink.edge.settings import ConfigError, load_config
+from autosink.edge.wiring import load_regular_model
 out = {"card": None}
 try:
     load_regular_model(sys.argv[2], threads=1)

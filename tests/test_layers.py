@@ -112,6 +112,17 @@ def test_every_module_has_one_layer():
     assert not wrong, "every module needs exactly one entry in LAYERS (tests/layers.py): " + "; ".join(wrong)
 
 
+def test_the_layers_are_the_folders():
+    """Each package folder under src/autosink is one layer of its own name; only the package's
+    ``__init__.py`` and the ``autosink`` command (cli.py) sit outside a folder."""
+    folders = sorted(p.name for p in (SRC / PACKAGE).iterdir() if (p / "__init__.py").is_file())
+    assert {key: LAYERS[key] for key in LAYERS if key.count(".") == 1 and key != f"{PACKAGE}.cli"} == {
+        f"{PACKAGE}.{name}": name for name in folders
+    }
+    loose = sorted(p.name for p in (SRC / PACKAGE).glob("*.py"))
+    assert loose == ["__init__.py", "cli.py"], f"modules outside a layer folder: {loose}"
+
+
 def test_the_table_is_well_formed():
     assert len(set(ORDER)) == len(ORDER)
     assert set(LAYERS.values()) <= set(ORDER), set(LAYERS.values()) - set(ORDER)

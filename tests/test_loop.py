@@ -95,7 +95,10 @@ def test_replaying_an_episode_with_its_user_records_the_same_overrides(tmp_path,
     frames, the same model and the recorded faucet states as the user's hand give an episode the
     lake accepts, overridden on exactly the frames the original was."""
     from autosink.core.episode import check_episode
-    from autosink.edge.runtime import SimClock, build_runtime, load_config, merge_config, replay_user
+    from autosink.edge.clock import SimClock
+    from autosink.edge.feedback import replay_user
+    from autosink.edge.settings import load_config, merge_config
+    from autosink.edge.wiring import build_runtime
 
     project, params = _project(tmp_path, repo_root, bias=-10.0)  # never opens: the user forces water
     collect_round(project, params, 1, tmp_path / "spool", progress=False)

@@ -19,8 +19,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from autosink.core.proc import output
+from autosink.data.extract import recorded_sha256
 from autosink.data.labels import write_human_labels
-from autosink.ops.bench import clone_episode, copy_project, run
+from autosink.ops.workspace import clone_episode, copy_project
 from tests.conftest import CHROMIUM
 
 pytestmark = pytest.mark.slow
@@ -96,9 +98,11 @@ def report(root: Path, name: str) -> dict:
 
 def label_episode(root: Path, labels: dict[int, int]) -> str:
     """Human labels for the first extracted episode, stamped with its lake file's sha256 (as the labeler saves)."""
-    record = sorted((root / "data/extracted/episodes").glob("*.json"))[0]
-    write_human_labels(root / "data/labels" / f"{record.stem}.csv", labels, json.loads(record.read_text())["sha256"])
-    return record.stem
+    episode = sorted((root / "data/extracted/episodes").glob("*.json"))[0].stem
+    write_human_labels(
+        root / "data/labels" / f"{episode}.csv", labels, recorded_sha256(root / "data/extracted", episode)
+    )
+    return episode
 
 
 def run_record(root: Path, stage: str) -> dict:
@@ -116,7 +120,7 @@ def project(repo_root, tmp_path_factory):
 
 def test_repro_runs_every_stage_then_nothing(project):
     root, env, _ = project
-    out = run(["dvc", "repro"], root, env)
+    out = output(["dvc", "repro"], cwd=root, env=env)
     for stage in STAGES:
         assert f"Running stage '{stage}'" in out, out
     sim, ext, prep, val = (metrics(root, n) for n in ("simulate", "extract", "prepare", "data_validation"))
@@ -179,13 +183,13 @@ def test_repro_runs_every_stage_then_nothing(project):
     # the water headline never shows savings alone: withheld need, false-offs and the verdict beside it
     assert {"savings_pct", "withheld_pct", "false_offs_per_10min", "passed"} <= set(metrics(root, "water"))
     assert (root / "reports/water_session.png").stat().st_size > 10_000
-    plots = run(["dvc", "plots", "show", "--json"], root, env)
+    plots = output(["dvc", "plots", "show", "--json"], cwd=root, env=env)
     for name in ("training_loss", "confusion", "roc"):
         assert name in plots
 
-    again = run(["dvc", "repro"], root, env)
+    again = output(["dvc", "repro"], cwd=root, env=env)
     assert "Running stage" not in again, again
-    shown = run(["dvc", "metrics", "show", "--json"], root, env)
+    shown = output(["dvc", "metrics", "show", "--json"], cwd=root, env=env)
     assert "auto_label_agreement" in shown and "episodes_quarantined" in shown
     # each metrics file holds a few headline numbers: `dvc metrics show` fits a 120-column terminal
     declared = sorted(
@@ -198,10 +202,10 @@ def test_repro_runs_every_stage_then_nothing(project):
     )
     assert len(declared) >= 8
     for path in declared:
-        table = run(["dvc", "metrics", "show", path], root, env).rstrip("\n").splitlines()
+        table = output(["dvc", "metrics", "show", path], cwd=root, env=env).rstrip("\n").splitlines()
         assert max(map(len, table)) <= 120, "\n".join(table)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-q", "-m", "repro"], root, env)
+    output(["git", "add", "-A"], cwd=root, env=env)
+    output(["git", "commit", "-q", "-m", "repro"], cwd=root, env=env)
 
 
 def test_a_fresh_clone_reproduces_every_output_byte_for_byte(project, tmp_path):
@@ -210,13 +214,15 @@ def test_a_fresh_clone_reproduces_every_output_byte_for_byte(project, tmp_path):
     hash, metrics file and the model card come out identical, so git sees no change."""
     root, env, _ = project
     clone = tmp_path / "clone"
-    run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
-    out = run(["dvc", "repro"], clone, env)
+    output(["git", "clone", "-q", str(root), str(clone)], cwd=tmp_path, env=env)
+    out = output(["dvc", "repro"], cwd=clone, env=env)
     # every stage whose outputs live in DVC's cache (not in git) reran; the stages after them found
     # their inputs byte-identical to the lock and their git-tracked outputs present: nothing to do
     for stage in ("simulate", "extract", "label", "prepare", "validate_data", "base", "train", "export"):
         assert f"Running stage '{stage}'" in out, stage
-    assert run(["git", "status", "--porcelain"], clone, env) == "", run(["git", "diff", "--stat"], clone, env)
+    assert output(["git", "status", "--porcelain"], cwd=clone, env=env) == "", output(
+        ["git", "diff", "--stat"], cwd=clone, env=env
+    )
 
 
 def _drawn_charts(browser, page_file: Path) -> list[int]:
@@ -245,7 +251,7 @@ def test_plots_page_draws_offline(project, tmp_path, request):
     # pytest-playwright's session browser: a second sync_playwright() beside it cannot start
     browser = request.getfixturevalue("browser")
     try:
-        run(["autosink", "plots", "-o", str(tmp_path / "plots")], root, env)
+        output(["autosink", "plots", "-o", str(tmp_path / "plots")], cwd=root, env=env)
     except RuntimeError as e:
         if "cannot download" in str(e):
             pytest.skip(f"the npm registry is out of reach and nothing is cached: {e}")
@@ -253,102 +259,104 @@ def test_plots_page_draws_offline(project, tmp_path, request):
     charts = _drawn_charts(browser, tmp_path / "plots/index.html")
     declared = yaml.safe_load((root / "dvc.yaml").read_text())["plots"]
     assert len(charts) == len(declared) and all(n > 500 for n in charts), charts
-    run(["dvc", "plots", "show", "-o", str(tmp_path / "cdn")], root, env)
+    output(["dvc", "plots", "show", "-o", str(tmp_path / "cdn")], cwd=root, env=env)
     assert _drawn_charts(browser, tmp_path / "cdn/index.html") == []  # scripts from a CDN: blank offline
 
 
 def test_human_label_reruns_label_stage_only_for_that_episode(project):
     root, env, _ = project
     episode = label_episode(root, {0: 1, 1: 1})
-    out = run(["dvc", "repro"], root, env)
+    out = output(["dvc", "repro"], cwd=root, env=env)
     assert "Running stage 'label'" in out and "Running stage 'extract'" not in out
     lab, work = metrics(root, "labels"), run_record(root, "label")
     assert work["episodes_relabelled"] == 1 and lab["frames_human"] == 2
     # without the human labels the pipeline's outputs are the committed ones again, byte for byte
     (root / "data/labels" / f"{episode}.csv").unlink()
-    run(["dvc", "repro"], root, env)
-    assert run(["git", "status", "--porcelain"], root, env) == "", run(["git", "diff", "--stat"], root, env)
+    output(["dvc", "repro"], cwd=root, env=env)
+    assert output(["git", "status", "--porcelain"], cwd=root, env=env) == "", output(
+        ["git", "diff", "--stat"], cwd=root, env=env
+    )
 
 
 def test_exp_run_reruns_only_what_reads_the_key(project):
     root, env, _ = project
     # case_frames changes only the case sets: simulate reruns, the lake comes out
     # byte-identical, so extract and everything after it are skipped.
-    out = run(["dvc", "exp", "run", "-S", f"sim.case_frames={TINY_SIM['case_frames'] + 1}"], root, env)
+    out = output(["dvc", "exp", "run", "-S", f"sim.case_frames={TINY_SIM['case_frames'] + 1}"], cwd=root, env=env)
     assert "Running stage 'simulate'" in out, out
     for stage in ("extract", "label", "prepare", "validate_data"):
         assert f"Running stage '{stage}'" not in out, out
-    out = run(["dvc", "exp", "run", "-S", "prepare.seed=7"], root, env)
+    out = output(["dvc", "exp", "run", "-S", "prepare.seed=7"], cwd=root, env=env)
     assert "Running stage 'prepare'" in out and "Running stage 'label'" not in out, out
     # back to the committed splits: Hydra composes each experiment's params from conf/, so the next
     # one asks for the default seed again, and the seed-7 splits in the workspace would rerun prepare
-    run(["git", "checkout", "--", "."], root, env)
-    run(["dvc", "checkout", "--force"], root, env)
+    output(["git", "checkout", "--", "."], cwd=root, env=env)
+    output(["dvc", "checkout", "--force"], cwd=root, env=env)
     # training experiments: a learning rate, another backbone (a Hydra group) -> train onwards only
     for override in ("train.lr=0.0005", "model=resnet18"):
-        out = run(["dvc", "exp", "run", "-S", override], root, env)
+        out = output(["dvc", "exp", "run", "-S", override], cwd=root, env=env)
         assert "Running stage 'train'" in out and "Running stage 'export'" in out, out
         assert "Running stage 'prepare'" not in out and "Running stage 'validate_data'" not in out, out
     assert json.loads((root / "models/model.json").read_text())["backbone"] == "resnet18"
-    table = run(["dvc", "exp", "show", "--no-pager", "--csv"], root, env)
+    table = output(["dvc", "exp", "show", "--no-pager", "--csv"], cwd=root, env=env)
     assert "sim.case_frames" in table and "prepare.seed" in table
     assert "train.lr" in table and "model.backbone" in table and "accuracy" in table
-    run(["git", "checkout", "--", "."], root, env)
-    run(["dvc", "checkout", "--force"], root, env)
+    output(["git", "checkout", "--", "."], cwd=root, env=env)
+    output(["dvc", "checkout", "--force"], cwd=root, env=env)
 
 
 def test_push_delete_cache_pull(project):
     root, env, remote = project
     before = tree_digest(root / "data/data-lake")
     store_before = tree_digest(root / "data/feature-store")
-    run(["dvc", "push"], root, env)
+    output(["dvc", "push"], cwd=root, env=env)
     assert any(remote.rglob("*")), "nothing reached the local remote"
     for path in (".dvc/cache", "data/data-lake", "data/extracted", "data/feature-store"):
         shutil.rmtree(root / path)
-    run(["dvc", "pull"], root, env)
+    output(["dvc", "pull"], cwd=root, env=env)
     assert tree_digest(root / "data/data-lake") == before
     assert tree_digest(root / "data/feature-store") == store_before
-    assert "up to date" in run(["dvc", "status"], root, env)
+    assert "up to date" in output(["dvc", "status"], cwd=root, env=env)
 
 
 def test_round_trip_push_clone_pull_and_an_older_snapshot(project, tmp_path):
     """dvc push, then a second clone: `dvc pull` gives a complete workspace with `dvc status`
     clean, and `git checkout <older rev> && dvc checkout` brings back that snapshot's data."""
     root, env, _ = project
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-q", "--allow-empty", "-m", "snapshot A"], root, env)
-    run(["dvc", "push"], root, env)
+    output(["git", "add", "-A"], cwd=root, env=env)
+    output(["git", "commit", "-q", "--allow-empty", "-m", "snapshot A"], cwd=root, env=env)
+    output(["dvc", "push"], cwd=root, env=env)
     store_a = tree_digest(root / "data/feature-store")
     episode = label_episode(root, {0: 1, 1: 1})  # snapshot B: other labels
-    run(["dvc", "repro"], root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-q", "-m", "snapshot B"], root, env)
+    output(["dvc", "repro"], cwd=root, env=env)
+    output(["git", "add", "-A"], cwd=root, env=env)
+    output(["git", "commit", "-q", "-m", "snapshot B"], cwd=root, env=env)
     store_b = tree_digest(root / "data/feature-store")
     assert store_b != store_a
-    run(["dvc", "push"], root, env)
+    output(["dvc", "push"], cwd=root, env=env)
 
     clone = tmp_path / "clone"
-    run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
-    run(["autosink", "remote", "init"], clone, env)  # the same remote ($AUTOSINK_DVC_REMOTE)
-    run(["dvc", "pull"], clone, env)
-    assert "up to date" in run(["dvc", "status"], clone, env)
+    output(["git", "clone", "-q", str(root), str(clone)], cwd=tmp_path, env=env)
+    output(["autosink", "remote", "init"], cwd=clone, env=env)  # the same remote ($AUTOSINK_DVC_REMOTE)
+    output(["dvc", "pull"], cwd=clone, env=env)
+    assert "up to date" in output(["dvc", "status"], cwd=clone, env=env)
     assert tree_digest(clone / "data/feature-store") == store_b
     for path in ("models/model.onnx", "models/model.ckpt", "models/base/model.ckpt", "data/data-lake"):
         assert (clone / path).exists(), path
-    run(["git", "checkout", "-q", "HEAD~1"], clone, env)
-    run(["dvc", "pull"], clone, env)  # the clone's cache has only B: fetch A, then check it out
+    output(["git", "checkout", "-q", "HEAD~1"], cwd=clone, env=env)
+    output(["dvc", "pull"], cwd=clone, env=env)  # the clone's cache has only B: fetch A, then check it out
     assert tree_digest(clone / "data/feature-store") == store_a
-    assert "up to date" in run(["dvc", "status"], clone, env)
+    assert "up to date" in output(["dvc", "status"], cwd=clone, env=env)
     # where both snapshots are in the cache, a checkout alone moves between them
-    run(["git", "checkout", "-q", "HEAD~1"], root, env)
-    run(["dvc", "checkout"], root, env)
+    output(["git", "checkout", "-q", "HEAD~1"], cwd=root, env=env)
+    output(["dvc", "checkout"], cwd=root, env=env)
     assert tree_digest(root / "data/feature-store") == store_a
-    run(["git", "checkout", "-q", "main"], root, env)
-    run(["dvc", "checkout"], root, env)
+    output(["git", "checkout", "-q", "main"], cwd=root, env=env)
+    output(["dvc", "checkout"], cwd=root, env=env)
     assert tree_digest(root / "data/feature-store") == store_b
     # back to the labels of snapshot A for the tests after this one
     (root / "data/labels" / f"{episode}.csv").unlink()
-    run(["dvc", "repro"], root, env)
+    output(["dvc", "repro"], cwd=root, env=env)
 
 
 def test_closed_loop_round_records_retrains_gates_and_promotes(project, tmp_path):
@@ -357,7 +365,7 @@ def test_closed_loop_round_records_retrains_gates_and_promotes(project, tmp_path
     regression check) to exercise promotion; the gate's rules have their own tests."""
     root, env, _ = project
     work, out_json, out_png = tmp_path / "loop", tmp_path / "loop.json", tmp_path / "loop.png"
-    log = run(
+    log = output(
         [
             "autosink",
             "loop",
@@ -380,8 +388,8 @@ def test_closed_loop_round_records_retrains_gates_and_promotes(project, tmp_path
             "--plot",
             str(out_png),
         ],
-        root,
-        env,
+        cwd=root,
+        env=env,
     )
     report = json.loads(out_json.read_text())
     (r1,) = report["rounds"]
@@ -395,7 +403,7 @@ def test_closed_loop_round_records_retrains_gates_and_promotes(project, tmp_path
     assert set(cand["water"]) >= {"savings_pct", "withheld_pct", "false_offs_per_10min", "missed_needs_pct"}
     production = json.loads((copy / "models/production/model.json").read_text())
     assert production["model_sha256"] == cand["sha256"] == report["final"]["sha256"]
-    history = run(["git", "log", "--format=%s"], copy, env)
+    history = output(["git", "log", "--format=%s"], cwd=copy, env=env)
     assert "loop round 1: promote" in history and "loop round 0: starting model (base)" in history
     # the fleet's kitchens and the held-out water sessions under the new light
     assert yaml.safe_load((copy / "params.yaml").read_text())["water"]["regime"] == "warm-dim"
@@ -407,15 +415,15 @@ def test_real_lake_switch_is_incremental_and_quarantines(project):
     """Move to data=real with a `dvc add`ed lake, then add one good and one broken episode."""
     root, env, _ = project
     lake = root / "data/data-lake"
-    run(["autosink", "params", "compose", "data=real"], root, env)
-    run(["dvc", "add", "data/data-lake"], root, env)
-    run(["dvc", "repro"], root, env)
+    output(["autosink", "params", "compose", "data=real"], cwd=root, env=env)
+    output(["dvc", "add", "data/data-lake"], cwd=root, env=env)
+    output(["dvc", "repro"], cwd=root, env=env)
     n_before = metrics(root, "extract")["episodes_ok"]
 
     clone_episode(sorted(lake.glob("*.zip"))[0], lake, timedelta(days=400))
     (lake / "20310101_000000.zip").write_bytes(b"not a zip at all")
-    run(["dvc", "add", "data/data-lake"], root, env)
-    out = run(["dvc", "repro"], root, env)
+    output(["dvc", "add", "data/data-lake"], cwd=root, env=env)
+    out = output(["dvc", "repro"], cwd=root, env=env)
     ext, work, lab = metrics(root, "extract"), run_record(root, "extract"), run_record(root, "label")
     assert (work["episodes_extracted"], work["episodes_reused"]) == (1, n_before), work
     assert ext["episodes_ok"] == n_before + 1 and ext["episodes_quarantined"] == 1

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from autosink.core.modelcard import make_card, sha256_file, write_card
-from autosink.ops.bench import copy_project
-from autosink.ops.promote import PromotionError, production_status, promote, rollback
+from autosink.ops.promote import PromotionError, _run, production_status, promote, rollback
+from autosink.ops.workspace import copy_project, git, is_dvc, is_git
 from tests.edge_fixtures import write_tiny_model
 
 CASES = {"tap_on_hands": {"accuracy": 0.96, "frames": 40}, "dishes_in_sink": {"accuracy": 0.9, "frames": 30}}
@@ -201,6 +201,22 @@ def test_promote_rollback_cycle_in_a_plain_folder(plain: Path, monkeypatch: pyte
     assert status["production"]["version"] == "v-c" and status["production"]["model_sha256"] == c["onnx"]
     assert status["previous"]["version"] == "v-b" and status["previous"]["experiment"] == "exp-b"
     assert status["production"]["promoted_at"].endswith("Z")
+
+
+def test_workspace_checks_and_command_errors(tmp_path: Path) -> None:
+    """git/DVC checks are about the folder itself, not a parent; a failing command is a
+    PromotionError naming it and showing its output."""
+    root, sub = tmp_path / "repo", tmp_path / "repo" / "sub"
+    sub.mkdir(parents=True)
+    assert not is_git(root) and git(root, "rev-parse", "HEAD") is None and not is_dvc(root)
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    assert is_git(root) and not is_git(sub) and git(sub, "rev-parse", "--show-toplevel") is None
+    assert git(root, "rev-parse", "--show-toplevel") == str(root.resolve())
+    assert git(root, "rev-parse", "HEAD") is None  # no commit yet: fails, None
+    with pytest.raises(PromotionError, match=r"(?s)`git no-such-subcommand` failed \(exit 1\):\n.*no-such-subcommand"):
+        _run(["git", "no-such-subcommand"], root)
+    with pytest.raises(PromotionError, match="`no-such-program-xyz add x` failed: `no-such-program-xyz` not found"):
+        _run(["no-such-program-xyz", "add", "x"], root)
 
 
 # --------------------------------------------------------------------------- git + DVC + W&B

@@ -112,3 +112,20 @@ def test_threshold_is_chosen_once(ddp_run):
     _, meta = load_trained(root / "models/model.ckpt")
     assert meta["threshold_rule"].startswith("closed loop on 1 tuning sessions")
     assert float(meta["threshold"]) in set(decision["threshold"])
+
+
+@pytest.mark.parametrize(
+    "env, zero",
+    [
+        ({}, True),
+        ({"RANK": "0", "LOCAL_RANK": "0", "NODE_RANK": "0"}, True),
+        ({"RANK": "3"}, False),  # torchrun, any rank but the first
+        ({"SLURM_PROCID": "1"}, False),  # srun
+        ({"LOCAL_RANK": "1"}, False),  # a rank Lightning's own launcher started
+        ({"NODE_RANK": "1"}, False),  # the main process of the second node
+    ],
+)
+def test_only_global_rank_zero_clears_a_finished_run(env, zero):
+    from autosink.learn.training import _launched_as_rank_zero
+
+    assert _launched_as_rank_zero(env) is zero

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from autosink.edge.controller import ControllerConfig
-from autosink.edge.runtime import load_config
+from autosink.edge.settings import load_config
 from autosink.learn.water import (
     CSV_COLUMNS,
     DEFAULTS,

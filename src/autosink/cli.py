@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -104,17 +103,14 @@ def cmd_params_check(args: argparse.Namespace) -> int:
 
 def cmd_remote_init(args: argparse.Namespace) -> int:
     """Point the default `local` remote at $AUTOSINK_DVC_REMOTE (else the default) and create it."""
-    import subprocess
-
+    from autosink.core.proc import run
     from autosink.ops.config import project_root
 
     root = project_root()
     url = os.environ.get(REMOTE_ENV, "").strip()
     if url:  # a per-machine choice: .dvc/config.local, never committed
-        subprocess.run(["dvc", "remote", "modify", "--local", "local", "url", url], cwd=root, check=True)
-    url = subprocess.run(
-        ["dvc", "config", "remote.local.url"], cwd=root, check=True, capture_output=True, text=True
-    ).stdout.strip()
+        run(["dvc", "remote", "modify", "--local", "local", "url", url], cwd=root)
+    url = run(["dvc", "config", "remote.local.url"], cwd=root).stdout.strip()
     path = Path(os.path.expanduser(url))
     if not path.is_absolute():
         path = (root / ".dvc" / path).resolve()
@@ -156,9 +152,8 @@ def cmd_plots(args: argparse.Namespace) -> int:
 
     try:
         page = show_plots(args.out, project_root())
-    except (RuntimeError, subprocess.CalledProcessError) as e:
-        detail = getattr(e, "stderr", "") or ""
-        print(f"autosink plots: {e}{(': ' + detail.strip()) if detail else ''}", file=sys.stderr)
+    except RuntimeError as e:  # CommandError included: it shows the command's output
+        print(f"autosink plots: {e}", file=sys.stderr)
         return 1
     print(f"plots: {page} (opens offline: the plotting scripts are inside the page)")
     return 0
@@ -524,10 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from autosink.core.proc import CommandError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, CommandError) as e:  # a failed git/dvc call: its output
         print(f"autosink {args.command}: error: {e}", file=sys.stderr)
         return 2
 

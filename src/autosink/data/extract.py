@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,19 @@ def sha256_source(path: Path) -> str | None:
         else:
             h.update(p.read_bytes())
     return h.hexdigest()
+
+
+def episode_record(extracted_dir: Path, episode: str) -> Path:
+    """The record extraction writes for an episode (source, sha256, frame rows)."""
+    return Path(extracted_dir) / "episodes" / f"{episode}.json"
+
+
+def recorded_sha256(extracted_dir: Path, episode: str) -> str | None:
+    """sha256 of the episode's lake file as extraction recorded it: the one human labels are
+    checked against. None when the record is missing, unreadable or holds no valid sha256."""
+    record = _read_json(episode_record(extracted_dir, episode))
+    sha = record.get("sha256") if isinstance(record, dict) else None
+    return sha if isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha) else None
 
 
 def _episode_key(path: Path) -> str:

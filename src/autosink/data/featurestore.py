@@ -38,6 +38,7 @@ from tqdm import tqdm
 import autosink.data.labels as labels_module
 from autosink.core.episode import read_episode
 from autosink.core.fileio import atomic_write, code_version, sha256_file
+from autosink.data.extract import episode_record, recorded_sha256
 from autosink.data.labels import (
     IGNORE,
     LABELS_MISMATCH,
@@ -144,7 +145,11 @@ def build_feature_store(
     changed: set[str] = set()
     keys: dict[Path, str] = {}
     for episode, rows in tqdm(frames.groupby("episode", sort=True), desc="label", unit="episode", disable=not progress):
-        source = json.loads((extracted_dir / "episodes" / f"{episode}.json").read_text())["sha256"]
+        source = recorded_sha256(extracted_dir, episode)
+        if source is None:  # extraction always records one: the record was damaged since
+            raise ValueError(
+                f"{episode_record(extracted_dir, episode)}: no valid sha256 recorded (rerun `dvc repro extract`)"
+            )
         human_file = labels_dir / f"{episode}.csv"
         human_sha = sha256_file(human_file) if human_file.exists() else None
         # Human labels apply only to the episode file they were given for (checked on every run,

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from autosink.core.episode import read_episode
-from autosink.data.extract import sha256_source
+from autosink.data.extract import episode_record, recorded_sha256, sha256_source
 from autosink.data.featurestore import label_episode
 from autosink.data.labels import (
     IGNORE,
@@ -283,16 +283,13 @@ class LabelData:
     def episode_sha256(self, episode: str) -> str:
         """sha256 of the episode's lake file as the extract stage recorded it (the one the label
         stage checks human label files against), else hashed from the file itself."""
-        record = self.extracted_dir / "episodes" / f"{episode}.json"
+        record = episode_record(self.extracted_dir, episode)
         source = self.source(episode)
         key = ("sha", str(record), _stamp(record), str(source), _stamp(source) if source.is_file() else None)
         sha = self._shas.get(key)
         if sha is None:
-            try:
-                sha = json.loads(record.read_text())["sha256"]
-            except (OSError, ValueError, KeyError, TypeError):
-                sha = None
-            if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+            sha = recorded_sha256(self.extracted_dir, episode)
+            if sha is None:
                 try:
                     sha = sha256_source(source)
                 except OSError:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from autosink.learn.model import Preprocess
 
@@ -202,25 +202,10 @@ class BaseDataModule(pl.LightningDataModule):
         return float((len(y) - pos) / pos) if pos else 1.0
 
     def _loader(self, name: str, train: bool) -> DataLoader:
-        from autosink.learn.frames import AugmentCollate
+        from autosink.learn.frames import make_loader
 
         ds = self.datasets[name]
-        generator = torch.Generator().manual_seed(int(self.cfg.get("seed", 0)))
-        collate = AugmentCollate(ds.augment) if train and ds.augment is not None else None
-        sampler = None
-        if train and self.weights is not None:
-            sampler = WeightedRandomSampler(
-                self.weights.tolist(), num_samples=len(ds), replacement=True, generator=generator
-            )
-        return DataLoader(
-            ds,
-            batch_size=int(self.cfg["batch_size"]),
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            generator=generator if train else None,
-            num_workers=0,
-            collate_fn=collate,
-        )
+        return make_loader(ds, self.cfg, train=train, augment=ds.augment, weights=self.weights)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

@@ -1,7 +1,7 @@
 """Evaluation of a trained model on held-out frames: metrics, per-episode accuracy, curves.
 
 Frames go through the serving path, :meth:`WaterNet.forward` on raw RGB uint8 camera frames
-(the graph the ONNX export holds), at the threshold chosen on validation data.
+(the graph the ONNX export holds), at the threshold training chose and the checkpoint records.
 """
 
 from __future__ import annotations

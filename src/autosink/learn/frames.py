@@ -36,6 +36,7 @@ __all__ = [
     "water_balanced_weights",
     "BatchAugment",
     "AugmentCollate",
+    "make_loader",
 ]
 
 SPLIT_COLUMNS = ("path", "label", "episode", "dishwashing_id")
@@ -288,6 +289,29 @@ def water_balanced_weights(labels: np.ndarray, water: np.ndarray) -> np.ndarray:
     return weights
 
 
+def make_loader(ds: Dataset, cfg: dict, *, train: bool, augment=None, weights=None) -> DataLoader:
+    """A loader as training uses it (``cfg``: ``batch_size``, ``seed``, ``num_workers``): for
+    training, seeded shuffling, or with ``weights`` seeded sampling with replacement, and the
+    augmentation applied per batch in the collate; otherwise the dataset's order, unaugmented."""
+    generator = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
+    sampler = None
+    if train and weights is not None:
+        sampler = WeightedRandomSampler(
+            np.asarray(weights, dtype=float).tolist(), num_samples=len(ds), replacement=True, generator=generator
+        )
+    workers = int(cfg.get("num_workers", 0))
+    return DataLoader(
+        ds,
+        batch_size=int(cfg["batch_size"]),
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        generator=generator if train else None,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        collate_fn=AugmentCollate(augment) if train and augment is not None else None,
+    )
+
+
 class WaterDataModule(pl.LightningDataModule):
     """Train/val/test loaders over ``data/splits`` and ``data/feature-store``.
 
@@ -356,8 +380,6 @@ class WaterDataModule(pl.LightningDataModule):
     def _loader(self, name: str, train: bool) -> DataLoader:
         ds = self.datasets[name]
         augment = ds.augment
-        generator = torch.Generator().manual_seed(int(self.cfg.get("seed", 0)))
-        sampler = None
         balance = self.cfg.get("balance")
         if train and (balance in ("sampler", "water") or self.replay is not None):
             labels = ds.labels.numpy()
@@ -374,22 +396,8 @@ class WaterDataModule(pl.LightningDataModule):
                 rw = np.ones(len(self.replay)) if rw is None else np.asarray(rw, float)
                 weights = np.concatenate([weights, rw / rw.sum() * self.replay_share])
                 ds = ConcatDataset([ds, self.replay])
-            sampler = WeightedRandomSampler(
-                weights.tolist(), num_samples=len(ds), replacement=True, generator=generator
-            )
-        workers = int(self.cfg.get("num_workers", 0))
-        collate = AugmentCollate(augment) if train and augment is not None else None
-        return DataLoader(
-            ds,
-            batch_size=int(self.cfg["batch_size"]),
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            generator=generator if train else None,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            drop_last=False,
-            collate_fn=collate,
-        )
+            return make_loader(ds, self.cfg, train=True, augment=augment, weights=weights)
+        return make_loader(ds, self.cfg, train=train, augment=augment)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

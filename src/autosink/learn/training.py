@@ -2,7 +2,8 @@
 
 :func:`fit` trains :class:`LitWaterNet` on the :class:`~autosink.learn.frames.WaterDataModule`,
 keeps the best checkpoint by ``train.monitor`` (early stopping on the same metric), picks the
-decision threshold on the validation split, and writes one self-contained checkpoint
+decision threshold (``train.threshold``: on rendered tuning sessions through the edge's
+controller by default, :mod:`autosink.learn.decision`), and writes one self-contained checkpoint
 (``models/model.ckpt``: weights, hyperparameters, threshold, data version) for evaluate and
 export.
 
@@ -280,6 +281,14 @@ def _quiet_lightning():
         rank_zero.removeFilter(adverts)
 
 
+def _launched_as_rank_zero(env: dict | None = None) -> bool:
+    """Whether this process is the global rank 0, before any Trainer exists: torchrun sets
+    ``RANK``, srun ``SLURM_PROCID``, Lightning's own launcher ``LOCAL_RANK`` in the ranks it
+    starts, and a launch per node ``NODE_RANK``."""
+    env = os.environ if env is None else env
+    return all(int(env.get(key) or 0) == 0 for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
+
+
 def fit(
     params: dict,
     splits_dir: str | Path = "data/splits",
@@ -318,8 +327,8 @@ def fit(
     if last.exists() and state.get("fingerprint") == fingerprint and not state.get("complete"):
         resume = str(last)
         print(f"train: resuming from {last} (same parameters, code and data)")
-    elif ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
+    elif ckpt_dir.exists() and _launched_as_rank_zero():
+        shutil.rmtree(ckpt_dir)  # one rank clears a finished run: under torchrun/srun all start at once
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(stamp, json.dumps({"fingerprint": fingerprint}) + "\n")
 

@@ -6,7 +6,7 @@ Held-out dish-washing sessions come from :func:`autosink.sim.session.make_sessio
 ``heldout`` seed stream: new users and kitchens whose seed sequences never occur in the sample
 lake (stream ``lake``) or the case sets (stream ``cases``), one session per user. For each
 session the **edge main loop itself** runs: :class:`autosink.edge.runtime.EdgeRuntime` (the
-code the Pi runs, not a copy) on a simulated clock (:class:`~autosink.edge.runtime.SimClock`)
+code the Pi runs, not a copy) on a simulated clock (:class:`~autosink.edge.clock.SimClock`)
 at ``fps`` frames per second, with
 
 * the camera: an :class:`~autosink.edge.camera.IteratorCamera` over frames rendered on the fly
@@ -20,7 +20,7 @@ at ``fps`` frames per second, with
   minimum dwell times, maximum open time) with the settings of ``edge/config.toml`` unless
   overridden (:func:`controller_config`);
 * the valve: a recording :class:`~autosink.edge.devices.FakeValve`;
-* the user: nobody (:class:`~autosink.edge.runtime.NoFeedback`). **No user overrides**: the
+* the user: nobody (:class:`~autosink.edge.feedback.NoFeedback`). **No user overrides**: the
   benchmark measures model + controller alone. A real user would restore some withheld water
   (button / handle) and close some wasted water; that interplay is the closed loop's business
   (:mod:`autosink.sim.user`), not this benchmark's.
@@ -97,18 +97,14 @@ from typing import Any
 import numpy as np
 
 from autosink.edge.camera import IteratorCamera
+from autosink.edge.clock import SimClock
 from autosink.edge.controller import ControllerConfig, UserInput
 from autosink.edge.devices import FakeValve
+from autosink.edge.feedback import FeedbackContext, NoFeedback
 from autosink.edge.inference import OnnxModel, load_model
-from autosink.edge.runtime import (
-    DEFAULT_CONFIG,
-    EdgeRuntime,
-    FeedbackContext,
-    NoFeedback,
-    RunStats,
-    SimClock,
-    load_config,
-)
+from autosink.edge.runtime import EdgeRuntime
+from autosink.edge.settings import DEFAULT_CONFIG, load_config
+from autosink.edge.stats import RunStats
 from autosink.sim.lake import with_defaults
 from autosink.sim.scene import in_roi, render
 from autosink.sim.session import SessionScript, make_sessions, wants_water

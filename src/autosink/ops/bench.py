@@ -16,7 +16,8 @@ training images/s and (unless ``--quick``) the incremental benchmark, prints a t
 writes ``metrics/bench.json`` with the date, the machine and the versions.
 
 Everything here prints measured numbers; nothing asserts a time. This module's top level
-imports only the standard library: the edge worker process imports it.
+imports only the standard library, :mod:`autosink.core.proc` and :mod:`autosink.ops.workspace`
+(standard library only at their top level too): the edge worker process imports it.
 """
 
 from __future__ import annotations
@@ -24,93 +25,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
-
-def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> str:
-    """Run a command, returning stdout+stderr; on failure raise with the whole output."""
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    out = proc.stdout + proc.stderr
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}) in {cwd}:\n{out}")
-    return out
-
-
-def copy_project(
-    src_root: Path, dst: Path, conf_overrides: dict[str, dict] | None = None, remote: Path | None = None
-) -> dict:
-    """A fresh git+DVC copy of the project's files (as a clone would have them), its configs shrunk.
-
-    ``conf_overrides`` maps a file under conf/ to the keys to change in it (top-level keys of that
-    file; a nested mapping replaces the whole value). Returns the environment to run the copy's
-    commands with (this interpreter's tools first on PATH, wandb offline, a private DVC remote).
-    """
-    import yaml
-
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=src_root,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for rel in files:
-        if (src_root / rel).is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src_root / rel, dst / rel)
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "WANDB_MODE": "offline",
-        "DVC_NO_ANALYTICS": "1",
-        "AUTOSINK_DVC_REMOTE": str(remote or dst.parent / "dvc-remote"),
-    }
-    for name, changes in (conf_overrides or {}).items():
-        conf_file = dst / "conf" / name
-        conf = yaml.safe_load(conf_file.read_text())
-        unknown = set(changes) - set(conf)
-        if unknown:
-            raise KeyError(f"{conf_file}: no such keys to override: {sorted(unknown)}")
-        conf.update(changes)
-        conf_file.write_text(yaml.safe_dump(conf, sort_keys=False))
-    run(["autosink", "params", "compose"], dst, env)
-    run(["git", "init", "-q", "-b", "main"], dst, env)
-    run(["git", "config", "user.email", "bench@autosink.invalid"], dst, env)
-    run(["git", "config", "user.name", "autosink bench"], dst, env)
-    run(["autosink", "remote", "init"], dst, env)
-    run(["git", "add", "-A"], dst, env)
-    run(["git", "commit", "-q", "-m", "scratch copy"], dst, env)
-    return env
-
-
-def clone_episode(src: Path, lake: Path, shift: timedelta) -> Path:
-    """Write a copy of an episode shifted in time: a distinct episode with the same frames."""
-    from autosink.core.episode import episode_stem, read_episode, write_episode
-
-    ep = read_episode(src, check_frames=False)
-    meta = ep.meta
-    meta.dishwashing_start = meta.dishwashing_start + shift
-    for it in meta.interactions:
-        it.timestamp = it.timestamp + shift
-    stem = episode_stem(meta.interactions[0].timestamp if meta.interactions else meta.dishwashing_start)
-    return write_episode(
-        lake / f"{stem}.zip", meta, [ep.read_frame_bytes(n) for n in ep.frame_names], expected_size=None
-    )
-
-
-def _metrics(root: Path, name: str) -> dict:
-    return json.loads((root / "metrics" / f"{name}.json").read_text())
-
-
-def _run_record(root: Path, stage: str) -> dict:
-    from autosink.stages import RUNS
-
-    return json.loads((root / RUNS / f"{stage}.json").read_text())
+from autosink.core.proc import CommandError, run
+from autosink.ops.workspace import clone_episode, copy_project, read_metrics, read_run_record, tool_env
 
 
 def incremental(repo_root: Path, sizes: list[int], work: Path) -> list[dict]:
@@ -131,28 +53,28 @@ def incremental(repo_root: Path, sizes: list[int], work: Path) -> list[dict]:
         root = work / f"lake-{size}" / "autosink"
         root.mkdir(parents=True)
         env = copy_project(repo_root, root, tiny)
-        run(["autosink", "params", "compose", "data=real"], root, env)
-        run(["dvc", "repro", "simulate"], root, env)
+        run(["autosink", "params", "compose", "data=real"], cwd=root, env=env)
+        run(["dvc", "repro", "simulate"], cwd=root, env=env)
         templates = find_episodes([root / "data/sample-lake"])
         lake = root / "data/data-lake"
         lake.mkdir(parents=True, exist_ok=True)
         for i in range(size + 1):
             clone_episode(templates[i % len(templates)], lake if i < size else root, timedelta(days=1 + i))
         extra = sorted(root.glob("*.zip"))[0]
-        run(["dvc", "add", "data/data-lake"], root, env)
+        run(["dvc", "add", "data/data-lake"], cwd=root, env=env)
         t0 = time.perf_counter()
-        run(["dvc", "repro", "validate_data"], root, env)
+        run(["dvc", "repro", "validate_data"], cwd=root, env=env)
         first = time.perf_counter() - t0
-        frames = _metrics(root, "extract")["frames"]
+        frames = read_metrics(root, "extract")["frames"]
 
         shutil.move(str(extra), lake / extra.name)
         t0 = time.perf_counter()
-        run(["dvc", "add", "data/data-lake"], root, env)
+        run(["dvc", "add", "data/data-lake"], cwd=root, env=env)
         add_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        run(["dvc", "repro", "validate_data"], root, env)
+        run(["dvc", "repro", "validate_data"], cwd=root, env=env)
         again = time.perf_counter() - t0
-        ext, lab = _run_record(root, "extract"), _run_record(root, "label")
+        ext, lab = read_run_record(root, "extract"), read_run_record(root, "label")
         results.append(
             {
                 "episodes": size,
@@ -394,12 +316,11 @@ def edge_latency(
         "warmup": int(warmup),
         "threads": int(threads),
     }
-    proc = subprocess.run(
+    proc = run(
         [sys.executable, "-c", "from autosink.ops.bench import _edge_worker; _edge_worker()"],
         input=json.dumps(spec),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        timeout_s=timeout,
+        check=False,
     )
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     if proc.returncode != 0 or not lines:
@@ -507,14 +428,6 @@ def compare_edge(root: Path, params: dict, model: Path, *, iterations: int, warm
 # --------------------------------------------------------------------------- dvc, machine, versions
 
 
-def _tool_env() -> dict:
-    return {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "DVC_NO_ANALYTICS": "1",
-    }
-
-
 def dvc_noop_repro(root: Path) -> dict:
     """Time `dvc repro` in ``root`` when the pipeline is up to date (it runs nothing, changes nothing).
 
@@ -523,9 +436,12 @@ def dvc_noop_repro(root: Path) -> dict:
     ran (it should not)."""
     import hashlib
 
-    env = _tool_env()
+    env = tool_env()
     t0 = time.perf_counter()
-    proc = subprocess.run(["dvc", "status", "--json"], cwd=root, env=env, capture_output=True, text=True)
+    try:
+        proc = run(["dvc", "status", "--json"], cwd=root, env=env, check=False)
+    except CommandError as e:  # no dvc
+        return {"up_to_date": None, "repro_s": None, "status_s": None, "note": f"`dvc status` failed: {e}"}
     status_s = round(time.perf_counter() - t0, 2)
     try:
         status = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
@@ -553,7 +469,7 @@ def dvc_noop_repro(root: Path) -> dict:
 
     before = lock_hash()
     t0 = time.perf_counter()
-    proc = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
+    proc = run(["dvc", "repro"], cwd=root, env=env, check=False)
     repro_s = round(time.perf_counter() - t0, 2)
     out = proc.stdout + proc.stderr
     ran = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")]

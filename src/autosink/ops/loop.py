@@ -55,7 +55,8 @@ from typing import Any
 
 import numpy as np
 
-from autosink.ops.bench import copy_project, run
+from autosink.core.proc import run
+from autosink.ops.workspace import copy_project
 from autosink.stages import REPORTS, RUNS
 
 __all__ = ["LoopSettings", "fleet_scripts", "collect_round", "run_loop", "format_round", "plot_rounds"]
@@ -149,8 +150,8 @@ def collect_round(
     from tqdm import tqdm
 
     from autosink.edge.inference import load_model
-    from autosink.edge.runtime import recorder_from_config
     from autosink.edge.uploader import FolderTarget, Uploader
+    from autosink.edge.wiring import recorder_from_config
     from autosink.learn.water import (
         COUNT_KEYS,
         SimUserFeedback,
@@ -266,13 +267,13 @@ def water_summary(total: dict) -> dict:
 
 
 def _repro(project: Path, env: dict, settings: LoopSettings, *extra: str) -> None:
-    run(["autosink", "params", "compose", *settings.compose_args(*extra)], project, env)
-    run(["dvc", "repro"], project, env)
+    run(["autosink", "params", "compose", *settings.compose_args(*extra)], cwd=project, env=env)
+    run(["dvc", "repro"], cwd=project, env=env)
 
 
 def _commit(project: Path, env: dict, message: str) -> None:
-    run(["git", "add", "-A"], project, env)
-    run(["git", "commit", "-q", "-m", message], project, env)
+    run(["git", "add", "-A"], cwd=project, env=env)
+    run(["git", "commit", "-q", "-m", message], cwd=project, env=env)
 
 
 def _reuse_output(root: Path, project: Path, path: Path) -> None:
@@ -296,14 +297,14 @@ def setup(root: Path, workdir: Path, settings: LoopSettings, progress: bool = Tr
     env = copy_project(root, project, remote=workdir / "dvc-remote")
     say = print if progress else (lambda *a, **k: None)
     say(f"loop: project copied to {project}; seeding its lake from the simulator")
-    run(["autosink", "params", "compose", *settings.compose_args()], project, env)
-    run(["dvc", "repro", "simulate"], project, env)
+    run(["autosink", "params", "compose", *settings.compose_args()], cwd=project, env=env)
+    run(["dvc", "repro", "simulate"], cwd=project, env=env)
     data = _params(project)["data"]
     lake = project / data["lake"]
     lake.mkdir(parents=True, exist_ok=True)
     for zip_path in sorted((project / data["sim_lake"]).glob("*.zip")):
         shutil.copy2(zip_path, lake / zip_path.name)
-    run(["dvc", "add", data["lake"]], project, env)
+    run(["dvc", "add", data["lake"]], cwd=project, env=env)
     _reuse_output(root, project, BASE)
     first = (
         "the default recipe (the base model fine-tuned on the sample lake)"
@@ -312,7 +313,7 @@ def setup(root: Path, workdir: Path, settings: LoopSettings, progress: bool = Tr
     )
     say(f"loop: round 0: training {first} with dvc repro")
     _repro(project, env, settings, *settings.start_args())
-    run(["autosink", "promote"], project, env)
+    run(["autosink", "promote"], cwd=project, env=env)
     _commit(project, env, f"loop round 0: starting model ({settings.start})")
     return project, env
 
@@ -339,13 +340,13 @@ def run_loop(root: Path, workdir: Path, settings: LoopSettings, progress: bool =
             f"{fleet['user_interventions']} user corrections -> {fleet['episodes']} new episodes in the lake"
         )
         say(f"loop: round {r}: dvc add + dvc repro (trains a candidate: minutes)")
-        run(["dvc", "add", params["data"]["lake"]], project, env)
+        run(["dvc", "add", params["data"]["lake"]], cwd=project, env=env)
         _repro(project, env, settings)
         candidate = model_report(project)
         extract = {**_json(project / "metrics/extract.json"), **_json(project / RUNS / "extract.json")}
         promoted = candidate["gate_passed"]
         if promoted:
-            run(["autosink", "promote"], project, env)
+            run(["autosink", "promote"], cwd=project, env=env)
         _commit(
             project,
             env,

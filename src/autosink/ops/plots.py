@@ -13,10 +13,11 @@ import base64
 import hashlib
 import io
 import os
-import subprocess
 import tarfile
 import urllib.request
 from pathlib import Path
+
+from autosink.core.proc import run
 
 __all__ = ["SCRIPTS", "vendored_scripts", "write_template", "show_plots"]
 
@@ -99,13 +100,8 @@ def write_template(path: Path, scripts: list[Path]) -> Path:
 
 
 def show_plots(out_dir: Path, root: Path | None = None) -> Path:
-    """`dvc plots show` into ``out_dir`` with the offline template; returns the page."""
+    """`dvc plots show` into ``out_dir`` with the offline template; returns the page.
+    :class:`~autosink.core.proc.CommandError` (a RuntimeError showing dvc's output) when it fails."""
     template = write_template(out_dir / "template.html", vendored_scripts())
-    subprocess.run(
-        ["dvc", "plots", "show", "--html-template", str(template.resolve()), "-o", str(out_dir.resolve())],
-        cwd=root,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    run(["dvc", "plots", "show", "--html-template", str(template.resolve()), "-o", str(out_dir.resolve())], cwd=root)
     return out_dir / "index.html"

@@ -32,7 +32,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import tempfile
 import uuid
 from pathlib import Path
@@ -40,6 +39,8 @@ from typing import Any
 
 from autosink.core.fileio import atomic_write, fsync_dir, sha256_file
 from autosink.core.modelcard import CardError, read_card
+from autosink.core.proc import CommandError, output
+from autosink.ops.workspace import git, is_dvc, is_git
 
 __all__ = ["PromotionError", "promote", "rollback", "production_status", "CANDIDATE", "PRODUCTION", "PREVIOUS"]
 
@@ -106,34 +107,12 @@ def _run(cmd: list[str], root: Path) -> str:
     """Run ``cmd`` in ``root`` (tools from PATH, this process's environment); its output, or
     PromotionError naming the command and showing its output."""
     try:
-        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-    except FileNotFoundError:
-        raise PromotionError(f"`{' '.join(cmd)}` failed: {cmd[0]} not found on PATH") from None
-    out = (proc.stdout + proc.stderr).strip()
-    if proc.returncode != 0:
-        raise PromotionError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{out}")
-    return out
-
-
-def _is_git(root: Path) -> bool:
-    try:
-        proc = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True)
-    except FileNotFoundError:
-        return False
-    return proc.returncode == 0 and Path(proc.stdout.strip()).resolve() == root.resolve()
-
-
-def _git(root: Path, *args: str) -> str | None:
-    """A git query's output, or None outside a git repository (root itself, not a parent's)."""
-    if not _is_git(root):
-        return None
-    with contextlib.suppress(PromotionError):
-        return _run(["git", *args], root) or None
-    return None
-
-
-def _is_dvc(root: Path) -> bool:
-    return (root / ".dvc").is_dir()
+        return output(cmd, cwd=root)
+    except CommandError as e:
+        shown = " ".join(cmd)
+        if e.returncode is None:  # not found
+            raise PromotionError(f"`{shown}` failed: {e}") from None
+        raise PromotionError(f"`{shown}` failed (exit {e.returncode}):\n{e.output}") from None
 
 
 # --------------------------------------------------------------------------- folder moves
@@ -230,10 +209,10 @@ def _experiment(root: Path, given: str | None) -> str | None:
         return given
     if os.environ.get("DVC_EXP_NAME"):
         return os.environ["DVC_EXP_NAME"]
-    branch = _git(root, "rev-parse", "--abbrev-ref", "HEAD")
+    branch = git(root, "rev-parse", "--abbrev-ref", "HEAD")
     if branch and branch != "HEAD":
         return branch
-    return _git(root, "rev-parse", "--short", "HEAD")
+    return git(root, "rev-parse", "--short", "HEAD")
 
 
 def _folder_info(folder: Path) -> dict[str, Any] | None:
@@ -325,7 +304,7 @@ def _check_candidate(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def _check_checked_out(root: Path) -> None:
     """Refuse to touch production/previous when DVC tracks them but they are not in the workspace
     (a fresh clone): promoting there would silently drop the tracked models from the history."""
-    if not _is_dvc(root):
+    if not is_dvc(root):
         return
     absent = [p for p in (PRODUCTION, PREVIOUS) if (root / f"{p}.dvc").is_file() and not (root / p).exists()]
     if absent:
@@ -339,7 +318,7 @@ def _track(root: Path, push: bool, wandb_mode: str | None, what: str, result: di
     """dvc add the production/previous folders, git add their .dvc files, log to W&B, dvc push.
     Updates ``result``; PromotionError (with ``result``) when a DVC or git command fails."""
     done = f"{what}; the files in {PRODUCTION} are in place locally"
-    if not _is_dvc(root):
+    if not is_dvc(root):
         _log_wandb(root, wandb_mode, result)
         return
     folders = [str(p) for p in (PRODUCTION, PREVIOUS) if (root / p).is_dir()]
@@ -349,7 +328,7 @@ def _track(root: Path, push: bool, wandb_mode: str | None, what: str, result: di
         _run(["dvc", "add", *folders], root)
     except PromotionError as e:
         raise PromotionError(f"{done}, but DVC does not track them: {e}", result) from None
-    if _is_git(root):
+    if is_git(root):
         staged = dvc_files + [str(MODELS / ".gitignore")] * (root / MODELS / ".gitignore").is_file()
         try:
             _run(["git", "add", *staged], root)
@@ -461,7 +440,7 @@ def promote(
     record = {
         "promoted_at": _now(),
         "experiment": _experiment(root, experiment),
-        "git_revision": _git(root, "rev-parse", "HEAD"),
+        "git_revision": git(root, "rev-parse", "HEAD"),
         "training_fingerprint": card.get("training_fingerprint"),
         "data_version": card.get("data_version"),
         "version": version,
