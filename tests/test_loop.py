@@ -146,6 +146,9 @@ def test_settings_are_checked():
     ]
     assert "model.weights=none" not in LoopSettings().start_args()  # default: start from the base model
     assert "model.weights=none" in LoopSettings(start="weak").start_args()
+    # --retrain warm: round 1 trains from the base model, later rounds fine-tune production
+    assert LoopSettings().retrain_args(1) == [] and LoopSettings().retrain_args(2) == ["model.weights=production"]
+    assert LoopSettings(retrain="scratch").retrain_args(3) == []
     lit = LoopSettings(regime="warm-dim").compose_args()
     assert "water.regime=warm-dim" in lit and "validate.enforce=false" in lit  # drift is the point there
     for bad in (
@@ -156,6 +159,7 @@ def test_settings_are_checked():
         {"min_gain": -1},
         {"start": "scratch"},
         {"regime": "disco"},
+        {"retrain": "hot"},
     ):
         with pytest.raises(ValueError):
             LoopSettings(**bad)
@@ -167,6 +171,7 @@ def test_settings_are_checked():
             rounds=3,
             households=2,
             start="weak",
+            retrain="scratch",
             regime="warm-dim",
             weak_epochs=2,
             min_case_accuracy=0.5,

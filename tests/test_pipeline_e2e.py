@@ -393,6 +393,7 @@ def test_closed_loop_round_records_retrains_gates_and_promotes(project, tmp_path
     )
     report = json.loads(out_json.read_text())
     (r1,) = report["rounds"]
+    assert r1["retrain"] == "scratch" and 0 < r1["round_minutes"] * 60 <= r1["seconds"]  # round 1: from base
     assert r1["fleet"]["sessions"] == 1 and r1["fleet"]["user_interventions"] > 0 and r1["fleet"]["episodes"] > 0
     # dvc repro took in exactly the uploaded episodes; the earlier ones were reused
     assert r1["lake"]["extracted_now"] == r1["fleet"]["episodes"] and r1["lake"]["reused"] > 0

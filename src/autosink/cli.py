@@ -166,6 +166,7 @@ def cmd_loop(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         households=args.households,
         start=args.start,
+        retrain=args.retrain,
         regime=args.regime,
         weak_epochs=args.weak_epochs,
         min_case_accuracy=args.min_case_accuracy,
@@ -339,6 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="base",
         help="the model serving round 1: base = the default recipe (the base model fine-tuned on the "
         "sample lake); weak = trained from scratch for --weak-epochs (default base)",
+    )
+    loop.add_argument(
+        "--retrain",
+        choices=("warm", "scratch"),
+        default="warm",
+        help="how each round's candidate is trained: warm = from round 2 on, fine-tune the production "
+        "model (model.weights=production, recipe train.warm); scratch = the configured recipe from the base "
+        "model every round (default warm)",
     )
     loop.add_argument(
         "--regime",

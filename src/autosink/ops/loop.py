@@ -28,9 +28,11 @@ Each round:
    run water they then close, recorded as their wish). The recorder writes the episodes a Pi
    writes; the edge's uploader moves them into the lake folder.
 2. **Pipeline.** `dvc add data/data-lake`, then `dvc repro`: only the new episodes are extracted
-   and labelled; a candidate is trained on the grown lake (from scratch, the configured
-   recipe), evaluated, gated against the cases and the production model, exported and run on
-   the held-out water sessions.
+   and labelled; a candidate is trained on the grown lake, evaluated, gated against the cases
+   and the production model, exported and run on the held-out water sessions. ``--retrain``:
+   ``warm`` (default) fine-tunes the production model from round 2 on (``model.weights=production``,
+   its recipe ``train.warm``); ``scratch`` trains the configured recipe from the base model every
+   round. ``round_minutes``: from the new episodes landing in the lake to the gate's verdict.
 3. **Promotion.** `autosink promote` when the gate passed; otherwise production stays. The
    round is committed in the copy's git history (lake, dvc.lock, production model). The gate
    is the project's (every case >= ``validate_model.min_accuracy``, no case regressing against
@@ -62,6 +64,11 @@ from autosink.stages import REPORTS, RUNS
 __all__ = ["LoopSettings", "fleet_scripts", "collect_round", "run_loop", "format_round", "plot_rounds"]
 
 PRODUCTION = Path("models/production")
+#: how a round's candidate is trained: warm = from the production model (from round 2 on),
+#: scratch = the configured recipe (from the base model) every round
+RETRAIN = ("warm", "scratch")
+#: the gate's stage: a round's time runs from the new episodes landing to its verdict
+GATE_STAGE = "validate_model"
 BASE = Path("models/base/model.ckpt")
 
 
@@ -72,6 +79,7 @@ class LoopSettings:
     rounds: int = 2
     households: int | None = None
     start: str = "base"
+    retrain: str = "warm"
     regime: str = "none"
     weak_epochs: int = 1
     min_case_accuracy: float | None = None
@@ -85,6 +93,8 @@ class LoopSettings:
             raise ValueError(f"--households must be >= 1, got {self.households}")
         if self.start not in ("base", "weak"):
             raise ValueError(f"--start must be base or weak, got {self.start!r}")
+        if self.retrain not in RETRAIN:
+            raise ValueError(f"--retrain must be {' or '.join(RETRAIN)}, got {self.retrain!r}")
         from autosink.sim.session import REGIMES
 
         if self.regime not in REGIMES:
@@ -113,6 +123,11 @@ class LoopSettings:
             *self.overrides,
             *extra,
         ]
+
+    def retrain_args(self, round_index: int) -> list[str]:
+        """Overrides of a round's repro: from round 2 on, ``--retrain warm`` fine-tunes the
+        production model (``model.weights=production``: its recipe is ``train.warm``)."""
+        return ["model.weights=production"] if self.retrain == "warm" and round_index >= 2 else []
 
     def start_args(self) -> list[str]:
         """Overrides of the round-0 repro: the first model is promoted whatever its cases."""
@@ -266,9 +281,14 @@ def water_summary(total: dict) -> dict:
     }
 
 
-def _repro(project: Path, env: dict, settings: LoopSettings, *extra: str) -> None:
+def _repro(project: Path, env: dict, settings: LoopSettings, *extra: str) -> float:
+    """Compose the copy's params, `dvc repro` up to the gate's verdict, then the rest (export,
+    water); returns when the verdict was there (``time.perf_counter()``)."""
     run(["autosink", "params", "compose", *settings.compose_args(*extra)], cwd=project, env=env)
+    run(["dvc", "repro", GATE_STAGE], cwd=project, env=env)
+    verdict_at = time.perf_counter()
     run(["dvc", "repro"], cwd=project, env=env)
+    return verdict_at
 
 
 def _commit(project: Path, env: dict, message: str) -> None:
@@ -339,9 +359,12 @@ def run_loop(root: Path, workdir: Path, settings: LoopSettings, progress: bool =
             f"loop: round {r}: {fleet['sessions']} fleet sessions with model {fleet['model_version']}: "
             f"{fleet['user_interventions']} user corrections -> {fleet['episodes']} new episodes in the lake"
         )
-        say(f"loop: round {r}: dvc add + dvc repro (trains a candidate: minutes)")
+        retrain = settings.retrain_args(r)
+        how = "fine-tunes the production model" if retrain else "trains a candidate from the base model"
+        say(f"loop: round {r}: dvc add + dvc repro ({how}: minutes)")
+        landed = time.perf_counter()  # the new episodes are in the lake folder
         run(["dvc", "add", params["data"]["lake"]], cwd=project, env=env)
-        _repro(project, env, settings)
+        to_verdict = _repro(project, env, settings, *retrain) - landed
         candidate = model_report(project)
         extract = {**_json(project / "metrics/extract.json"), **_json(project / RUNS / "extract.json")}
         promoted = candidate["gate_passed"]
@@ -363,6 +386,9 @@ def run_loop(root: Path, workdir: Path, settings: LoopSettings, progress: bool =
             },
             "candidate": candidate,
             "promoted": promoted,
+            "retrain": "warm" if retrain else "scratch",
+            # from the new episodes landing in the lake to the gate's verdict
+            "round_minutes": round(to_verdict / 60.0, 2),
             "seconds": round(time.perf_counter() - t0, 1),
         }
         report["rounds"].append(row)
@@ -386,7 +412,8 @@ def format_round(row: dict) -> str:
     s, f, c = row["serving"], row["fleet"], row["candidate"]
     sw, cw = s["water"], c["water"]
     lines = [
-        f"round {row['round']} ({row['seconds']:.0f} s)",
+        f"round {row['round']} ({row['seconds']:.0f} s; {row.get('retrain', 'scratch')} retraining, "
+        f"{_f(row.get('round_minutes'), '.2f')} min from the new episodes to the gate's verdict)",
         f"  serving   {s['version']} (trained in round {s['round_trained']}): cases mean {_f(s['case_mean'], '.3f')} "
         f"min {_f(s['case_min'], '.2f')}; held-out water: savings {_f(sw['savings_pct'])}%, withheld "
         f"{_f(sw['withheld_pct'])}% of needed, {_f(sw['missed_needs_pct'])}% of needs got none, false-offs "
