@@ -36,6 +36,7 @@ SUBCOMMANDS = [
     ["export"],
     ["promote"],
     ["water"],
+    ["quantize"],
     ["bench", "edge"],
     ["bench", "all"],
     ["loop"],

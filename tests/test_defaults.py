@@ -18,6 +18,7 @@ from autosink.edge.controller import ControllerConfig
 from autosink.edge.settings import DEFAULT_CONFIG
 from autosink.learn.cases import DEFAULT_MAX_REGRESSION, DEFAULT_MIN_ACCURACY
 from autosink.learn.export import OPSET
+from autosink.learn.quantize import DEFAULTS as INT8_DEFAULTS
 from autosink.learn.water import DEFAULTS as WATER_DEFAULTS
 from autosink.sim import DEFAULTS as SIM_DEFAULTS
 from autosink.sim.scene import ROI
@@ -104,6 +105,10 @@ def test_gate_and_export_constants_are_conf(repo_root):
         "validate_model",
     )
     assert_same({"opset": OPSET}, {"opset": conf(repo_root, "export")["opset"]}, "export")
+
+
+def test_int8_defaults_are_conf(repo_root):
+    assert_same(INT8_DEFAULTS, conf(repo_root, "export")["int8"], "export.int8")
 
 
 def test_controller_defaults_are_the_edge_defaults():

@@ -76,6 +76,7 @@ STAGES = (
     "validate_model",
     "export",
     "water",
+    "quantize",
 )
 
 

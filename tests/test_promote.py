@@ -338,3 +338,72 @@ def test_production_keeps_the_image_features_of_its_training_frames(plain: Path)
         "0/a.png,10",
         "0/c.png,30",
     ]
+
+
+def make_int8(root: Path, candidate: dict, *, gate_passed: bool = True, quantized_from: str | None = None) -> str:
+    """models/model.int8.onnx + model.int8.json as the quantize stage writes them (a tiny model
+    stands in for the quantised file); returns its sha256."""
+    int8 = write_tiny_model(root / "models" / "model.int8.onnx", card=False, scale=7.0)
+    sha = sha256_file(int8)
+    write_card(
+        root / "models" / "model.int8.json",
+        make_card(
+            model_sha256=sha,
+            backbone="tiny-roi-brightness",
+            version=f"{candidate['version']}-int8",
+            threshold=0.4,
+            precision="int8",
+            quantized_from=quantized_from or candidate["onnx"],
+            calibration={"frames": 64, "data_version": "fs-1", "split": "val"},
+            metrics={"gate_passed": gate_passed},
+        ),
+    )
+    return sha
+
+
+def test_the_int8_model_goes_with_its_fp32_model(plain: Path) -> None:
+    a = make_candidate(plain, "v-a")
+    int8_a = make_int8(plain, a)
+    res = promote(plain)
+    prod, prev = plain / "models" / "production", plain / "models" / "previous"
+    assert res["status"] == "promoted" and sha256_file(prod / "model.int8.onnx") == int8_a
+    assert (prod / "model.int8.json").read_bytes() == (plain / "models" / "model.int8.json").read_bytes()
+    rec = json.loads((prod / "promotion.json").read_text())
+    assert rec["int8"]["model_sha256"] == int8_a and rec["int8"]["version"] == "v-a-int8"
+    assert rec["int8"]["calibration"]["data_version"] == "fs-1" and rec["int8_skipped"] is None
+    assert production_status(plain)["production"]["int8"] == {"model_sha256": int8_a, "version": "v-a-int8"}
+    assert promote(plain)["status"] == "unchanged"
+
+    # its own case gate failed: the fp32 model is promoted alone (no stale int8 beside it)
+    b = make_candidate(plain, "v-b", scale=50.0)
+    make_int8(plain, b, gate_passed=False)
+    res = promote(plain)
+    assert sha256_file(prod / "model.onnx") == b["onnx"] and not (prod / "model.int8.onnx").exists()
+    assert json.loads((prod / "promotion.json").read_text())["int8"] is None
+    assert "failed its case gate" in json.loads((prod / "promotion.json").read_text())["int8_skipped"]
+    assert sha256_file(prev / "model.int8.onnx") == int8_a  # it left with its fp32 model
+    rollback(plain)
+    assert sha256_file(prod / "model.onnx") == a["onnx"] and sha256_file(prod / "model.int8.onnx") == int8_a
+
+    # no int8 made: promoted without one
+    c = make_candidate(plain, "v-c", scale=25.0)
+    for name in ("model.int8.onnx", "model.int8.json"):
+        (plain / "models" / name).unlink()
+    promote(plain)
+    assert sha256_file(prod / "model.onnx") == c["onnx"] and not (prod / "model.int8.onnx").exists()
+    assert production_status(plain)["production"]["int8"] is None
+
+
+def test_refuses_a_stale_or_broken_int8_model(plain: Path) -> None:
+    a = make_candidate(plain, "v-a")
+    make_int8(plain, a, quantized_from="d" * 64)  # quantised from an earlier model.onnx
+    with pytest.raises(PromotionError, match=r"model\.int8\.onnx was quantised from d{64}.*dvc repro"):
+        promote(plain)
+    make_int8(plain, a)
+    (plain / "models" / "model.int8.onnx").write_bytes(b"half a model")
+    with pytest.raises(PromotionError, match=r"model\.int8\.json describes another model"):
+        promote(plain)
+    (plain / "models" / "model.int8.json").unlink()
+    with pytest.raises(PromotionError, match=r"int8 model card is invalid"):
+        promote(plain)
+    assert not (plain / "models" / "production").exists()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -172,6 +175,7 @@ def test_shrunk_real_config_trains_and_evaluates(trained, store):
     ckpt, result, params = trained
     assert result["epochs"] == 1 and result["backbone"] == params["model"]["backbone"]
     assert 0.0 < result["threshold"] < 1.0 and result["images_per_s"] > 0
+    assert 0 < result["first_step_s"] < result["seconds"] + 60
     assert [r["epoch"] for r in result["history"]] == [0]
     net, meta = load_trained(ckpt)
     assert meta["data_version"] == "fs-test" and meta["threshold"] == result["threshold"]
@@ -307,3 +311,78 @@ def test_truth_report_separates_label_noise_from_model_errors(tmp_path):
     # (0,...) labels 1,0,1 -> 1 with one miss
     assert out["visible_state_ceiling"] == round(6 / 7, 4)
     assert truth_report(table.assign(episode="other"), p, 0.5, tmp_path, manifest) is None
+
+
+# --------------------------------------------------------------------------- starting weights, frame cache
+
+
+def test_named_starting_weights_resolve_to_their_files():
+    from autosink.learn.model import weights_checkpoint
+
+    assert weights_checkpoint({"weights": "none", "weights_file": "x"}) is None
+    assert weights_checkpoint({"weights": "imagenet"}) is None
+    assert str(weights_checkpoint({"weights": "production", "weights_file": "models/production/model.ckpt"})) == (
+        "models/production/model.ckpt"
+    )
+    assert (
+        str(weights_checkpoint({"weights": "runs/x.ckpt", "weights_file": "models/base/model.ckpt"})) == "runs/x.ckpt"
+    )
+    with pytest.raises(ValueError, match="needs model.weights_file"):
+        weights_checkpoint({"weights": "base"})
+
+
+def test_the_warm_recipe_applies_only_to_a_production_start(repo_root):
+    from autosink.stages.train import warm_recipe
+
+    params = tiny_params(repo_root)
+    params["train"]["warm"] = {"max_epochs": 7, "replay": {"share": 0.25}}
+    assert warm_recipe(params) is params  # weights none: the configured recipe
+    params["model"]["weights"] = "production"
+    warm = warm_recipe(params)["train"]
+    assert warm["max_epochs"] == 7 and warm["replay"]["share"] == 0.25
+    assert warm["replay"]["users"] == params["train"]["replay"]["users"]  # nested keys merge
+    assert params["train"]["max_epochs"] == 1  # the caller's params are left alone
+
+
+def test_the_frame_cache_returns_the_decoded_tensors_and_decodes_only_new_frames(repo_root, store, tmp_path):
+    from autosink.learn.frames import FrameCache, FrameDataset, read_split
+    from autosink.learn.model import build_preprocess
+
+    params = tiny_params(repo_root)
+    pre = build_preprocess(params["model"], params["data"])
+    table = read_split(store[1] / "train.csv")
+    fresh = FrameDataset(table, store[0], pre, (W, H))
+    cold = FrameCache(tmp_path / "cache", pre, (W, H))
+    first = FrameDataset(table.head(5), store[0], pre, (W, H), frame_cache=cold)
+    assert (cold.hits, cold.misses) == (0, 5)
+    warm = FrameCache(tmp_path / "cache", pre, (W, H))
+    again = FrameDataset(table, store[0], pre, (W, H), frame_cache=warm)
+    assert (warm.hits, warm.misses) == (5, len(table) - 5)  # a grown table decodes its new frames only
+    assert torch.equal(again.cache, fresh.cache) and torch.equal(first.cache, fresh.cache[:5])
+    # another input size is another folder; a changed frame file is another entry
+    other = build_preprocess({**params["model"], "input_height": 16, "input_width": 16}, params["data"])
+    assert FrameCache(tmp_path / "cache", other, (W, H)).dir != warm.dir
+    shutil.copytree(store[0], tmp_path / "store", dirs_exist_ok=True)
+    changed = tmp_path / "store" / table.at[0, "path"]
+    img = read_frame(changed)
+    img[0, 0] = 255 - img[0, 0]
+    cv2.imwrite(str(changed), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    third = FrameCache(tmp_path / "cache", pre, (W, H))
+    FrameDataset(table.head(2), tmp_path / "store", pre, (W, H), frame_cache=third)
+    assert (third.hits, third.misses) == (1, 1)
+
+
+def test_a_cut_short_cache_file_is_decoded_again(repo_root, store, tmp_path):
+    from autosink.learn.frames import FrameCache, FrameDataset, read_split
+    from autosink.learn.model import build_preprocess
+
+    params = tiny_params(repo_root)
+    pre = build_preprocess(params["model"], params["data"])
+    table = read_split(store[1] / "train.csv").head(1)
+    cache = FrameCache(tmp_path / "cache", pre, (W, H))
+    good = FrameDataset(table, store[0], pre, (W, H), frame_cache=cache).cache
+    (entry,) = cache.dir.rglob("*.npy")
+    entry.write_bytes(entry.read_bytes()[:100])  # a crash mid-write (without the atomic rename)
+    cache = FrameCache(tmp_path / "cache", pre, (W, H))
+    assert torch.equal(FrameDataset(table, store[0], pre, (W, H), frame_cache=cache).cache, good)
+    assert cache.misses == 1

@@ -268,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
         "DVC stage: water-savings benchmark of models/model.onnx through the edge loop on held-out "
         "simulated sessions -> metrics/water.json, reports/water_session.png",
     )
+    stage(
+        "quantize",
+        "quantize",
+        "DVC stage: static int8 quantisation (QDQ) of models/model.onnx, calibrated on validation frames "
+        "-> models/model.int8.onnx + its card; int8 vs fp32 on the test split, the cases and the water "
+        "sessions -> metrics/quantize.json",
+    )
     label = sub.add_parser(
         "label",
         help="labels: build the feature store, review them",

@@ -44,8 +44,9 @@ def _default_user_id() -> str:
 def load_regular_model(path: str | os.PathLike[str], *, threads: int = 2) -> Any:
     """:func:`~autosink.edge.inference.load_model`, for regular files only: a model or card that
     is a device, FIFO or socket is a :class:`ModelError` at once (reading ``/dev/zero`` never
-    ends, a FIFO blocks). Here rather than in ``inference`` so the training stage, which depends
-    on that module, is not invalidated."""
+    ends, a FIFO blocks). Logs what it loaded, with the card's ``precision`` (``fp32``/``int8``).
+    Here rather than in ``inference`` so the training stage, which depends on that module, is not
+    invalidated."""
     from autosink.core.fileio import not_regular
     from autosink.core.modelcard import card_path_for
     from autosink.edge.inference import ModelError, load_model
@@ -53,7 +54,11 @@ def load_regular_model(path: str | os.PathLike[str], *, threads: int = 2) -> Any
     for p, what in ((path, "the model's .onnx file"), (card_path_for(path), "the model's card")):
         if kind := not_regular(p):
             raise ModelError(f"{p}: is {kind}, not a regular file (expected {what})")
-    return load_model(path, threads=threads)
+    model = load_model(path, threads=threads)
+    # fp32 (the export) or int8 (the quantize stage's model.int8.onnx); a card without the field is fp32
+    precision = model.card.get("precision", "fp32")
+    log.info("model loaded: %s, version %s, %s, sha256 %s", path, model.version, precision, model.sha256[:12])
+    return model
 
 
 def recorder_from_config(c_rec: Mapping[str, Any], spool: Any, user_id: str, **kw: Any) -> Any:

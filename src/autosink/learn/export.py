@@ -14,8 +14,9 @@ raises and never lands. The write is atomic (hidden temp file in the same folder
 ``os.replace``), so a reader (the Pi's hot reload, DVC) sees the old file or the new one.
 
 :func:`write_model_card` then writes the card beside it (``model.onnx`` -> ``model.json``,
-:mod:`autosink.core.modelcard`) with the file's sha256, the threshold, and provenance: feature-store
-version, git revision, opset, creation time, metrics, model input size and crop.
+:mod:`autosink.core.modelcard`) with the file's sha256, the threshold, the precision (``fp32``;
+the int8 model of :mod:`autosink.learn.quantize` says ``int8``) and provenance: feature-store
+version, opset, metrics, model input size and crop.
 
 Exporter: the TorchScript ("legacy") exporter by default (``dynamo=False``): it handles
 every op the network uses and takes well under a second; ``dynamo=True`` uses
@@ -47,12 +48,16 @@ __all__ = [
     "check_parity",
     "write_model_card",
     "parity_frames",
+    "PRECISIONS",
 ]
 
 OPSET = 18  # pinned: the Pi's onnxruntime must support it; change deliberately, with the edge
 INPUT_NAME = "frames"
 OUTPUT_NAME = "p_water"
 BATCH_DIM = "N"
+#: the card's ``precision``: ``fp32`` (the export) or ``int8`` (:mod:`autosink.learn.quantize`); a
+#: card without the field (written before it existed) describes an fp32 model
+PRECISIONS = ("fp32", "int8")
 
 StrPath = str | os.PathLike[str]
 
@@ -82,7 +87,7 @@ def _quiet_exporter() -> Iterator[None]:
         warnings.filterwarnings(
             "ignore", message=r"The feature will be removed", category=DeprecationWarning, module=r"torch\.onnx"
         )
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"autosink\.model")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"autosink\.learn\.model")
         yield
 
 
@@ -361,6 +366,7 @@ def write_model_card(
     extra: Mapping[str, Any] | None = None,
     input_size: Sequence[int] | None = None,
     crop: Sequence[int] | None = None,
+    precision: str = "fp32",
 ) -> Path:
     """Write ``<stem>.json`` beside ``onnx_path`` (a file from :func:`export_onnx`); return its path.
 
@@ -369,7 +375,11 @@ def write_model_card(
     frame) are recorded for people and tools (the graph does both); pass them from
     ``net.preprocess`` (``height``/``width``, ``crop``). ``metrics``/``extra`` must be JSON-like
     (numpy scalars are fine; NaN is written as null). The opset is read from the file.
+    ``precision``: one of :data:`PRECISIONS` (``int8``: the quantised model, whose card also
+    records its calibration and the fp32 file it came from in ``extra``).
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"{onnx_path}: no model file to describe")
@@ -380,6 +390,7 @@ def write_model_card(
         # no creation time or git revision: the card is a DVC output and must come out the same on
         # every machine and clone (`autosink promote` records when and from which commit)
         "data_version": str(data_version),
+        "precision": precision,
         "opset": opset,
         "metrics": _jsonable(dict(metrics), "metrics"),
         "input_size": None if input_size is None else [int(v) for v in input_size],

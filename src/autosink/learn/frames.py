@@ -14,6 +14,9 @@ dish-washing session may appear in two splits.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import cv2
@@ -37,15 +40,20 @@ __all__ = [
     "BatchAugment",
     "AugmentCollate",
     "make_loader",
+    "FrameCache",
 ]
 
 SPLIT_COLUMNS = ("path", "label", "episode", "dishwashing_id")
 LEAK_KEYS = ("episode", "dishwashing_id")
 
 
-def read_frame(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """One frame as RGB uint8 ``[H, W, 3]``. ``size`` = (width, height) it must have."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+def read_frame(path: str | Path, size: tuple[int, int] | None = None, data: bytes | None = None) -> np.ndarray:
+    """One frame as RGB uint8 ``[H, W, 3]``. ``size`` = (width, height) it must have; ``data``:
+    the file's bytes when the caller has read them already."""
+    if data is None:
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    else:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise ValueError(f"{path}: not a readable image")
     if size is not None and (img.shape[1], img.shape[0]) != tuple(size):
@@ -203,8 +211,59 @@ class AugmentCollate:
         return self.augment(x), y, i
 
 
+class FrameCache:
+    """Frames as the network's own preprocessing resized them, on disk: one file per frame,
+    named by the sha256 of the frame's PNG bytes, in a folder per preprocessing (frame size,
+    crop, input size, and the code that resizes). Content-addressed, so every stage and every
+    feature-store version shares it: a grown store decodes only its new frames, and a changed
+    crop or input size starts a folder of its own. The resized floats are stored exactly
+    (float32), so a cached frame is the very tensor a fresh decode gives.
+    """
+
+    def __init__(self, root: str | Path, preprocess: Preprocess, frame_size: tuple[int, int]) -> None:
+        import inspect
+
+        spec = {
+            "frame_size": list(frame_size),
+            "input": [preprocess.height, preprocess.width],
+            "crop": list(preprocess.crop),
+            "pool": preprocess.pool,
+            "code": hashlib.sha256(inspect.getsource(type(preprocess).resize).encode()).hexdigest()[:12],
+        }
+        key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+        self.dir = Path(root) / f"{preprocess.width}x{preprocess.height}-{key}"
+        self.spec = spec
+        self.hits = self.misses = 0
+
+    def path_for(self, data: bytes) -> Path:
+        sha = hashlib.sha256(data).hexdigest()
+        return self.dir / sha[:2] / f"{sha[2:]}.npy"
+
+    def get(self, data: bytes) -> torch.Tensor | None:
+        path = self.path_for(data)
+        try:
+            x = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):  # absent, or cut short by a crash: decoded again
+            return None
+        self.hits += 1
+        return torch.from_numpy(x)
+
+    def put(self, data: bytes, x: torch.Tensor) -> None:
+        path = self.path_for(data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, x.numpy().astype(np.float32, copy=False), allow_pickle=False)
+        os.replace(tmp, path)  # atomic: another rank or stage never reads half a file
+        self.misses += 1
+
+
 class FrameDataset(Dataset):
-    """``(resized image [3, h, w] float, label float, row index)`` per frame of one split."""
+    """``(resized image [3, h, w] float, label float, row index)`` per frame of one split.
+
+    ``cache``: keep every resized frame in memory (fast epochs); ``frame_cache``: take them from
+    (and add them to) the on-disk :class:`FrameCache` instead of decoding every PNG again.
+    """
 
     def __init__(
         self,
@@ -216,6 +275,7 @@ class FrameDataset(Dataset):
         cache: bool = True,
         progress: bool = False,
         name: str = "",
+        frame_cache: FrameCache | None = None,
     ) -> None:
         self.table = table.reset_index(drop=True)
         self.root = Path(root)
@@ -223,12 +283,23 @@ class FrameDataset(Dataset):
         self.frame_size = frame_size
         self.augment = augment
         self.labels = torch.tensor(self.table["label"].to_numpy(), dtype=torch.float32)
+        self.frame_cache = frame_cache
         self.cache: torch.Tensor | None = None
         if cache:
             self.cache = self._resize_all(progress, name)
 
     def _load(self, i: int) -> torch.Tensor:
-        frame = read_frame(self.root / self.table.at[i, "path"], self.frame_size)
+        path = self.root / self.table.at[i, "path"]
+        if self.frame_cache is None:
+            return self._resize(read_frame(path, self.frame_size))
+        data = path.read_bytes()
+        x = self.frame_cache.get(data)
+        if x is None:
+            x = self._resize(read_frame(path, self.frame_size, data))
+            self.frame_cache.put(data, x)
+        return x
+
+    def _resize(self, frame: np.ndarray) -> torch.Tensor:
         with torch.no_grad():
             return self.preprocess.resize(torch.from_numpy(frame).unsqueeze(0))[0]
 
@@ -320,7 +391,7 @@ class WaterDataModule(pl.LightningDataModule):
     equally, :func:`water_balanced_weights`; ``loss`` and ``none`` leave the order alone),
     and ``replay``: another dataset of ``(image, label, index)`` (e.g. the base model's rendered
     kitchens) drawn for ``replay_share`` of the training samples, so fine-tuning does not forget,
-    cache_images, augment.
+    cache_images, frame_cache (a folder for :class:`FrameCache`; null: decode every run), augment.
     """
 
     def __init__(
@@ -343,6 +414,8 @@ class WaterDataModule(pl.LightningDataModule):
         self.frame_size = (int(data_cfg["frame_width"]), int(data_cfg["frame_height"]))
         self.splits_dir, self.store_dir = Path(splits_dir), Path(store_dir)
         self.progress = progress
+        cache_dir = self.cfg.get("frame_cache")
+        self.frame_cache = FrameCache(cache_dir, preprocess, self.frame_size) if cache_dir else None
         self.tables: dict[str, pd.DataFrame] = {}
         self.datasets: dict[str, FrameDataset] = {}
 
@@ -366,6 +439,7 @@ class WaterDataModule(pl.LightningDataModule):
                     self.frame_size,
                     augment=augment,
                     cache=bool(self.cfg.get("cache_images", True)),
+                    frame_cache=self.frame_cache,
                     progress=self.progress,
                     name=name,
                 )

@@ -33,6 +33,7 @@ __all__ = [
     "build_preprocess",
     "build_model",
     "load_base_weights",
+    "weights_checkpoint",
 ]
 
 # ImageNet statistics: torchvision backbones were designed (and pretrained) for these.
@@ -181,7 +182,7 @@ def build_model(model_cfg: dict, data_cfg: dict) -> WaterNet:
         pre.source_height,
         pre.source_width,
         crop=pre.crop,
-        weights=weights if weights in ("none", "imagenet") else "none",
+        weights=weights if weights in NO_CHECKPOINT else "none",
     )
 
 
@@ -199,12 +200,34 @@ def net_state_dict(ckpt: dict) -> dict:
     return {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
 
 
+#: ``model.weights`` values that name no checkpoint
+NO_CHECKPOINT = ("none", "imagenet")
+#: ``model.weights`` names that conf/model/_base.yaml maps to a file (``model.weights_file``)
+NAMED_STARTS = ("base", "production")
+
+
+def weights_checkpoint(model_cfg: dict) -> Path | None:
+    """The checkpoint training starts from: for a named start (``base``, ``production``) the
+    file conf/model/_base.yaml maps it to (``model.weights_file``, which the train stage also
+    declares as its DVC dependency); ``model.weights`` itself when it is a path; None for
+    ``none``/``imagenet``."""
+    weights = str(model_cfg.get("weights", "none"))
+    if weights in NO_CHECKPOINT:
+        return None
+    if weights in NAMED_STARTS:
+        if not model_cfg.get("weights_file"):
+            raise ValueError(f"model.weights={weights} needs model.weights_file (composed from conf/model/_base.yaml)")
+        return Path(model_cfg["weights_file"])
+    return Path(weights)
+
+
 def load_base_weights(net: WaterNet, path: str | Path) -> None:
     """Start from a checkpoint's weights (e.g. the production model's); the backbone must match."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
-            f"{path}: base checkpoint not found (model.weights names it); use model.weights=none, or `dvc pull` it"
+            f"{path}: starting checkpoint not found (model.weights names it: base needs `dvc repro base`, "
+            "production a promoted model, `autosink promote`); use model.weights=none, or `dvc pull` it"
         )
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     trained = checkpoint_backbone(ckpt, path)

@@ -41,6 +41,7 @@ from autosink.learn.model import (
     count_parameters,
     load_base_weights,
     net_state_dict,
+    weights_checkpoint,
 )
 
 __all__ = ["LitWaterNet", "fit", "run_fingerprint", "choose_threshold", "load_trained"]
@@ -55,9 +56,9 @@ class LitWaterNet(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.net: WaterNet = build_model(model, data)
-        weights = str(model.get("weights", "none"))
-        if weights not in ("none", "imagenet"):
-            load_base_weights(self.net, weights)
+        start = weights_checkpoint(model)
+        if start is not None:
+            load_base_weights(self.net, start)
         # channels-last convolutions train about 1.7x faster on a CPU (oneDNN); the exported
         # graph is unaffected (load_trained rebuilds the network in the default layout)
         self.net.backbone.to(memory_format=torch.channels_last)
@@ -208,9 +209,11 @@ class HistoryCallback(pl.Callback):
 
 
 class ThroughputCallback(pl.Callback):
-    """Training images per second and seconds per epoch (the training loop only)."""
+    """Training images per second and seconds per epoch (the training loop only), and when the
+    first training step began (``first_step_at``, ``time.perf_counter()``)."""
 
     def __init__(self) -> None:
+        self.first_step_at: float | None = None
         self.images = 0
         self.seconds = 0.0
         self.epoch_seconds: list[float] = []
@@ -218,6 +221,10 @@ class ThroughputCallback(pl.Callback):
 
     def on_train_epoch_start(self, trainer, module) -> None:
         self._t0 = time.perf_counter()
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if self.first_step_at is None:
+            self.first_step_at = time.perf_counter()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         self.images += len(batch[1])
@@ -315,6 +322,7 @@ def fit(
 
     from autosink.learn.frames import WaterDataModule
 
+    fit_started = time.perf_counter()
     model_cfg, data_cfg, cfg = params["model"], params["data"], params["train"]
     splits_dir, ckpt_dir, out_ckpt = Path(splits_dir), Path(ckpt_dir), Path(out_ckpt)
     pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
@@ -433,6 +441,13 @@ def fit(
         images_per_s=speed.images / speed.seconds if speed.seconds else float("nan"),
         epoch_s=float(np.mean(speed.epoch_seconds)) if speed.epoch_seconds else float("nan"),
         seconds=seconds,
+        # from fit() being called (decoding the frames included) to the first training step
+        first_step_s=speed.first_step_at - fit_started if speed.first_step_at else None,
+        frame_cache=(
+            {"dir": str(fc.dir), "hits": fc.hits, "misses": fc.misses}
+            if (fc := getattr(dm, "frame_cache", None)) is not None
+            else None
+        ),
         resumed=resume is not None,
         parameters=count_parameters(module),
         wandb_run_id=run_id,

@@ -5,7 +5,9 @@ The candidate is what ``dvc repro`` leaves in ``models/``: ``model.onnx`` with i
 ``metrics/cases.json``. :func:`promote` refuses (:class:`PromotionError`) a candidate that is
 incomplete, whose card does not describe its ``model.onnx``, whose gate verdict is about another
 checkpoint, or that failed the gate. Otherwise it copies the three files and a ``promotion.json``
-(who, when, which data, the gate's summary) into a temp folder beside production and swaps it in:
+(who, when, which data, the gate's summary) into a temp folder beside production and swaps it in
+(with them the int8 model ``model.int8.onnx`` and its card, when the ``quantize`` stage made them
+from this very ``model.onnx`` and the int8 model passed its own case gate; see :func:`_check_int8`):
 the old production becomes ``models/previous`` (replacing an older one), and a reader sees the
 old production folder or the new one, never a half-written one (on Linux the swap is a single
 ``renameat2(RENAME_EXCHANGE)``, so the folder is never even missing). :func:`rollback` swaps
@@ -71,6 +73,11 @@ CANDIDATE = {
     "model.onnx": MODELS / "model.onnx",
     "model.json": MODELS / "model.json",
     "model.ckpt": MODELS / "model.ckpt",
+}
+#: the int8 edge model the ``quantize`` stage makes from the candidate (optional, see :func:`_check_int8`)
+INT8 = {
+    "model.int8.onnx": MODELS / "model.int8.onnx",
+    "model.int8.json": MODELS / "model.int8.json",
 }
 CASES = Path("reports/cases.json")  # the gate's verdict (metrics/cases.json: its headline numbers)
 #: what a user can do when the gate refused the candidate
@@ -234,6 +241,12 @@ def _folder_info(folder: Path) -> dict[str, Any] | None:
             info["version"] = read_card(folder / "model.json")["version"]
     else:
         info["problem"] = "model.onnx missing"
+    int8 = folder / "model.int8.onnx"
+    info["int8"] = None
+    if int8.is_file():
+        info["int8"] = {"model_sha256": sha256_file(int8), "version": None}
+        with contextlib.suppress(CardError):
+            info["int8"]["version"] = read_card(folder / "model.int8.json")["version"]
     return info
 
 
@@ -296,6 +309,38 @@ def _check_candidate(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             + NEXT_STEPS
         )
     return card, cases
+
+
+def _check_int8(root: Path, onnx_sha: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The candidate's int8 model: ``(card, None)`` to promote it with the fp32 model, ``(None,
+    reason)`` to promote without it (none made, or its own case gate failed: the fp32 model is
+    what the gate judged, so a weaker int8 does not stop it), PromotionError when it is there but
+    broken or stale (its card invalid or of another file, or quantised from another model.onnx:
+    `dvc repro` was not finished)."""
+    model, card_path = root / INT8["model.int8.onnx"], root / INT8["model.int8.json"]
+    if not model.is_file():
+        return None, f"no {INT8['model.int8.onnx']} (the quantize stage makes it)"
+    try:
+        card = read_card(card_path)
+    except CardError as e:
+        raise PromotionError(f"the candidate's int8 model card is invalid (run `dvc repro`):\n{e}") from None
+    sha = sha256_file(model)
+    if card["model_sha256"] != sha:
+        raise PromotionError(
+            f"{INT8['model.int8.json']} describes another model: its model_sha256 is {card['model_sha256']}, "
+            f"{INT8['model.int8.onnx']} has {sha} (run `dvc repro`)"
+        )
+    if card.get("precision") != "int8" or card.get("quantized_from") != onnx_sha:
+        raise PromotionError(
+            f"{INT8['model.int8.onnx']} was quantised from {card.get('quantized_from')}, not from the candidate "
+            f"{CANDIDATE['model.onnx']} ({onnx_sha}) (run `dvc repro`)"
+        )
+    if (card.get("metrics") or {}).get("gate_passed") is not True:
+        return None, (
+            f"{INT8['model.int8.onnx']} failed its case gate against the fp32 model (reports/quantize.json); "
+            "promoting the fp32 model alone"
+        )
+    return card, None
 
 
 # --------------------------------------------------------------------------- DVC, git, W&B
@@ -388,6 +433,9 @@ def _log_wandb(root: Path, wandb_mode: str | None, result: dict[str, Any]) -> No
             )
             art.add_file(str(folder / "model.onnx"), name="model.onnx")
             art.add_file(str(folder / "model.json"), name="model.json")
+            for name in INT8:
+                if (folder / name).is_file():
+                    art.add_file(str(folder / name), name=name)
             run.log_artifact(art, aliases=aliases)
             result["wandb"].update(
                 {
@@ -419,10 +467,17 @@ def promote(
     """
     root = Path(root).resolve()
     card, cases = _check_candidate(root)
-    _check_checked_out(root)
     sha, version = card["model_sha256"], card["version"]
+    int8_card, int8_skipped = _check_int8(root, sha)
+    _check_checked_out(root)
     production, previous = root / PRODUCTION, root / PREVIOUS
-    if (production / "model.onnx").is_file() and sha256_file(production / "model.onnx") == sha:
+    int8_sha = int8_card["model_sha256"] if int8_card else None
+    prod_int8 = production / "model.int8.onnx"
+    if (
+        (production / "model.onnx").is_file()
+        and sha256_file(production / "model.onnx") == sha
+        and (sha256_file(prod_int8) if prod_int8.is_file() else None) == int8_sha
+    ):
         msg = f"model {version} ({sha[:12]}) is already in production: nothing to do"
         print(f"promote: {msg}")
         return {
@@ -449,15 +504,28 @@ def promote(
         "backbone": card.get("backbone"),
         "threshold": card.get("threshold"),
         "gate": _gate_summary(cases),
+        # the int8 model promoted with it (None: promoted without one, int8_skipped says why)
+        "int8": None
+        if int8_card is None
+        else {
+            "version": int8_card["version"],
+            "model_sha256": int8_sha,
+            "calibration": int8_card.get("calibration"),
+        },
+        "int8_skipped": int8_skipped,
     }
     (root / MODELS).mkdir(parents=True, exist_ok=True)
     new = Path(tempfile.mkdtemp(prefix=".production.new-", suffix=".tmp", dir=root / MODELS))
     try:
         os.chmod(new, 0o755)
-        for name, src in CANDIDATE.items():
+        for name, src in {**CANDIDATE, **(INT8 if int8_card else {})}.items():
             _copy_durable(root / src, new / name)
         _write_training_features(root, new / "data_features.csv")
-        if sha256_file(new / "model.onnx") != sha or sha256_file(new / "model.ckpt") != cases["checkpoint_sha256"]:
+        if (
+            sha256_file(new / "model.onnx") != sha
+            or sha256_file(new / "model.ckpt") != cases["checkpoint_sha256"]
+            or (int8_card is not None and sha256_file(new / "model.int8.onnx") != int8_sha)
+        ):
             raise PromotionError("the candidate changed while it was being promoted; try again")
         atomic_write(new / RECORD, json.dumps(record, indent=2) + "\n", durable=True)
         fsync_dir(new)
@@ -467,6 +535,10 @@ def promote(
         raise
     msg = f"Promote model {version} to production"
     print(f"promote: {PRODUCTION} is now model {version} ({sha[:12]}), experiment {record['experiment']}")
+    if int8_card is not None:
+        print(f"promote: with its int8 model {int8_card['version']} ({int8_sha[:12]}): model.int8.onnx")
+    else:
+        print(f"promote: without an int8 model: {int8_skipped}")
     return _record_change(
         root, "promote", "promoted", msg, version, sha, push, wandb_mode, f"model {version} is promoted"
     )
