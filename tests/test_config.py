@@ -63,4 +63,6 @@ def test_model_configs_extend_one_base(repo_root):
         repeated = sorted(k for k, v in own.items() if k in base and base[k] == v)
         assert not repeated, f"conf/model/{name}.yaml repeats {repeated} from _base.yaml: drop them"
         assert own["backbone"] == name
-        assert compose(repo_root, [f"model={name}"])["model"] == {**base, **own}
+        expected = {**base, **own}
+        expected["weights_file"] = base["weights_files"][base["weights"]]  # the interpolation, resolved
+        assert compose(repo_root, [f"model={name}"])["model"] == expected
