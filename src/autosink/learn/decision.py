@@ -41,15 +41,14 @@ def tune_scripts(sim_cfg: Mapping[str, Any], sessions: int) -> list:
 
 def pair_probabilities(net, scripts: list, batch_size: int = 32, progress: bool = False) -> list[np.ndarray]:
     """Per session ``[frames, 2]``: the network's probability on the water-off and water-on
-    render of every frame (:func:`autosink.learn.evaluation.predict_water_on_off`)."""
-    from tqdm import tqdm
-
+    render of every frame (:func:`autosink.learn.evaluation.predict_water_on_off`, over all the
+    sessions' frames at once so its rendering processes stay busy)."""
     from autosink.learn.evaluation import predict_water_on_off
 
-    return [
-        predict_water_on_off(net, s.states, batch_size)
-        for s in tqdm(scripts, desc="decision sessions", unit="session", disable=not progress, leave=False)
-    ]
+    states = [st for s in scripts for st in s.states]
+    p = predict_water_on_off(net, states, batch_size, progress, desc="decision sessions")
+    ends = np.cumsum([len(s.states) for s in scripts])
+    return np.split(p, ends[:-1]) if len(scripts) else []
 
 
 def replay(p: np.ndarray, threshold: float, controller, fps: float) -> np.ndarray:

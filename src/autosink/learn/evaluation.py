@@ -6,6 +6,7 @@ Frames go through the serving path, :meth:`WaterNet.forward` on raw RGB uint8 ca
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -122,29 +123,57 @@ def truth_report(
     }
 
 
-def predict_water_on_off(
-    net: WaterNet, states: list, batch_size: int = 32, progress: bool = False, desc: str = "water on/off pairs"
-) -> np.ndarray:
-    """``[N, 2]``: the network's probability (full serving graph) on each scene rendered with the
-    water off (column 0) and running (column 1), the same scene and noise otherwise."""
+def _render_resized(args: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk of scenes rendered with the water off and on and resized by the network's own
+    preprocessing (float, as the serving graph resizes; raw frames when there is none): runs in
+    a worker process."""
     from dataclasses import replace
-
-    from tqdm import tqdm
 
     from autosink.sim.scene import render
 
-    out = {False: [], True: []}
-    net.eval()
+    states, preprocess = args
+    torch.set_num_threads(1)
     with torch.no_grad():
-        for start in tqdm(
-            range(0, len(states), batch_size), desc=desc, unit="batch", disable=not progress, leave=False
-        ):
-            chunk = states[start : start + batch_size]
-            for water in (False, True):
-                frames = np.stack([render(replace(st, water_on=water)) for st in chunk])
-                out[water].append(net(torch.from_numpy(frames)).numpy())
+        frames = [torch.from_numpy(np.stack([render(replace(st, water_on=w)) for st in states])) for w in (False, True)]
+        return tuple(frames if preprocess is None else (preprocess.resize(x) for x in frames))
+
+
+def predict_water_on_off(
+    net: WaterNet,
+    states: list,
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "water on/off pairs",
+    workers: int | None = None,
+) -> np.ndarray:
+    """``[N, 2]``: the network's probability (full serving graph) on each scene rendered with the
+    water off (column 0) and running (column 1), the same scene and noise otherwise.
+
+    Rendering is most of the work: it runs in ``workers`` processes (default: every core), each
+    rendering and resizing ``batch_size`` scenes at a time, while this process runs the network
+    on what arrives (normalise + backbone: the serving graph after its resize)."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
     if not states:
         return np.zeros((0, 2), np.float32)
+    preprocess = getattr(net, "preprocess", None)  # a WaterNet; anything else gets raw frames
+    chunks = [(states[i : i + batch_size], preprocess) for i in range(0, len(states), batch_size)]
+    workers = max(1, min(int(workers or os.cpu_count() or 1), len(chunks)))
+    out = {False: [], True: []}
+    net.eval()
+    with contextlib.ExitStack() as stack:
+        if workers == 1:
+            parts = map(_render_resized, chunks)
+        else:
+            parts = stack.enter_context(ProcessPoolExecutor(workers)).map(_render_resized, chunks)
+        with torch.no_grad():
+            for off_on in tqdm(parts, total=len(chunks), desc=desc, unit="batch", disable=not progress, leave=False):
+                for water, x in zip((False, True), off_on):
+                    p = net(x) if preprocess is None else torch.sigmoid(net.logits_from_resized(x))
+                    out[water].append(p.numpy())
     return np.stack([np.concatenate(out[False]), np.concatenate(out[True])], 1)
 
 
