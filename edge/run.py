@@ -21,7 +21,7 @@ from pathlib import Path
 
 EDGE_DIR = Path(__file__).resolve().parent
 _SRC = EDGE_DIR.parent / "src"
-if (_SRC / "autosink" / "episode.py").is_file() and str(_SRC) not in sys.path:
+if (_SRC / "autosink" / "core" / "episode.py").is_file() and str(_SRC) not in sys.path:
     sys.path.insert(0, str(_SRC))  # run from a checkout: no install needed
 
 DEFAULT_CONFIG = EDGE_DIR / "config.toml"

@@ -235,3 +235,20 @@ def test_pair_probabilities_score_both_renders_of_every_frame():
     assert (p[:, 0] != p[:, 1]).all()  # the water-on render differs under the faucet
     (q,) = pair_probabilities(net, [script], batch_size=32)
     np.testing.assert_allclose(p, q, rtol=1e-6)  # batching changes nothing
+
+
+def test_rendering_in_worker_processes_changes_nothing():
+    from autosink.learn.evaluation import predict_water_on_off
+    from autosink.learn.model import WaterNet
+
+    scripts = tune_scripts({"seed": 7, "dishes_per_session": [1, 1]}, 2)
+    states = [st for s in scripts for st in s.states[:3]]
+    net = WaterNet("mobilenet_v3_small", 32, 32, 480, 640, crop=(170, 100, 470, 400))
+    threads = torch.get_num_threads()
+    one = predict_water_on_off(net, states, batch_size=2, workers=1)
+    two = predict_water_on_off(net, states, batch_size=2, workers=2)
+    assert one.shape == (6, 2) and np.array_equal(one, two)
+    assert torch.get_num_threads() == threads  # only the workers run single-threaded
+    # per session, as the threshold choice sees them
+    per_session = pair_probabilities(net, [replace(s, states=s.states[:3]) for s in scripts], batch_size=2)
+    assert [len(p) for p in per_session] == [3, 3] and np.array_equal(np.concatenate(per_session), one)

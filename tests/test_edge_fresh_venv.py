@@ -1,9 +1,9 @@
 """The edge is deployable alone: a fresh venv with only edge/requirements.txt runs edge/run.py.
 
 Slow (creates a venv and installs onnxruntime, numpy and OpenCV from PyPI: about a minute),
-so marked ``slow``. It runs from a copy holding only ``edge/`` and the modules the edge
-may import (``autosink/__init__``, ``episode``, ``fileio``, ``modelcard``) plus ``autosink/edge/``: if the
-edge ever imports anything else from the pipeline, or torch, this fails.
+so marked ``slow``. It runs from a copy holding only ``edge/`` and the packages the edge
+may import (``autosink/__init__``, ``autosink/core/``, ``autosink/edge/``): if the edge ever imports
+anything else from the pipeline, or torch, this fails.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 
 from autosink.core.episode import EpisodeMeta, Interaction, episode_stem, write_episode
 from tests.edge_fixtures import FOOTPRINT_SCRIPT, bright_roi_frame, check_footprint, write_tiny_model
+from tests.layers import PI_LAYERS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,9 +28,11 @@ def _minimal_checkout(dst: Path) -> Path:
     """``edge/`` + the edge-safe part of ``src/autosink`` (what a Pi needs, nothing more)."""
     shutil.copytree(ROOT / "edge", dst / "edge", ignore=shutil.ignore_patterns("__pycache__"))
     src = dst / "src" / "autosink"
-    shutil.copytree(ROOT / "src" / "autosink" / "edge", src / "edge", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("__init__.py", "episode.py", "fileio.py", "modelcard.py"):
-        shutil.copy(ROOT / "src" / "autosink" / name, src / name)
+    for package in PI_LAYERS:  # the Pi's layers are folders: core/, edge/
+        shutil.copytree(
+            ROOT / "src" / "autosink" / package, src / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    shutil.copy(ROOT / "src" / "autosink" / "__init__.py", src / "__init__.py")
     return dst
 
 

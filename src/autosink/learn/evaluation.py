@@ -132,7 +132,6 @@ def _render_resized(args: tuple) -> tuple[torch.Tensor, torch.Tensor]:
     from autosink.sim.scene import render
 
     states, preprocess = args
-    torch.set_num_threads(1)
     with torch.no_grad():
         frames = [torch.from_numpy(np.stack([render(replace(st, water_on=w)) for st in states])) for w in (False, True)]
         return tuple(frames if preprocess is None else (preprocess.resize(x) for x in frames))
@@ -168,7 +167,8 @@ def predict_water_on_off(
         if workers == 1:
             parts = map(_render_resized, chunks)
         else:
-            parts = stack.enter_context(ProcessPoolExecutor(workers)).map(_render_resized, chunks)
+            pool = ProcessPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
+            parts = stack.enter_context(pool).map(_render_resized, chunks)
         with torch.no_grad():
             for off_on in tqdm(parts, total=len(chunks), desc=desc, unit="batch", disable=not progress, leave=False):
                 for water, x in zip((False, True), off_on):
