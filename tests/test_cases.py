@@ -12,6 +12,7 @@ from autosink.core.modelcard import card_path_for, read_card, write_card
 from autosink.learn.cases import (
     Case,
     CaseError,
+    case_score,
     evaluate_cases,
     format_report,
     gate,
@@ -275,6 +276,32 @@ def test_evaluate_cases_reports_the_interval(small_cases):
     assert r["wilson_low"] == 0.0 and r["wilson_high"] == pytest.approx(0.4899, abs=5e-4)
     r = res["CASE01-0-detergent"]  # 3 of 3 right
     assert r["wilson_low"] == pytest.approx(0.4385, abs=5e-4) and r["wilson_high"] == pytest.approx(1.0)
+
+
+def test_case_score_is_what_evaluate_cases_reports(small_cases):
+    p = np.array([0.1, 0.5, 0.49, 0.9])  # label 1, threshold 0.5: the 0.5 counts (inclusive)
+    r = case_score(p, 1, 0.5)
+    assert list(r) == ["label", "n", "accuracy", "wilson_low", "wilson_high", "mean_p", "correct"]
+    assert r == {
+        "label": 1,
+        "n": 4,
+        "accuracy": 0.5,
+        "wilson_low": wilson_interval(2, 4)[0],
+        "wilson_high": wilson_interval(2, 4)[1],
+        "mean_p": pytest.approx(0.4975),
+        "correct": 2,
+    }
+    assert all(type(r[k]) is t for k, t in (("label", int), ("n", int), ("correct", int), ("mean_p", float)))
+    empty = case_score(np.zeros(0), 0, 0.5)
+    assert (empty["accuracy"], empty["mean_p"], empty["wilson_low"], empty["wilson_high"]) == (0.0, None, 0.0, 1.0)
+
+    def by_pixel(frames):  # the oracle's rule, spread over (0, 1)
+        return np.where(frames[:, 0, 0, 0] > 100, 0.7, 0.2) + frames[:, 1, 1, 0] / 2550
+
+    res = evaluate_cases(by_pixel, small_cases, 0.5, frame_size=SMALL, batch_size=3)
+    for c in small_cases:
+        frames = np.stack([cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in c.frames])
+        assert res[c.name] == case_score(by_pixel(frames), c.label, 0.5)
 
 
 def test_report_shows_the_95_percent_interval():

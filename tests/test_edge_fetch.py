@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from autosink.core.modelcard import card_path_for, read_card, sha256_file, write_card
+from autosink.core.modelcard import card_path_for, make_card, read_card, sha256_file, write_card
 from autosink.edge.camera import IteratorCamera
 from autosink.edge.clock import SimClock
 from autosink.edge.controller import UserInput
@@ -29,7 +29,15 @@ from autosink.edge.fetch import PeriodicFetcher, fetch_model
 from autosink.edge.inference import ModelReloader, load_model
 from autosink.edge.install import installed_model, record_path_for, recover_install
 from autosink.edge.settings import DEFAULT_CONFIG, ConfigError, merge_config
-from autosink.edge.sources import DvcSource, FetchError, FolderSource, WandbSource, make_source
+from autosink.edge.sources import (
+    DvcSource,
+    FetchError,
+    FolderSource,
+    WandbSource,
+    make_source,
+    precision_of,
+    promoted_files,
+)
 from autosink.edge.wiring import build_runtime
 from tests.edge_fixtures import FOOTPRINT_SCRIPT, bright_roi_frame, check_footprint, write_tiny_model
 
@@ -219,21 +227,29 @@ def test_a_model_for_another_camera_resolution_is_refused_while_running(tmp_path
     assert read_card(card_path_for(pi))["version"] == "v1"
 
 
+def fetch_cut_before_the_card(src: Path, target: Path, monkeypatch):
+    """fetch_model from the folder ``src`` with a power cut: the model lands, then the card's
+    rename never happens."""
+    real_replace = os.replace
+
+    def power_cut(a, b):
+        if Path(b) == card_path_for(target):
+            raise OSError(5, "Input/output error")
+        real_replace(a, b)
+
+    monkeypatch.setattr("autosink.edge.install.os.replace", power_cut)
+    try:
+        return fetch_model(FolderSource(src), target)
+    finally:
+        monkeypatch.setattr("autosink.edge.install.os.replace", real_replace)
+
+
 def test_a_crash_between_the_two_renames_is_finished_at_the_next_start(tmp_path, pi, monkeypatch, caplog):
     caplog.set_level(logging.INFO)
     reloader = ModelReloader(pi, background=False)
     src = tmp_path / "share"
     publish(src, "v2", bias=-3.0)
-    real_replace = os.replace
-
-    def power_cut(a, b):  # the model lands, then the card's rename never happens
-        if Path(b) == card_path_for(pi):
-            raise OSError(5, "Input/output error")
-        real_replace(a, b)
-
-    monkeypatch.setattr("autosink.edge.install.os.replace", power_cut)
-    res = fetch_model(FolderSource(src), pi)
-    monkeypatch.setattr("autosink.edge.install.os.replace", real_replace)
+    res = fetch_cut_before_the_card(src, pi, monkeypatch)
     assert res.status == "failed" and "the next fetch or start finishes it" in res.message
     assert installed_model(pi)["problem"]  # new model, old card on disk
     assert reloader.check() and reloader.model.version == "v1"  # the mismatched pair is refused
@@ -244,6 +260,123 @@ def test_a_crash_between_the_two_renames_is_finished_at_the_next_start(tmp_path,
     assert installed_model(pi)["version"] == "v2" and not list(pi.parent.glob(".*.tmp"))
     assert reloader.check() and reloader.model.version == "v2"
     assert recover_install(pi) == []
+
+
+# --------------------------------------------------------------------------- the int8 model
+
+
+def publish_int8(folder: Path, version: str, *, precision: str | None = "int8", **kw) -> Path:
+    """model.int8.onnx + model.int8.json beside a published fp32 pair, as promote puts them (a tiny
+    model standing in for the quantised one; its card says precision int8 and quantized_from)."""
+    path = write_tiny_model(folder / "model.int8.onnx", card=False, **kw)
+    extra = {"precision": precision} if precision else {}
+    if (folder / "model.onnx").is_file():
+        extra["quantized_from"] = sha256_file(folder / "model.onnx")
+    card = make_card(model_sha256=sha256_file(path), backbone="tiny-roi-brightness", version=version, **extra)
+    write_card(folder / "model.int8.json", card)
+    return path
+
+
+@pytest.fixture
+def pi8(tmp_path: Path) -> Path:
+    """A Pi configured for the int8 model (model.path = .../model.int8.onnx), v1-int8 installed."""
+    folder = tmp_path / "pi8" / "production"
+    publish(folder, "v1")
+    return publish_int8(folder, "v1-int8")
+
+
+def fake_dvc(tmp_path: Path) -> str:
+    """A `dvc` that does what `dvc get <repo> <path> -o <dest> --rev <rev>` does with a local
+    "repo": copies the whole folder <repo>/<path> to <dest>."""
+    script = tmp_path / "bin" / "dvc"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text('#!/bin/sh\n[ "$1" = get ] && [ "$4" = -o ] && exec cp -R "$2/$3" "$5"\nexit 2\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_promoted_file_names_follow_model_path():
+    assert promoted_files("/var/lib/autosink/models/production/model.onnx") == ("model.onnx", "model.json")
+    assert promoted_files("models/production/model.int8.onnx") == ("model.int8.onnx", "model.int8.json")
+    for other in ("/srv/sink.onnx", "models/model.candidate.onnx"):  # any other name: fp32, as before
+        assert promoted_files(other) == ("model.onnx", "model.json")
+    assert [precision_of(n) for n in ("model.onnx", "model.int8.onnx")] == ["fp32", "int8"]
+
+
+@pytest.mark.parametrize("route", ["folder", "dvc"])
+def test_an_int8_pi_fetches_the_int8_pair(tmp_path, pi8, route):
+    """A promoted folder holding both pairs: a Pi whose model.path is model.int8.onnx gets the int8
+    pair with its card and provenance; the fp32 pair beside it is not touched."""
+    repo = tmp_path / "repo"
+    src = repo / "models" / "production"
+    publish(src, "v2", bias=-3.0)
+    publish_int8(src, "v2-int8", bias=-4.0)
+    fp32_before = {n: sha256_file(pi8.parent / n) for n in ("model.onnx", "model.json")}
+    if route == "folder":
+        source = FolderSource(src)
+    else:  # a commit given in full: no `git ls-remote`; the fake dvc copies the whole folder as `dvc get` does
+        source = DvcSource(str(repo), rev="a" * 40, dvc=fake_dvc(tmp_path))
+    res = fetch_model(source, pi8)
+    assert res.status == "installed", res.message
+    assert (res.old_version, res.new_version) == ("v1-int8", "v2-int8")
+    assert sha256_file(pi8) == sha256_file(src / "model.int8.onnx")
+    card = read_card(pi8.parent / "model.int8.json")
+    assert card["precision"] == "int8" and card["quantized_from"] == sha256_file(src / "model.onnx")
+    rec = json.loads((pi8.parent / "model.int8.fetch.json").read_text())
+    assert record_path_for(pi8).name == "model.int8.fetch.json"
+    assert rec["version"] == "v2-int8" and rec["model_sha256"] == sha256_file(pi8)
+    assert rec["promotion"]["experiment"] == "e1"
+    assert {n: sha256_file(pi8.parent / n) for n in ("model.onnx", "model.json")} == fp32_before
+    assert not (pi8.parent / "model.fetch.json").exists() and not list(pi8.parent.glob(".*.tmp"))
+    model = load_model(pi8)
+    assert model.version == "v2-int8" and model.card["precision"] == "int8"
+    assert fetch_model(source, pi8).status == "unchanged"
+
+    fp32 = tmp_path / "pi" / "model.onnx"  # the fp32 Pi, same promotion: the fp32 pair, as before
+    res = fetch_model(source, fp32)
+    assert (
+        res.status == "installed" and res.new_version == "v2" and sha256_file(fp32) == sha256_file(src / "model.onnx")
+    )
+    assert sorted(p.name for p in fp32.parent.iterdir()) == [
+        ".model.onnx.fetch.lock",
+        "model.fetch.json",
+        "model.json",
+        "model.onnx",
+    ]
+
+
+@pytest.mark.parametrize("route", ["folder", "dvc"])
+def test_a_promotion_without_the_int8_pair_is_refused_naming_it(tmp_path, pi8, route):
+    repo = tmp_path / "repo"
+    src = repo / "models" / "production"
+    publish(src, "v2", bias=-3.0)  # promoted without an int8 model
+    before = snapshot(pi8)
+    source = FolderSource(src) if route == "folder" else DvcSource(str(repo), rev="b" * 40, dvc=fake_dvc(tmp_path))
+    res = fetch_model(source, pi8)
+    assert res.status == "refused" and res.file == "model.int8.onnx", res.message
+    assert "model.int8.onnx: missing from the download" in res.message
+    assert snapshot(pi8) == before | {".model.int8.onnx.fetch.lock": snapshot(pi8)[".model.int8.onnx.fetch.lock"]}
+    assert installed_model(pi8)["version"] == "v1-int8"
+
+
+def test_an_int8_name_with_an_fp32_card_is_refused(tmp_path, pi8):
+    src = tmp_path / "share"
+    publish(src, "v2")
+    publish_int8(src, "v2-int8", precision=None, bias=-3.0)  # no precision: an fp32 model under the int8 name
+    res = fetch_model(FolderSource(src), pi8)
+    assert res.status == "refused" and res.file == "model.int8.json"
+    assert "model.int8.json: precision 'fp32', expected 'int8' for model.int8.onnx" in res.message
+    assert installed_model(pi8)["version"] == "v1-int8"
+
+
+def test_an_int8_install_cut_between_the_two_renames_is_finished(tmp_path, pi8, monkeypatch):
+    src = tmp_path / "share"
+    publish(src, "v2")
+    publish_int8(src, "v2-int8", bias=-3.0)
+    res = fetch_cut_before_the_card(src, pi8, monkeypatch)
+    assert res.status == "failed" and "the next fetch or start finishes it" in res.message
+    assert any(line.startswith("finished an interrupted install") for line in recover_install(pi8))
+    assert installed_model(pi8)["version"] == "v2-int8" and not list(pi8.parent.glob(".*.tmp"))
 
 
 # --------------------------------------------------------------------------- periodic, inside run.py
@@ -385,8 +518,9 @@ class FakeArtifact:
 
     def download(self, root=None, allow_missing_references=False, skip_cache=None, path_prefix=None, multipart=None):
         self.calls.append(("download", root, skip_cache))
-        for name in ("model.onnx", "model.json"):
-            shutil.copyfile(self.folder / name, Path(root) / name)
+        for name in ("model.onnx", "model.json", "model.int8.onnx", "model.int8.json"):  # what promote logs
+            if "int8" not in name or (self.folder / name).is_file():
+                shutil.copyfile(self.folder / name, Path(root) / name)
         return root
 
 
@@ -445,6 +579,32 @@ def test_wandb_route_with_a_fake_api(tmp_path, pi, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
     res = fetch_model(source, pi)
     assert res.status == "failed" and "requirements-fetch-wandb.txt" in res.message
+
+
+def test_wandb_route_for_an_int8_pi(tmp_path, pi8, monkeypatch):
+    """The artifact's metadata is the fp32 card: an int8 Pi downloads once per artifact version,
+    then the fetch record's ref says it has it (no download)."""
+    src = tmp_path / "artifact"
+    publish(src, "v2")
+    publish_int8(src, "v2-int8", bias=-3.0)
+    calls: list = []
+    monkeypatch.setitem(sys.modules, "wandb", fake_wandb(src, calls))
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    source = make_source({"source": "wandb", "artifact": "team/autosink/autosink-model", "timeout_s": 60.0})
+    res = fetch_model(source, pi8)
+    assert res.status == "installed" and res.new_version == "v2-int8", res.message
+    assert sha256_file(pi8) == sha256_file(src / "model.int8.onnx")
+    assert read_card(card_path_for(pi8))["precision"] == "int8"
+    assert json.loads(record_path_for(pi8).read_text())["artifact_version"] == "v7"
+
+    calls.clear()
+    assert fetch_model(source, pi8).status == "unchanged"
+    assert [c[0] for c in calls] == ["Api", "artifact"]  # same version@digest as recorded: no download
+
+    publish(src, "v3", bias=-5.0)  # a new promotion without an int8 model
+    res = fetch_model(source, pi8)
+    assert res.status == "refused" and res.file == "model.int8.onnx" and "missing from the download" in res.message
+    assert installed_model(pi8)["version"] == "v2-int8"
 
 
 # --------------------------------------------------------------------------- the command

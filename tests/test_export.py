@@ -24,8 +24,10 @@ from autosink.learn.export import (
     OPSET,
     OUTPUT_NAME,
     ExportError,
+    check_model_file,
     check_parity,
     export_onnx,
+    jsonable,
     write_model_card,
 )
 from autosink.learn.frames import read_frame, read_split
@@ -174,6 +176,43 @@ def test_a_checker_failure_names_the_file_and_leaves_nothing(exported, tmp_path,
     with pytest.raises(ExportError, match=r"model\.onnx: onnx\.checker rejects the exported model: Field 'shape'"):
         export_onnx(exported["net"], target, height=H, width=W)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_check_model_file_names_the_file_the_kind_and_the_problem(exported, tmp_path):
+    """The one checker of export and quantisation: it returns the model, or says what is wrong with
+    which file (the target, not the temp file) and leaves no external data behind."""
+    tmp = tmp_path / ".model.onnx.x.tmp"
+    shutil.copy(exported["onnx"], tmp)
+    model = check_model_file(tmp, tmp_path / "model.onnx", H, W, "exported")
+    assert [i.name for i in model.graph.input] == [INPUT_NAME]
+    with pytest.raises(ExportError, match=rf"model\.onnx: input 'frames' has shape \['N', {H}, {W}, 3\], expected"):
+        check_model_file(tmp, tmp_path / "model.onnx", H + 1, W, "exported")
+
+    (tmp_path / f"{tmp.name}.weights").write_bytes(b"external data")
+    with pytest.raises(
+        ExportError, match=r"model\.int8\.onnx: the quantised model was written with external data \(.*\.weights\)"
+    ):
+        check_model_file(tmp, tmp_path / "model.int8.onnx", H, W, "quantised")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [tmp.name]
+
+    other = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["x"], ["y"])],
+            "g",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N"])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N"])],
+        )
+    )
+    onnx.save(other, tmp)
+    with pytest.raises(ExportError, match=r"model\.onnx: graph inputs \['x'\] / outputs \['y'\], expected"):
+        check_model_file(tmp, tmp_path / "model.onnx", H, W, "exported")
+
+
+def test_jsonable_gives_plain_json_and_names_what_is_not():
+    value = {"a": np.float32(0.5), "b": (np.int64(2), [np.nan]), "c": np.array([[1.0, np.inf]]), 3: None}
+    assert jsonable(value, "m") == {"a": 0.5, "b": [2, [None]], "c": [[1.0, None]], "3": None}
+    with pytest.raises(TypeError, match=r"model card metrics\.b\[1\]: object is not JSON"):
+        jsonable({"b": [1, object()]}, "model card metrics")
 
 
 # --------------------------------------------------------------------------- parity

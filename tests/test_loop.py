@@ -33,6 +33,16 @@ def test_fleet_rounds_are_new_sessions_of_the_lake_households():
     assert len(fleet_scripts(SIM, 1, households=2)) == 2
 
 
+def test_more_sessions_per_round_are_the_next_sessions_of_each_household():
+    two = [fleet_scripts(SIM, r, sessions=2) for r in (1, 2)]
+    one = [fleet_scripts(SIM, r) for r in (1, 2, 3, 4)]
+    assert [len(x) for x in two] == [6, 6]
+    ids = lambda scripts: sorted(s.dishwashing_id for s in scripts)  # noqa: E731
+    assert ids(two[0]) == ids(one[0] + one[1]) and ids(two[1]) == ids(one[2] + one[3])
+    with pytest.raises(ValueError, match="--sessions"):
+        LoopSettings(sessions=0)
+
+
 def test_a_lighting_regime_relights_the_same_fleet_sessions():
     plain, lit = fleet_scripts(SIM, 1), fleet_scripts({**SIM, "regime": "warm-dim"}, 1)
     for a, b in zip(plain, lit):  # the same people doing the same things, only the light differs

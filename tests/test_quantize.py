@@ -3,10 +3,12 @@ the edge accepting it (autosink.learn.quantize; the stage itself runs in the e2e
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import shutil
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -16,11 +18,13 @@ from autosink.core.fileio import sha256_file
 from autosink.core.modelcard import card_path_for, read_card, write_card
 from autosink.edge.inference import load_model
 from autosink.edge.wiring import load_regular_model
+from autosink.learn.cases import evaluate_cases, list_cases
 from autosink.learn.export import INPUT_NAME, OUTPUT_NAME, ExportError, export_onnx, write_model_card
 from autosink.learn.frames import read_frame, read_split
 from autosink.learn.quantize import (
     DEFAULTS,
     calibration_rows,
+    compare_cases,
     count_qdq,
     decision_summary,
     format_cost,
@@ -198,6 +202,21 @@ def test_a_failed_quantisation_never_lands(fp32, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx"]
 
 
+def test_a_quantised_file_failing_the_export_checker_never_lands(fp32, tmp_path, monkeypatch):
+    """The int8 file goes through the export's own checker; its errors name the file and say int8."""
+    target = tmp_path / "model.int8.onnx"
+    target.write_bytes(b"the good int8 model")
+
+    def reject(path, full_check=False):
+        raise onnx.checker.ValidationError("Field 'shape' of 'type' is required but missing.")
+
+    monkeypatch.setattr(onnx.checker, "check_model", reject)
+    with pytest.raises(ExportError, match=r"model\.int8\.onnx: onnx\.checker rejects the quantised model: Field"):
+        quantize_onnx(fp32, target, noise_frames())
+    assert target.read_bytes() == b"the good int8 model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx"]
+
+
 def test_quantize_refuses_bad_frames_and_paths(fp32, tmp_path):
     with pytest.raises(ValueError, match=rf"frames are 640x480, the model takes {W}x{H}"):
         quantize_onnx(fp32, tmp_path / "q.onnx", np.zeros((2, 480, 640, 3), np.uint8))
@@ -283,6 +302,36 @@ def test_write_int8_card_refuses_an_fp32_card_of_another_file(fp32, int8, tmp_pa
 
 
 # --------------------------------------------------------------------------- small parts
+
+
+def test_compare_cases_scores_every_model_as_evaluate_cases(tmp_path):
+    """Each model's results are exactly what evaluate_cases gives it alone, though every frame is
+    read once (the second model's are scored from its probabilities)."""
+    rng = np.random.default_rng(4)
+    for name, n in (("CASE01-0-off", 3), ("CASE02-1-on", 5), ("CASE03-1-dim", 1)):
+        (tmp_path / name).mkdir()
+        for k in range(n):
+            assert cv2.imwrite(str(tmp_path / name / f"{k}.png"), rng.integers(0, 256, (H, W, 3), dtype=np.uint8))
+    cases = list_cases(tmp_path)
+
+    def bright(frames):
+        return frames.mean(axis=(1, 2, 3)) / 255
+
+    def red(frames):
+        return frames[..., 0].mean(axis=(1, 2)) / 255
+
+    got = compare_cases({"fp32": bright, "int8": red}, cases, 0.5, (W, H))
+    assert got == {name: evaluate_cases(f, cases, 0.5, (W, H)) for name, f in (("fp32", bright), ("int8", red))}
+    assert list(got["int8"]) == [c.name for c in cases]
+
+
+def test_quantize_onnx_defaults_are_the_int8_defaults():
+    """quantize_onnx's keyword defaults are export.int8's (DEFAULTS, which tests/test_defaults.py
+    holds to conf/): a caller without settings gets what the pipeline runs."""
+    params = inspect.signature(quantize_onnx).parameters
+    assert {k: params[k].default for k in DEFAULTS if k in params} == {
+        k: v for k, v in DEFAULTS.items() if k != "calibration_frames"
+    }
 
 
 def test_settings_rows_and_the_table():

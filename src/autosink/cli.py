@@ -165,6 +165,7 @@ def cmd_loop(args: argparse.Namespace) -> int:
     settings = LoopSettings(
         rounds=args.rounds,
         households=args.households,
+        sessions=args.sessions,
         start=args.start,
         retrain=args.retrain,
         regime=args.regime,
@@ -373,6 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="households in the fleet: the first N users of the sample lake (default all)",
+    )
+    loop.add_argument(
+        "--sessions",
+        type=int,
+        default=1,
+        help="new sessions per household per round (default 1; 16 households x 2 make about 60 episodes)",
     )
     loop.add_argument(
         "--weak-epochs", type=int, default=1, help="training epochs of the --start weak model (default 1)"

@@ -8,6 +8,10 @@ version and the card's sha256) and stops there when that is what is installed. O
 downloads into a temp folder beside the target (same filesystem), verifies there and only then
 swaps the files in. A failure at any step leaves the installed model untouched and says which
 file and why. :class:`PeriodicFetcher` repeats that inside the runtime (``run.py``).
+
+The pair taken from the promoted folder follows ``model_path``'s name
+(:func:`autosink.edge.sources.promoted_files`): a Pi configured for ``model.int8.onnx`` gets
+``model.int8.onnx`` + ``model.int8.json``; a promotion without them is refused, naming the file.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +38,7 @@ from autosink.edge.install import (
     installed_model,
     verify_model_files,
 )
-from autosink.edge.sources import CARD_FILE, MODEL_FILE, FetchError, Source
+from autosink.edge.sources import FetchError, Source, precision_of, promoted_files
 
 __all__ = ["FetchResult", "fetch_model", "PeriodicFetcher"]
 
@@ -89,6 +93,7 @@ def fetch_model(
     renames (the runtime holds its model checks off meanwhile)."""
     t0 = time.monotonic()
     target = Path(model_path)
+    files = promoted_files(target)  # the model file and card to take from the download
     desc = source.describe()
     lock = _lock_for(target)
     current = installed_model(target)
@@ -115,7 +120,7 @@ def fetch_model(
             current = installed_model(target)  # the recovery may have completed an install
             result.old_version, result.old_sha256 = current["version"], current["model_sha256"]
         try:
-            latest = source.latest()
+            latest = replace(source.latest(files), files=files)
         except FetchError as e:
             return finish("refused" if e.kind == "refused" else "failed", str(e), file=e.file)
         except Exception as e:  # a source's unexpected error: reported, never raised into the runtime
@@ -152,20 +157,21 @@ def fetch_model(
         except Exception as e:  # a source's unexpected error: reported, never raised into the runtime
             return finish("failed", f"{desc}: download failed: {type(e).__name__}: {e}")
         try:
-            for name in (MODEL_FILE, CARD_FILE):
+            for name in files:
                 if (download / name).is_file():
                     os.replace(download / name, tmp / name)
         except OSError as e:
             return finish("failed", f"{desc}: cannot stage the download in {target.parent}: {e}")
-        try:
+        try:  # a promotion without the pair model.path names: refused, "model.int8.onnx: missing ..."
             ok = verify_model_files(
-                tmp / MODEL_FILE,
-                tmp / CARD_FILE,
+                tmp / files[0],
+                tmp / files[1],
                 threads=threads,
                 frame=frame,
                 selftest_png=selftest_png,
                 selftest_max_s=selftest_max_s,
                 expect_size=expect_size,
+                precision=precision_of(files[0]),
             )
         except FetchError as e:
             at = f" ({latest.ref})" if latest.ref else ""
@@ -180,9 +186,9 @@ def fetch_model(
             )
         keep_tmp = True  # from here a crash is recovered from the temp folder
         try:
-            _install(tmp, target, ok.model_sha256, swap_guard)
+            _install(tmp, target, ok.model_sha256, swap_guard, files)
         except OSError as e:
-            if (tmp / MODEL_FILE).exists():  # nothing was replaced
+            if (tmp / files[0]).exists():  # nothing was replaced
                 keep_tmp = False
             return finish(
                 "failed",

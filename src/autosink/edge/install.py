@@ -4,7 +4,8 @@ A download is verified in its temp folder beside the target (same filesystem) be
 replaced (:func:`verify_model_files`):
 
 1. both files present; the card valid (:func:`autosink.core.modelcard.read_card`) and one this edge
-   can serve (:func:`autosink.core.modelcard.check_card_supported`);
+   can serve (:func:`autosink.core.modelcard.check_card_supported`), of the precision the file's
+   name says (``model.int8.onnx``: ``precision: int8``; ``model.onnx``: ``fp32`` or none);
 2. sha256 of the ``.onnx`` equals the card's ``model_sha256`` (a corrupted or partial download,
    or a card of another model, is refused);
 3. onnxruntime loads it (:func:`autosink.edge.inference.load_model`, which checks the graph
@@ -13,8 +14,10 @@ replaced (:func:`verify_model_files`):
    within ``model.selftest_max_s``; with a running runtime, the input size must also be the
    running camera resolution.
 
-The swap: ``os.replace`` of the model, then of its card, each fsynced, under a file lock (one
-fetch or recovery per model folder, across processes). Inside ``run.py`` the periodic fetcher holds
+The files keep their names in the download (``model.onnx`` or ``model.int8.onnx``, see
+:func:`autosink.edge.sources.promoted_files`) until the swap: ``os.replace`` of the model, then
+of its card, each fsynced, under a file lock (one fetch or recovery per model folder, across
+processes). Inside ``run.py`` the periodic fetcher holds
 the runtime's model checks off while it swaps (:attr:`autosink.edge.fetch.PeriodicFetcher.swap_lock`)
 so the hot reload (:class:`autosink.edge.inference.ModelReloader`) only ever sees a complete pair;
 another process (``python edge/run.py fetch`` beside a running service) may catch the moment
@@ -109,9 +112,11 @@ def verify_model_files(
     selftest_png: str | os.PathLike[str] | None = None,
     selftest_max_s: float = 1.0,
     expect_size: tuple[int, int] | None = None,
+    precision: str | None = None,
 ) -> Verified:
     """Check a downloaded model and card before use (see the module doc); FetchError(kind="refused")
-    naming the file (by its name) and the problem. ``expect_size`` = (height, width)."""
+    naming the file (by its name) and the problem. ``expect_size`` = (height, width);
+    ``precision``: what the card must say (None: any; a card without ``precision`` is fp32)."""
     from autosink.edge.inference import ModelError, _selftest_frame, load_model, self_test
 
     def where(p: Path) -> str:
@@ -132,6 +137,13 @@ def verify_model_files(
         check_card_supported(card, card_file)
     except CardError as e:
         raise FetchError(clean(str(e)), kind="refused", file=card_file.name) from None
+    got = card.get("precision", "fp32")
+    if precision is not None and got != precision:  # e.g. an fp32 model under the int8 name
+        raise FetchError(
+            f"{where(card_file)}: precision {got!r}, expected {precision!r} for {where(onnx)}",
+            kind="refused",
+            file=card_file.name,
+        )
     sha = sha256_file(onnx)
     if sha != card["model_sha256"]:
         raise FetchError(
@@ -210,14 +222,22 @@ def _recover(target: Path) -> list[str]:
     done = []
     card_target = card_path_for(target)
     for tmp in _temp_dirs(target):
-        marker, staged_card = tmp / _MARKER, tmp / CARD_FILE
-        if marker.is_file() and staged_card.is_file() and not (tmp / MODEL_FILE).exists() and target.is_file():
-            with contextlib.suppress(OSError, ValueError, CardError):
-                want = json.loads(marker.read_text())["model_sha256"]
-                if sha256_file(target) == want and read_card(staged_card)["model_sha256"] == want:
-                    os.replace(staged_card, card_target)
-                    fsync_dir(target.parent)
-                    done.append(f"finished an interrupted install: {card_target} now describes {target} ({want[:12]})")
+        marker = tmp / _MARKER
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, CardError):
+            staged = json.loads(marker.read_text()) if marker.is_file() else {}
+            want = staged["model_sha256"]
+            model_name, card_name = staged.get("files") or (MODEL_FILE, CARD_FILE)  # older markers: fp32 names
+            staged_card = tmp / Path(card_name).name
+            if (
+                staged_card.is_file()
+                and not (tmp / Path(model_name).name).exists()
+                and target.is_file()
+                and sha256_file(target) == want
+                and read_card(staged_card)["model_sha256"] == want
+            ):
+                os.replace(staged_card, card_target)
+                fsync_dir(target.parent)
+                done.append(f"finished an interrupted install: {card_target} now describes {target} ({want[:12]})")
         shutil.rmtree(tmp, ignore_errors=True)
         done.append(f"removed {tmp.name}")
     return done
@@ -252,19 +272,24 @@ def _durable(path: Path) -> None:
 
 
 def _install(
-    tmp: Path, target: Path, sha: str, guard: Callable[[], contextlib.AbstractContextManager] | None = None
+    tmp: Path,
+    target: Path,
+    sha: str,
+    guard: Callable[[], contextlib.AbstractContextManager] | None = None,
+    files: tuple[str, str] = (MODEL_FILE, CARD_FILE),
 ) -> None:
-    """Swap ``tmp/model.onnx`` + ``tmp/model.json`` (verified) into ``target`` and its card:
-    model first, then card, each rename fsynced, a marker making a crash in between recoverable.
-    ``guard`` wraps the two renames."""
+    """Swap ``tmp/<files>`` (the verified model and card, e.g. ``model.onnx`` + ``model.json``) into
+    ``target`` and its card: model first, then card, each rename fsynced, a marker (naming the
+    staged files) making a crash in between recoverable. ``guard`` wraps the two renames."""
+    model_name, card_name = files
     card_target = card_path_for(target)
-    for name in (MODEL_FILE, CARD_FILE):
+    for name in files:
         _durable(tmp / name)
-    atomic_write(tmp / _MARKER, json.dumps({"model_sha256": sha}), durable=True)
+    atomic_write(tmp / _MARKER, json.dumps({"model_sha256": sha, "files": list(files)}), durable=True)
     with guard() if guard is not None else contextlib.nullcontext():
-        os.replace(tmp / MODEL_FILE, target)
+        os.replace(tmp / model_name, target)
         fsync_dir(target.parent)
-        os.replace(tmp / CARD_FILE, card_target)
+        os.replace(tmp / card_name, card_target)
         fsync_dir(target.parent)
 
 

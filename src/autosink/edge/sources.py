@@ -13,6 +13,10 @@ the ``[fetch]`` config section).
 * ``folder:<path>``: a folder holding ``model.onnx`` and ``model.json`` (a mounted share, a USB
   stick, tests).
 
+Which pair a fetch takes from the promoted folder follows the name ``model.path`` gives the
+model (:func:`promoted_files`): ``model.onnx`` + ``model.json`` (fp32), or ``model.int8.onnx`` +
+``model.int8.json`` for a Pi configured for the int8 model (promote publishes both pairs).
+
 Each source says cheaply what it would deliver (:class:`Latest`: a git commit, an artifact
 version, the card's sha256) and downloads it into a new folder. :class:`FetchError`, the error of
 every step of a fetch, lives here, below the other fetch modules.
@@ -32,7 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from autosink.core.fileio import NotRegularFileError, not_regular, open_regular
-from autosink.core.modelcard import CardError, read_card
+from autosink.core.modelcard import CardError, card_path_for, read_card
 from autosink.core.proc import CommandError, kill_group, run
 
 __all__ = [
@@ -43,6 +47,8 @@ __all__ = [
     "WandbSource",
     "FolderSource",
     "make_source",
+    "promoted_files",
+    "precision_of",
     "MODEL_FILE",
     "CARD_FILE",
     "PROMOTION_FILE",
@@ -52,6 +58,25 @@ MODEL_FILE = "model.onnx"  # the names inside a promoted folder / artifact
 CARD_FILE = "model.json"
 PROMOTION_FILE = "promotion.json"
 _HEX40 = re.compile(r"[0-9a-f]{40}")
+_PROMOTED_NAME = re.compile(r"model(?:\.(int8))?\.onnx")  # model.onnx, model.int8.onnx: what promote publishes
+
+
+def promoted_files(model_path: str | os.PathLike[str]) -> tuple[str, str]:
+    """The model file and its card to take from a promoted folder for a Pi whose ``model.path`` is
+    ``model_path``: its own name when it is one the folder holds (``model.onnx``, or
+    ``model.int8.onnx`` -> ``model.int8.onnx`` + ``model.int8.json``); any other name
+    (``sink.onnx``) gets the fp32 ``model.onnx`` + ``model.json``, as it always did."""
+    name = Path(model_path).name
+    if _PROMOTED_NAME.fullmatch(name):
+        return name, card_path_for(name).name
+    return MODEL_FILE, CARD_FILE
+
+
+def precision_of(model_file: str) -> str:
+    """The precision a promoted file name stands for: ``model.int8.onnx`` -> ``int8``,
+    ``model.onnx`` -> ``fp32`` (a card without ``precision`` is fp32)."""
+    m = _PROMOTED_NAME.fullmatch(model_file)
+    return (m.group(1) if m else None) or "fp32"
 
 
 class FetchError(RuntimeError):
@@ -69,20 +94,24 @@ class Latest:
     """What a source would deliver, as far as it can tell without downloading.
 
     ``ref``: the exact thing to download (a commit, an artifact version) or None; ``model_sha256``:
-    the model's sha256 when the source knows it (a W&B artifact's metadata is its card)."""
+    the model's sha256 when the source knows it (a W&B artifact's metadata is its card);
+    ``files``: the model and its card to deliver (:func:`promoted_files`)."""
 
     ref: str | None
     model_sha256: str | None = None
     version: str | None = None
+    files: tuple[str, str] = (MODEL_FILE, CARD_FILE)
 
 
 class Source(Protocol):
     def describe(self) -> str: ...
 
-    def latest(self) -> Latest: ...
+    def latest(self, files: tuple[str, str] = (MODEL_FILE, CARD_FILE)) -> Latest:
+        """What the source would deliver of ``files`` (the model and its card)."""
+        ...
 
     def download(self, dest: Path, latest: Latest) -> dict[str, Any]:
-        """Put ``model.onnx`` and ``model.json`` into the new folder ``dest``; return provenance."""
+        """Put ``latest.files`` (at least) into the new folder ``dest``; return provenance."""
         ...
 
 
@@ -147,7 +176,8 @@ class DvcSource:
     def describe(self) -> str:
         return f"dvc {self.repo or '<origin>'} {self.path}@{self.rev or 'HEAD'}"
 
-    def latest(self) -> Latest:
+    def latest(self, files: tuple[str, str] = (MODEL_FILE, CARD_FILE)) -> Latest:
+        """The commit (``dvc get`` brings the whole folder, whichever ``files`` are wanted)."""
         if not self.repo:
             self.repo = _default_repo()
         rev = self.rev or "HEAD"
@@ -240,7 +270,7 @@ class WandbSource:
             ) from None
         return wandb.Api(timeout=max(1, int(self.timeout_s)))
 
-    def latest(self) -> Latest:
+    def latest(self, files: tuple[str, str] = (MODEL_FILE, CARD_FILE)) -> Latest:
         api = self._api()
         try:
             art = api.artifact(self.artifact, type="model")
@@ -249,13 +279,16 @@ class WandbSource:
         except Exception as e:  # wandb raises CommError, ValueError, requests errors, ...
             raise FetchError(f"cannot look up {self.artifact}: {type(e).__name__}: {_first_line(e)}") from None
         self._art = art
-        meta = getattr(art, "metadata", None) or {}
-        sha = meta.get("model_sha256") if isinstance(meta, Mapping) else None
         ref = f"{getattr(art, 'version', '?')}@{getattr(art, 'digest', '?')}"
+        meta = getattr(art, "metadata", None)
+        # The metadata is model.json (the fp32 card, as promote logs it): it says nothing of another
+        # file (model.int8.onnx), so the sha256 shortcut is skipped for that; an artifact version
+        # already fetched (its ref in the fetch record) is still not downloaded again.
+        if files[0] != MODEL_FILE or not isinstance(meta, Mapping):
+            return Latest(ref, files=files)
+        sha = meta.get("model_sha256")
         return Latest(
-            ref,
-            sha if isinstance(sha, str) else None,
-            str(meta.get("version")) if isinstance(meta, Mapping) and meta.get("version") else None,
+            ref, sha if isinstance(sha, str) else None, str(meta["version"]) if meta.get("version") else None, files
         )
 
     def download(self, dest: Path, latest: Latest) -> dict[str, Any]:
@@ -281,7 +314,8 @@ def _first_line(e: BaseException) -> str:
 
 
 class FolderSource:
-    """A folder that holds ``model.onnx`` and ``model.json`` (a mounted share, a USB stick)."""
+    """A folder that holds ``model.onnx`` and ``model.json`` (a mounted share, a USB stick), and
+    possibly ``model.int8.onnx`` and ``model.int8.json``; it copies only the pair wanted."""
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
@@ -289,26 +323,27 @@ class FolderSource:
     def describe(self) -> str:
         return f"folder {self.folder}"
 
-    def latest(self) -> Latest:
+    def latest(self, files: tuple[str, str] = (MODEL_FILE, CARD_FILE)) -> Latest:
         if not self.folder.is_dir():
             raise FetchError(f"{self.folder}: no such folder")
         stats = []
-        for name in (MODEL_FILE, CARD_FILE):
+        for name in files:
             with contextlib.suppress(OSError):
                 st = os.stat(self.folder / name)
                 stats.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
         ref = ",".join(stats) or None  # the same files again: not downloaded (nor refused) again
-        if not_regular(self.folder / CARD_FILE):  # a FIFO would block read_card; download() refuses it
-            return Latest(ref)
+        card_file = self.folder / files[1]
+        if not_regular(card_file):  # a FIFO would block read_card; download() refuses it
+            return Latest(ref, files=files)
         try:
-            card = read_card(self.folder / CARD_FILE)
+            card = read_card(card_file)
         except CardError:
-            return Latest(ref)  # verification says what is wrong, with the rest
-        return Latest(ref, card["model_sha256"], str(card["version"]))
+            return Latest(ref, files=files)  # verification says what is wrong, with the rest
+        return Latest(ref, card["model_sha256"], str(card["version"]), files)
 
     def download(self, dest: Path, latest: Latest) -> dict[str, Any]:
         dest.mkdir(parents=True, exist_ok=True)
-        for name in (MODEL_FILE, CARD_FILE, PROMOTION_FILE):
+        for name in (*latest.files, PROMOTION_FILE):
             src = self.folder / name
             if not src.exists():
                 continue

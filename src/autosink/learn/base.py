@@ -19,7 +19,6 @@ checkpoint); :func:`fit_base` is what the ``base`` stage runs.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from autosink.learn.model import Preprocess
+from autosink.learn.renders import RenderCache, iter_renders
 
 __all__ = ["base_sessions", "render_pairs", "PairDataset", "BaseDataModule"]
 
@@ -50,28 +50,6 @@ def base_sessions(sim_cfg: dict, base_cfg: dict, split: str) -> list:
     sessions = make_sessions(cfg, "base")
     keep = range(n_train) if split == "train" else range(n_train, n_train + n_val)
     return [s for s in sessions if s.user.index in keep]
-
-
-def _render_chunk(args: tuple) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
-    """Render and shrink one chunk of scenes, water off and on (runs in a worker process)."""
-    from autosink.sim.scene import render
-    from autosink.sim.session import label_of, wants_water
-
-    states, preprocess = args
-    torch.set_num_threads(1)
-    out = []
-    for water in (False, True):
-        frames = np.stack([render(replace(st, water_on=water)) for st in states])
-        with torch.no_grad():
-            x = preprocess.resize(torch.from_numpy(frames))
-        out.append((x * 255.0).round().clamp(0, 255).to(torch.uint8))
-    return (
-        out[0],
-        out[1],
-        np.array([float(wants_water(st)) for st in states], np.float32),
-        np.array([label_of(st) for st in states], np.int64),
-        np.array([stratum(st) for st in states], np.int64),
-    )
 
 
 def stratum(state) -> int:
@@ -102,44 +80,35 @@ def render_pairs(
     progress: bool = False,
     desc: str = "rendering",
     workers: int | None = None,
+    cache: RenderCache | None = None,
 ) -> dict[str, Any]:
     """Every ``every``-th frame of each session, rendered with the water off and on and shrunk by
     the network's own resize, stored as uint8 (a quarter of float32's memory; the rounding is
-    below the colour jitter of augmentation). Rendering is spread over ``workers`` processes
-    (default: every core); the result does not depend on how many.
+    below the colour jitter of augmentation): :func:`autosink.learn.renders.iter_renders`, in
+    ``workers`` processes (default: every core) and from ``cache`` where it has them.
 
     Returns ``off`` and ``on`` (uint8 ``[N, 3, h, w]``), ``label`` (float ``[N]``, the need),
     ``truth`` (int ``[N]``, the v1 label, -1 = ignore), ``stratum`` (:func:`stratum`) and
     ``session`` (``[N]`` index).
     """
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
     from tqdm import tqdm
+
+    from autosink.sim.session import label_of, wants_water
 
     indexed = [(k, st) for k, s in enumerate(sessions) for st in s.states[:: max(1, int(every))]]
     states = [st for _, st in indexed]
-    chunks = [(states[i : i + 128], preprocess) for i in range(0, len(states), 128)]
-    workers = max(1, min(int(workers or os.cpu_count() or 1), len(chunks)))
-    bar = tqdm(total=len(states), desc=desc, unit="frame", disable=not progress, leave=False)
     parts = []
-    if workers == 1:
-        for c in chunks:
-            parts.append(_render_chunk(c))
-            bar.update(len(c[0]))
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            for part in pool.map(_render_chunk, chunks):
-                parts.append(part)
-                bar.update(len(part[2]))
-    bar.close()
+    with tqdm(total=len(states), desc=desc, unit="frame", disable=not progress, leave=False) as bar:
+        for off, on in iter_renders(states, preprocess, 128, workers, cache):
+            parts.append((off, on))
+            bar.update(len(off))
     empty = torch.empty(0, 3, preprocess.height, preprocess.width, dtype=torch.uint8)
     return {
         "off": torch.cat([p[0] for p in parts]) if parts else empty,
         "on": torch.cat([p[1] for p in parts]) if parts else empty,
-        "label": np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32),
-        "truth": np.concatenate([p[3] for p in parts]) if parts else np.zeros(0, np.int64),
-        "stratum": np.concatenate([p[4] for p in parts]) if parts else np.zeros(0, np.int64),
+        "label": np.array([float(wants_water(st)) for st in states], np.float32),
+        "truth": np.array([label_of(st) for st in states], np.int64),
+        "stratum": np.array([stratum(st) for st in states], np.int64),
         "session": np.array([k for k, _ in indexed], np.int64),
     }
 

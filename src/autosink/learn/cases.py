@@ -8,8 +8,8 @@ in the folder's name: every frame of a case has that one label), and promoted on
 * :func:`list_cases` reads the folders (strictly: a misnamed folder is an error, not skipped,
   so a case cannot silently drop out of the gate).
 * :func:`evaluate_cases` runs any ``predict`` callable (uint8 RGB ``[N, H, W, 3]`` ->
-  probabilities ``[N]``) on them; :func:`onnx_predictor` makes one from an exported model and
-  its card, so the gate judges the very file that would be deployed.
+  probabilities ``[N]``) on them and scores each case (:func:`case_score`); :func:`onnx_predictor`
+  makes one from an exported model and its card, so the gate judges the very file that would be deployed.
 * :func:`gate` checks per-case minimum accuracies and, against the production model's results
   (the champion), that no case regressed by more than a tolerance.
 * :func:`format_report` renders the outcome as a small table for the stage's log.
@@ -37,6 +37,7 @@ __all__ = [
     "parse_case_name",
     "list_cases",
     "evaluate_cases",
+    "case_score",
     "onnx_predictor",
     "OnnxCasePredictor",
     "gate",
@@ -152,13 +153,10 @@ def evaluate_cases(
     frame_size: tuple[int, int] | None = (640, 480),
     batch_size: int = 16,
 ) -> dict[str, dict]:
-    """Run ``predict`` on every frame of every case; per case name:
-    ``{"label", "n", "accuracy", "mean_p", "correct"}``.
+    """Run ``predict`` on every frame of every case; per case name, its :func:`case_score`.
 
     ``predict`` takes uint8 RGB frames ``[N, H, W, 3]`` (read as the camera delivered them,
-    ``frame_size`` = (width, height), checked) and returns ``p(water_on)`` ``[N]``. A frame is
-    correct when ``(p >= threshold)`` equals the case label; ``correct`` is their count and
-    ``accuracy`` their share. ``mean_p`` shows how far a failing case is from the threshold.
+    ``frame_size`` = (width, height), checked) and returns ``p(water_on)`` ``[N]``.
     """
     from autosink.learn.frames import read_frame  # here: it pulls in torch, which the gate alone does not need
 
@@ -178,20 +176,33 @@ def evaluate_cases(
         for start in range(0, len(case.frames), int(batch_size)):
             batch = np.stack([read_frame(p, frame_size) for p in case.frames[start : start + int(batch_size)]])
             ps.append(_probabilities(predict, batch, case, start))
-        p = np.concatenate(ps) if ps else np.zeros(0)
-        correct = int(((p >= threshold).astype(int) == case.label).sum())
-        n = int(p.size)
-        low, high = wilson_interval(correct, n)
-        out[case.name] = {
-            "label": int(case.label),
-            "n": n,
-            "accuracy": correct / n if n else 0.0,
-            "wilson_low": low,
-            "wilson_high": high,
-            "mean_p": float(p.mean()) if n else None,
-            "correct": correct,
-        }
+        out[case.name] = case_score(np.concatenate(ps) if ps else np.zeros(0), case.label, threshold)
     return out
+
+
+def case_score(p: np.ndarray, label: int, threshold: float) -> dict[str, Any]:
+    """One case's result from its frames' probabilities ``p``: ``{"label", "n", "accuracy",
+    "wilson_low", "wilson_high", "mean_p", "correct"}``.
+
+    A frame is correct when ``(p >= threshold)`` equals the case ``label``; ``correct`` is their
+    count, ``accuracy`` their share and ``wilson_low``/``wilson_high`` its 95% interval
+    (:func:`wilson_interval`). ``mean_p`` shows how far a failing case is from the threshold.
+    The one rule for every model: :func:`evaluate_cases` and the int8 comparison
+    (:func:`autosink.learn.quantize.compare_cases`) both score with it, so their results compare.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    correct = int(((p >= threshold).astype(int) == label).sum())
+    n = int(p.size)
+    low, high = wilson_interval(correct, n)
+    return {
+        "label": int(label),
+        "n": n,
+        "accuracy": correct / n if n else 0.0,
+        "wilson_low": low,
+        "wilson_high": high,
+        "mean_p": float(p.mean()) if n else None,
+        "correct": correct,
+    }
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:

@@ -39,14 +39,17 @@ def tune_scripts(sim_cfg: Mapping[str, Any], sessions: int) -> list:
     return make_sessions(cfg, "tune")
 
 
-def pair_probabilities(net, scripts: list, batch_size: int = 32, progress: bool = False) -> list[np.ndarray]:
+def pair_probabilities(
+    net, scripts: list, batch_size: int = 32, progress: bool = False, cache=None
+) -> list[np.ndarray]:
     """Per session ``[frames, 2]``: the network's probability on the water-off and water-on
     render of every frame (:func:`autosink.learn.evaluation.predict_water_on_off`, over all the
-    sessions' frames at once so its rendering processes stay busy)."""
+    sessions' frames at once so its rendering processes stay busy; ``cache``: a
+    :class:`autosink.learn.renders.RenderCache`, so a retraining round draws no scene again)."""
     from autosink.learn.evaluation import predict_water_on_off
 
     states = [st for s in scripts for st in s.states]
-    p = predict_water_on_off(net, states, batch_size, progress, desc="decision sessions")
+    p = predict_water_on_off(net, states, batch_size, progress, desc="decision sessions", cache=cache)
     ends = np.cumsum([len(s.states) for s in scripts])
     return np.split(p, ends[:-1]) if len(scripts) else []
 

@@ -6,7 +6,6 @@ Frames go through the serving path, :meth:`WaterNet.forward` on raw RGB uint8 ca
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 
 from autosink.learn.frames import read_frame
 from autosink.learn.model import WaterNet
+from autosink.learn.renders import RenderCache, iter_renders
 from autosink.learn.training import binary_metrics
 
 __all__ = [
@@ -123,20 +123,6 @@ def truth_report(
     }
 
 
-def _render_resized(args: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    """One chunk of scenes rendered with the water off and on and resized by the network's own
-    preprocessing (float, as the serving graph resizes; raw frames when there is none): runs in
-    a worker process."""
-    from dataclasses import replace
-
-    from autosink.sim.scene import render
-
-    states, preprocess = args
-    with torch.no_grad():
-        frames = [torch.from_numpy(np.stack([render(replace(st, water_on=w)) for st in states])) for w in (False, True)]
-        return tuple(frames if preprocess is None else (preprocess.resize(x) for x in frames))
-
-
 def predict_water_on_off(
     net: WaterNet,
     states: list,
@@ -144,41 +130,40 @@ def predict_water_on_off(
     progress: bool = False,
     desc: str = "water on/off pairs",
     workers: int | None = None,
+    cache: RenderCache | None = None,
 ) -> np.ndarray:
     """``[N, 2]``: the network's probability (full serving graph) on each scene rendered with the
     water off (column 0) and running (column 1), the same scene and noise otherwise.
 
-    Rendering is most of the work: it runs in ``workers`` processes (default: every core), each
-    rendering and resizing ``batch_size`` scenes at a time, while this process runs the network
-    on what arrives (normalise + backbone: the serving graph after its resize)."""
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
+    Rendering is most of the work: :func:`autosink.learn.renders.iter_renders` draws ``batch_size``
+    scenes at a time in ``workers`` processes (default: every core), or takes them from ``cache``,
+    while this process runs the network on what arrives (normalise + backbone: the serving graph
+    after its resize, on the resized renders rounded to uint8 as the cache keeps them)."""
     from tqdm import tqdm
 
     if not states:
         return np.zeros((0, 2), np.float32)
     preprocess = getattr(net, "preprocess", None)  # a WaterNet; anything else gets raw frames
-    chunks = [(states[i : i + batch_size], preprocess) for i in range(0, len(states), batch_size)]
-    workers = max(1, min(int(workers or os.cpu_count() or 1), len(chunks)))
     out = {False: [], True: []}
     net.eval()
-    with contextlib.ExitStack() as stack:
-        if workers == 1:
-            parts = map(_render_resized, chunks)
-        else:
-            pool = ProcessPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
-            parts = stack.enter_context(pool).map(_render_resized, chunks)
-        with torch.no_grad():
-            for off_on in tqdm(parts, total=len(chunks), desc=desc, unit="batch", disable=not progress, leave=False):
-                for water, x in zip((False, True), off_on):
-                    p = net(x) if preprocess is None else torch.sigmoid(net.logits_from_resized(x))
-                    out[water].append(p.numpy())
+    total = -(-len(states) // batch_size)
+    renders = iter_renders(states, preprocess, batch_size, workers, cache)
+    with torch.no_grad():
+        for off_on in tqdm(renders, total=total, desc=desc, unit="batch", disable=not progress, leave=False):
+            for water, x in zip((False, True), off_on):
+                p = net(x) if preprocess is None else torch.sigmoid(net.logits_from_resized(x.float() / 255.0))
+                out[water].append(p.numpy())
     return np.stack([np.concatenate(out[False]), np.concatenate(out[True])], 1)
 
 
 def water_invariance(
-    net: WaterNet, sessions: list, threshold: float, every: int = 1, batch_size: int = 32, progress: bool = False
+    net: WaterNet,
+    sessions: list,
+    threshold: float,
+    every: int = 1,
+    batch_size: int = 32,
+    progress: bool = False,
+    cache: RenderCache | None = None,
 ) -> dict:
     """Does the model decide from the water it caused? Every ``every``-th frame of ``sessions``
     (held-out kitchens) is rendered twice, the same scene with the water running and without,
@@ -192,7 +177,7 @@ def water_invariance(
     from autosink.sim.session import label_of
 
     states = [st for s in sessions for st in s.states[:: max(1, int(every))]]
-    p = predict_water_on_off(net, states, batch_size, progress)
+    p = predict_water_on_off(net, states, batch_size, progress, cache=cache)
     off, on = p[:, 0], p[:, 1]
     truth = np.array([label_of(st) for st in states])
     known = truth >= 0

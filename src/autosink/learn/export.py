@@ -8,10 +8,11 @@ what the Pi's camera delivers and whose output is what the controller needs::
 
 The crop, box filter, resize and normalisation are inside the graph (they are part of the
 module), so the edge only feeds raw frames. Before the file replaces anything at ``path`` it
-is checked with ``onnx.checker`` (full check, with shape inference) and run through
-onnxruntime next to the torch module on a few frames (:func:`check_parity`): a broken export
-raises and never lands. The write is atomic (hidden temp file in the same folder, fsync,
-``os.replace``), so a reader (the Pi's hot reload, DVC) sees the old file or the new one.
+is checked (:func:`check_model_file`: one file, ``onnx.checker`` with shape inference, the
+contract above) and run through onnxruntime next to the torch module on a few frames
+(:func:`check_parity`): a broken export raises and never lands. The write is atomic (hidden
+temp file in the same folder, fsync, ``os.replace``), so a reader (the Pi's hot reload, DVC)
+sees the old file or the new one.
 
 :func:`write_model_card` then writes the card beside it (``model.onnx`` -> ``model.json``,
 :mod:`autosink.core.modelcard`) with the file's sha256, the threshold, the precision (``fp32``;
@@ -46,7 +47,9 @@ __all__ = [
     "ExportError",
     "export_onnx",
     "check_parity",
+    "check_model_file",
     "write_model_card",
+    "jsonable",
     "parity_frames",
     "PRECISIONS",
 ]
@@ -130,12 +133,40 @@ def _all_tensors(graph: Any) -> Iterator[Any]:
                 yield from _all_tensors(sub)
 
 
-def _check_graph(model: Any, where: Path, height: int, width: int) -> None:
+def check_model_file(tmp: Path, where: Path, height: int, width: int, kind: str) -> Any:
+    """Check a model file just written to ``tmp``, before it replaces ``where``; return it loaded.
+
+    One checker for every file the edge may load (the export's, and the int8 one of
+    :mod:`autosink.learn.quantize`), so both keep the same contract: one self-contained file
+    (external data files beside ``tmp`` are removed), ``onnx.checker`` (full check, with shape
+    inference), and the input/output the edge and the card expect.
+    Raises :class:`ExportError` naming ``where`` and the ``kind`` of model ("exported", "quantised").
+    """
+    import onnx
+
+    stray = sorted(p for p in tmp.parent.iterdir() if p.name.startswith(tmp.name) and p.name != tmp.name)
+    if stray:
+        for p in stray:
+            p.unlink()
+        raise ExportError(
+            f"{where}: the {kind} model was written with external data ({', '.join(p.name for p in stray)}); "
+            "the model must be one file"
+        )
+    try:
+        onnx.checker.check_model(str(tmp), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ExportError(f"{where}: onnx.checker rejects the {kind} model: {e}") from e
+    model = onnx.load(str(tmp), load_external_data=False)
+    _check_graph(model, where, height, width, kind)
+    return model
+
+
+def _check_graph(model: Any, where: Path, height: int, width: int, kind: str) -> None:
     """Self-contained, and the input/output the edge and the card expect."""
     import onnx
 
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model.graph)):
-        raise ExportError(f"{where}: the export refers to external data; the model must be one file")
+        raise ExportError(f"{where}: the {kind} model refers to external data; the model must be one file")
     g = model.graph
     inputs = [i for i in g.input if i.name not in {t.name for t in g.initializer}]
     if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in g.output] != [OUTPUT_NAME]:
@@ -183,7 +214,6 @@ def export_onnx(
     ``rtol``/``atol``. Only a file that passed every check replaces ``path``. Returns ``path``.
     Raises :class:`ExportError` (naming the file) when the exported graph is invalid.
     """
-    import onnx
     import torch
 
     path = Path(path)
@@ -235,24 +265,9 @@ def export_onnx(
                     )
         except Exception as e:
             raise ExportError(f"{path}: torch.onnx.export failed ({type(e).__name__}: {e})") from e
-        stray = [p for p in path.parent.iterdir() if p.name.startswith(tmp.name) and p.name != tmp.name]
-        if stray:
-            for p in stray:
-                p.unlink()
-            raise ExportError(
-                f"{path}: the exporter wrote external data ({', '.join(p.name for p in stray)}); "
-                "the model must be one file"
-            )
-        try:
-            onnx.checker.check_model(str(tmp), full_check=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-            raise ExportError(f"{path}: onnx.checker rejects the exported model: {e}") from e
-        model = onnx.load(str(tmp), load_external_data=False)
-        got_opset = _default_opset(model)
+        got_opset = _default_opset(check_model_file(tmp, path, height, width, "exported"))
         if got_opset != int(opset):
             raise ExportError(f"{path}: exported with opset {got_opset}, asked for {opset}")
-        _check_graph(model, path, height, width)
-        del model
 
         try:
             check_parity(net, tmp, parity_frames(height, width, 2), rtol=rtol, atol=atol)
@@ -320,15 +335,17 @@ def check_parity(net: Any, onnx_path: StrPath, frames: np.ndarray, rtol: float =
 # --------------------------------------------------------------------------- card
 
 
-def _jsonable(value: Any, where: str) -> Any:
+def jsonable(value: Any, where: str) -> Any:
     """Plain JSON values: numpy scalars/arrays unpacked, tuples as lists, NaN/inf as null
-    (strict JSON has no NaN; e.g. AUROC of a one-class split)."""
+    (strict JSON has no NaN; e.g. AUROC of a one-class split). For the card and for metrics
+    that go beside it (the quantize stage's). ``where`` names the value in the TypeError
+    raised for anything else."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
+        return {str(k): jsonable(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist(), where)
+        return jsonable(value.tolist(), where)
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -337,7 +354,7 @@ def _jsonable(value: Any, where: str) -> Any:
         return value
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    raise TypeError(f"model card {where}: {type(value).__name__} is not JSON")
+    raise TypeError(f"{where}: {type(value).__name__} is not JSON")
 
 
 def _graph_input_dims(onnx_path: Path) -> tuple[list[int | str], int | None]:
@@ -392,14 +409,14 @@ def write_model_card(
         "data_version": str(data_version),
         "precision": precision,
         "opset": opset,
-        "metrics": _jsonable(dict(metrics), "metrics"),
+        "metrics": jsonable(dict(metrics), "model card metrics"),
         "input_size": None if input_size is None else [int(v) for v in input_size],
         "crop": None if crop is None else [int(v) for v in crop],
     }
     for key, value in (extra or {}).items():
         if key in fields:
             raise ValueError(f"extra key {key!r} collides with a card field")
-        fields[str(key)] = _jsonable(value, str(key))
+        fields[str(key)] = jsonable(value, f"model card {key}")
     card = make_card(
         model_sha256=sha256_file(onnx_path),
         backbone=str(backbone),

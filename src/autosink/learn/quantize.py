@@ -17,8 +17,9 @@ anyway (the quantiser does not start a quantised chain at ``Div`` or ``Sub``, so
 name keeps it so if the quantiser's rules change. The first quantised tensor is the normalised
 input of the first convolution.
 
-The file is checked before it replaces anything (``onnx.checker``, the export's input/output
-contract, QDQ nodes present, onnxruntime runs it and gives probabilities) and written atomically.
+The file is checked before it replaces anything (the export's own
+:func:`~autosink.learn.export.check_model_file`: one file, ``onnx.checker``, the input/output
+contract; then QDQ nodes present, onnxruntime runs it and gives probabilities) and written atomically.
 :func:`write_int8_card` writes its card ``model.int8.json``: the fp32 card's contract and
 provenance, ``precision: "int8"``, ``calibration`` (frames, feature-store version, split),
 ``quantized_from`` (sha256 of the fp32 file) and the int8 model's own measured metrics.
@@ -49,9 +50,9 @@ from autosink.learn.export import (
     OUTPUT_NAME,
     ExportError,
     _as_batch,
-    _check_graph,
     _default_opset,
     _graph_input_dims,
+    check_model_file,
     write_model_card,
 )
 
@@ -73,7 +74,8 @@ __all__ = [
     "format_cost",
 ]
 
-#: Defaults of ``export.int8`` (conf/export/default.yaml, key by key: tests/test_defaults.py).
+#: Defaults of ``export.int8`` (conf/export/default.yaml, key by key: tests/test_defaults.py), and
+#: of :func:`quantize_onnx`'s keywords (tests/test_quantize.py).
 DEFAULTS: dict[str, Any] = {
     "calibration_frames": 64,
     "per_channel": True,
@@ -98,7 +100,9 @@ def int8_path_for(fp32_path: StrPath) -> Path:
 
 
 def with_int8_defaults(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``export.int8`` over :data:`DEFAULTS`, checked (ValueError naming the key)."""
+    """``export.int8`` over :data:`DEFAULTS`, checked (ValueError naming the key). The stage
+    passes params.yaml's section, which has every key (conf/ gives them); the defaults, which
+    equal conf/, serve callers without it (tests, a notebook), so they get what the pipeline runs."""
     out = dict(DEFAULTS)
     out.update({k: v for k, v in (cfg or {}).items() if v is not None})
     unknown = sorted(set(out) - set(DEFAULTS))
@@ -254,17 +258,7 @@ def quantize_onnx(
                 )
         except Exception as e:
             raise ExportError(f"{out_path}: onnxruntime's quantize_static failed ({type(e).__name__}: {e})") from e
-        stray = [p for p in out_path.parent.iterdir() if p.name.startswith(tmp.name) and p.name != tmp.name]
-        if stray:
-            for p in stray:
-                p.unlink()
-            raise ExportError(f"{out_path}: the quantiser wrote external data; the model must be one file")
-        try:
-            onnx.checker.check_model(str(tmp), full_check=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-            raise ExportError(f"{out_path}: onnx.checker rejects the quantised model: {e}") from e
-        model = onnx.load(str(tmp), load_external_data=False)
-        _check_graph(model, out_path, height, width)
+        model = check_model_file(tmp, out_path, height, width, "quantised")
         qdq = count_qdq(model)
         if not qdq["QuantizeLinear"] or not qdq["DequantizeLinear"]:
             raise ExportError(f"{out_path}: no QuantizeLinear/DequantizeLinear nodes: nothing was quantised")
@@ -395,25 +389,14 @@ def compare_frames(
 
 def _case_results(p: np.ndarray, cases: Sequence[Any], threshold: float) -> dict[str, dict]:
     """:func:`~autosink.learn.cases.evaluate_cases`'s per-case results from probabilities already
-    computed for every frame of ``cases``, in order."""
-    from autosink.learn.cases import wilson_interval
+    computed for every frame of ``cases``, in order (scored by its own
+    :func:`~autosink.learn.cases.case_score`)."""
+    from autosink.learn.cases import case_score
 
     out, start = {}, 0
     for case in cases:
-        q = p[start : start + len(case.frames)]
+        out[case.name] = case_score(p[start : start + len(case.frames)], case.label, threshold)
         start += len(case.frames)
-        correct = int(((q >= threshold).astype(int) == case.label).sum())
-        n = int(q.size)
-        low, high = wilson_interval(correct, n)
-        out[case.name] = {
-            "label": int(case.label),
-            "n": n,
-            "accuracy": correct / n if n else 0.0,
-            "wilson_low": low,
-            "wilson_high": high,
-            "mean_p": float(q.mean()) if n else None,
-            "correct": correct,
-        }
     if start != len(p):
         raise ValueError(f"{len(p)} probabilities for {start} case frames")
     return out
@@ -427,7 +410,8 @@ def compare_cases(
 ) -> dict[str, dict[str, dict]]:
     """Per model, the results of :func:`autosink.learn.cases.evaluate_cases` on the case sets.
     Every frame is read once and given to every model (the first model's results are
-    evaluate_cases' own; the others' are computed from their probabilities the same way)."""
+    evaluate_cases' own; the others' are scored from their probabilities by the same
+    :func:`~autosink.learn.cases.case_score`)."""
     from autosink.learn.cases import evaluate_cases
 
     seen: dict[str, list[np.ndarray]] = {name: [] for name in predictors}
@@ -440,7 +424,7 @@ def compare_cases(
 
     results = {first: evaluate_cases(tee, cases, threshold, frame_size)}
     p = {name: np.concatenate(ps) for name, ps in seen.items()}
-    if _case_results(p[first], cases, threshold) != results[first]:  # the same rule as evaluate_cases
+    if _case_results(p[first], cases, threshold) != results[first]:  # the frames split by case as it read them
         raise AssertionError("compare_cases disagrees with evaluate_cases on the same probabilities")
     for name in predictors:
         if name != first:

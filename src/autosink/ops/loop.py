@@ -19,8 +19,9 @@ case sets stay as they were. Feedback then has to teach the model kitchens the b
 Each round:
 
 1. **Edge.** The fleet, the households of the sample lake (``--households``: the first K
-   users), washes dishes once more: one new session each (the lake's seed stream, session
-   index 2, 3, ...: same people and kitchens, new days, lit by ``--regime``). Every session runs through the edge's
+   users), washes dishes once more: ``--sessions`` new sessions each (default 1; the lake's seed
+   stream, session index 2, 3, ...: same people and kitchens, new days, lit by ``--regime``).
+   Every session runs through the edge's
    own runtime (:func:`autosink.learn.water.run_session`: EdgeRuntime, Controller, Recorder) with the
    production ONNX model and a simulated user who corrects it at the faucet
    (:class:`autosink.learn.water.SimUserFeedback`), who holds the button while they want water (so
@@ -33,6 +34,8 @@ Each round:
    ``warm`` (default) fine-tunes the production model from round 2 on (``model.weights=production``,
    its recipe ``train.warm``); ``scratch`` trains the configured recipe from the base model every
    round. ``round_minutes``: from the new episodes landing in the lake to the gate's verdict.
+   The copy keeps its frame cache (``train.frame_cache``) from round to round, so a round
+   decodes only the new frames and draws no tuning or replay scene again.
 3. **Promotion.** `autosink promote` when the gate passed; otherwise production stays. The
    round is committed in the copy's git history (lake, dvc.lock, production model). The gate
    is the project's (every case >= ``validate_model.min_accuracy``, no case regressing against
@@ -78,6 +81,7 @@ class LoopSettings:
 
     rounds: int = 2
     households: int | None = None
+    sessions: int = 1
     start: str = "base"
     retrain: str = "warm"
     regime: str = "none"
@@ -91,6 +95,8 @@ class LoopSettings:
             raise ValueError(f"--rounds must be >= 1, got {self.rounds}")
         if self.households is not None and self.households < 1:
             raise ValueError(f"--households must be >= 1, got {self.households}")
+        if self.sessions < 1:
+            raise ValueError(f"--sessions must be >= 1, got {self.sessions}")
         if self.start not in ("base", "weak"):
             raise ValueError(f"--start must be base or weak, got {self.start!r}")
         if self.retrain not in RETRAIN:
@@ -142,23 +148,30 @@ class LoopSettings:
 # --------------------------------------------------------------------------- the fleet (edge side)
 
 
-def fleet_scripts(sim_cfg: dict, round_index: int, households: int | None = None) -> list:
-    """Round ``round_index`` (1-based) of the fleet: one new session for each of the first
-    ``households`` users of the sample lake (all when None), after the lake's own sessions."""
+def fleet_scripts(sim_cfg: dict, round_index: int, households: int | None = None, sessions: int = 1) -> list:
+    """Round ``round_index`` (1-based) of the fleet: ``sessions`` new sessions for each of the
+    first ``households`` users of the sample lake (all when None), after the lake's own sessions
+    and the earlier rounds'."""
     from autosink.sim.lake import with_defaults
     from autosink.sim.session import make_session, make_users, session_starts
 
     cfg = with_defaults(sim_cfg)
-    done = int(cfg["sessions_per_user"])
-    index = done + round_index - 1
+    first = int(cfg["sessions_per_user"]) + (round_index - 1) * int(sessions)
+    new = range(first, first + int(sessions))
     users = make_users(cfg, "lake")
     n = len(users) if households is None else min(int(households), len(users))
-    starts = session_starts({**cfg, "sessions_per_user": index + 1}, "lake")
-    return [make_session(users[u], s, cfg, start, "lake") for u, s, start in starts if s == index and u < n]
+    starts = session_starts({**cfg, "sessions_per_user": new.stop}, "lake")
+    return [make_session(users[u], s, cfg, start, "lake") for u, s, start in starts if s in new and u < n]
 
 
 def collect_round(
-    project: Path, params: dict, round_index: int, spool: Path, households: int | None = None, progress: bool = True
+    project: Path,
+    params: dict,
+    round_index: int,
+    spool: Path,
+    households: int | None = None,
+    progress: bool = True,
+    sessions: int = 1,
 ) -> dict:
     """Run the fleet's sessions of one round through the edge with the production model and a
     simulated user; upload the recorded episodes into the copy's lake. Returns what happened."""
@@ -188,7 +201,7 @@ def collect_round(
     ccfg = replace(controller_config(wcfg, project), forced_on_hold_s=1.0 / float(wcfg["fps"]))
     lake = project / params["data"]["lake"]
     uploader = Uploader(spool, FolderTarget(lake))
-    scripts = fleet_scripts({**params["sim"], "regime": wcfg["regime"]}, round_index, households)
+    scripts = fleet_scripts({**params["sim"], "regime": wcfg["regime"]}, round_index, households, sessions)
     totals = {k: 0 for k in COUNT_KEYS}
     interventions = 0
     for script in tqdm(scripts, desc=f"round {round_index}: fleet sessions", disable=not progress, unit="session"):
@@ -354,7 +367,7 @@ def run_loop(root: Path, workdir: Path, settings: LoopSettings, progress: bool =
     for r in range(1, settings.rounds + 1):
         t0 = time.perf_counter()
         params = _params(project)
-        fleet = collect_round(project, params, r, workdir / "spool", settings.households, progress)
+        fleet = collect_round(project, params, r, workdir / "spool", settings.households, progress, settings.sessions)
         say(
             f"loop: round {r}: {fleet['sessions']} fleet sessions with model {fleet['model_version']}: "
             f"{fleet['user_interventions']} user corrections -> {fleet['episodes']} new episodes in the lake"

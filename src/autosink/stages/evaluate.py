@@ -8,6 +8,7 @@ import pandas as pd
 
 from autosink.learn.evaluation import curve_tables, evaluate_table, predict_paths, truth_report, water_invariance
 from autosink.learn.frames import read_split
+from autosink.learn.renders import RenderCache
 from autosink.learn.training import load_trained
 from autosink.stages import REPORTS, write_results
 
@@ -39,8 +40,9 @@ def run(params: dict, progress: bool = True) -> dict:
         from autosink.learn.water import heldout_scripts
 
         scripts = heldout_scripts(params["water"])[: int(inv["sessions"])]
+        cache = RenderCache.from_params(params, net.preprocess)
         metrics["water_invariance"] = water_invariance(
-            net, scripts, metrics["threshold"], int(inv.get("every", 1)), progress=progress
+            net, scripts, metrics["threshold"], int(inv.get("every", 1)), progress=progress, cache=cache
         )
     metrics["backbone"] = net.backbone_name
     metrics["data_version"] = meta.get("data_version", "")

@@ -24,7 +24,7 @@ import pandas as pd
 from autosink.core.fileio import sha256_file
 from autosink.learn.cases import gate, list_cases, onnx_predictor
 from autosink.learn.evaluation import truth_report
-from autosink.learn.export import _jsonable
+from autosink.learn.export import jsonable
 from autosink.learn.frames import read_frame, read_split
 from autosink.learn.quantize import (
     calibration_rows,
@@ -73,13 +73,13 @@ def _test_metrics(table: pd.DataFrame, p: np.ndarray, threshold: float, truth_di
         if truth:
             m["accuracy_vs_truth"] = truth["accuracy_vs_truth"]
             m["truth_frames"] = truth["frames"]
-    return _jsonable(m, "test")
+    return jsonable(m, "quantize test metrics")
 
 
 def run(params: dict, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
-    cfg = with_int8_defaults(params["export"].get("int8"))
+    cfg = with_int8_defaults(params["export"]["int8"])
     size = (int(params["data"]["frame_width"]), int(params["data"]["frame_height"]))
 
     # ----------------------------------------------------------- quantise

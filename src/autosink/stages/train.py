@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from autosink.learn.model import NO_CHECKPOINT, build_preprocess
+from autosink.learn.renders import RenderCache
 from autosink.learn.training import HISTORY_COLUMNS, fit, load_trained
 from autosink.stages import write_metrics, write_run_record
 
@@ -56,9 +57,9 @@ def replay_pairs(params: dict, progress: bool = True):
     from autosink.learn.base import PairDataset, base_sessions, render_pairs
 
     sessions = base_sessions(params["sim"], {**params["base"], "users": int(r["users"])}, "train")
-    pairs = render_pairs(
-        sessions, build_preprocess(params["model"], params["data"]), int(r.get("every", 1)), progress, desc="replay"
-    )
+    preprocess = build_preprocess(params["model"], params["data"])
+    cache = RenderCache.from_params(params, preprocess)
+    pairs = render_pairs(sessions, preprocess, int(r.get("every", 1)), progress, desc="replay", cache=cache)
     return PairDataset(pairs, "random", stratify=float(r.get("stratify") or 0.0)), float(r["share"])
 
 
@@ -76,7 +77,7 @@ def choose_in_loop(params: dict, ckpt: Path = CKPT, progress: bool = True) -> di
         {**params["sim"], "fps": float(water["fps"]), "dishes_per_session": water["dishes_per_session"]},
         int(d.get("sessions", 8)),
     )
-    probs = pair_probabilities(net, scripts, progress=progress)
+    probs = pair_probabilities(net, scripts, progress=progress, cache=RenderCache.from_params(params, net.preprocess))
     needs = [[wants_water(st) for st in s.states] for s in scripts]
     rows = sweep(probs, needs, controller_config(water), float(water["fps"]), float(water["flow_l_min"]))
     best, why = choose(rows, float(d.get("max_withheld_pct", 3.0)), float(d.get("max_false_offs_per_10min", 1.0)))
