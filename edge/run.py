@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config (default: %(default)s)")
     p.add_argument(
-        "--model", help="ONNX model; its card model.json sits beside it (config default: models/production/model.onnx)"
+        "--model",
+        help="ONNX model; its card (same name, .json) sits beside it (config default: models/production/model.onnx)",
     )
     p.add_argument("--camera", help="picamera2 | opencv:<index> | video:<path> | folder:<path> | episode:<zip>")
     p.add_argument("--valve", help="gpio | gpio:<bcm pin> | serial:<port> | fake")
@@ -116,7 +117,11 @@ def build_fetch_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dvc-config", help="dvc: a DVC config file merged into the repository's (credentials)")
     p.add_argument("--artifact", help="wandb: <entity>/<project>/autosink-model:production (needs WANDB_API_KEY)")
-    p.add_argument("--model", help="where the model goes; its card goes beside it (config model.path)")
+    p.add_argument(
+        "--model",
+        help="where the model goes, its card beside it (config model.path); a path ending in model.int8.onnx "
+        "takes the promoted int8 model",
+    )
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the self-test (default 1)")
     p.add_argument("--timeout", type=float, help="seconds a download may take (config fetch.timeout_s)")
     p.add_argument("--force", action="store_true", help="download and reinstall even when it looks unchanged")
