@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -77,7 +78,8 @@ def choose_in_loop(params: dict, ckpt: Path = CKPT, progress: bool = True) -> di
         {**params["sim"], "fps": float(water["fps"]), "dishes_per_session": water["dishes_per_session"]},
         int(d.get("sessions", 8)),
     )
-    probs = pair_probabilities(net, scripts, progress=progress, cache=RenderCache.from_params(params, net.preprocess))
+    cache = RenderCache.from_params(params, net.preprocess)
+    probs = pair_probabilities(net, scripts, progress=progress, cache=cache)
     needs = [[wants_water(st) for st in s.states] for s in scripts]
     rows = sweep(probs, needs, controller_config(water), float(water["fps"]), float(water["flow_l_min"]))
     best, why = choose(rows, float(d.get("max_withheld_pct", 3.0)), float(d.get("max_false_offs_per_10min", 1.0)))
@@ -94,6 +96,7 @@ def choose_in_loop(params: dict, ckpt: Path = CKPT, progress: bool = True) -> di
         "threshold": float(best["threshold"]),
         "rule": state["autosink"]["threshold_rule"],
         "tuning": {k: best[k] for k in ("withheld_pct", "litres", "false_offs_per_10min", "savings_pct")},
+        "render_cache": cache.summary() if cache is not None else None,
     }
 
 
@@ -102,7 +105,9 @@ def run(params: dict, progress: bool = True) -> dict:
     params = warm_recipe(params)
     version_file = STORE / "version.json"
     data_version = json.loads(version_file.read_text())["version"] if version_file.exists() else ""
+    started = time.perf_counter()
     replay, share = replay_pairs(params, progress)
+    replayed = time.perf_counter()
     result = fit(
         params,
         store_dir=STORE,
@@ -121,8 +126,13 @@ def run(params: dict, progress: bool = True) -> dict:
     pd.DataFrame(history, columns=list(HISTORY_COLUMNS)).to_csv(HISTORY, index=False)
     result["data_version"] = data_version
     result["threshold_accuracy"] = result["threshold"]
+    # where a run's time went (the fit's own loop time is result["seconds"]); not a DVC output
+    result["stage_seconds"] = {"replay": round(replayed - started, 2), "fit": round(time.perf_counter() - replayed, 2)}
     if params["train"].get("threshold") == "closed-loop":
+        chosen = time.perf_counter()
         decision = choose_in_loop(params, CKPT, progress)
+        result["stage_seconds"]["threshold"] = round(time.perf_counter() - chosen, 2)
+        result["render_cache"] = decision["render_cache"]
         result["threshold"] = decision["threshold"]
         result["threshold_rule"] = decision["rule"]
         result["tuning"] = decision["tuning"]
