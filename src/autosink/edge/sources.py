@@ -95,7 +95,7 @@ class Latest:
 
     ``ref``: the exact thing to download (a commit, an artifact version) or None; ``model_sha256``:
     the model's sha256 when the source knows it (a W&B artifact's metadata is its card);
-    ``files``: the model and its card to deliver (:func:`promoted_files`)."""
+    ``files``: the model and its card to deliver (:func:`promoted_files`; the fetch sets it)."""
 
     ref: str | None
     model_sha256: str | None = None
@@ -285,11 +285,9 @@ class WandbSource:
         # file (model.int8.onnx), so the sha256 shortcut is skipped for that; an artifact version
         # already fetched (its ref in the fetch record) is still not downloaded again.
         if files[0] != MODEL_FILE or not isinstance(meta, Mapping):
-            return Latest(ref, files=files)
+            return Latest(ref)
         sha = meta.get("model_sha256")
-        return Latest(
-            ref, sha if isinstance(sha, str) else None, str(meta["version"]) if meta.get("version") else None, files
-        )
+        return Latest(ref, sha if isinstance(sha, str) else None, str(meta["version"]) if meta.get("version") else None)
 
     def download(self, dest: Path, latest: Latest) -> dict[str, Any]:
         art, self._art = self._art, None
@@ -334,12 +332,12 @@ class FolderSource:
         ref = ",".join(stats) or None  # the same files again: not downloaded (nor refused) again
         card_file = self.folder / files[1]
         if not_regular(card_file):  # a FIFO would block read_card; download() refuses it
-            return Latest(ref, files=files)
+            return Latest(ref)
         try:
             card = read_card(card_file)
         except CardError:
-            return Latest(ref, files=files)  # verification says what is wrong, with the rest
-        return Latest(ref, card["model_sha256"], str(card["version"]), files)
+            return Latest(ref)  # verification says what is wrong, with the rest
+        return Latest(ref, card["model_sha256"], str(card["version"]))
 
     def download(self, dest: Path, latest: Latest) -> dict[str, Any]:
         dest.mkdir(parents=True, exist_ok=True)
